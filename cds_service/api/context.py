@@ -1,0 +1,40 @@
+"""Helpers every endpoint uses: the shared components, authentication, and reading the JSON body."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, g, request
+
+from ..app import Components
+from ..errors import UNSUPPORTED_MEDIA_TYPE, CdsError
+from ..jsonbody import parse_body
+from ..security.auth import Claims
+
+
+def components() -> Components:
+    return current_app.extensions["cds_service"]
+
+
+def authenticate() -> None:
+    """``before_request`` for the CDS Hooks routes: verify the client's JWT when authentication is on.
+
+    CORS preflights (OPTIONS) carry no token and are answered without one.
+    """
+    if request.method == "OPTIONS":
+        return
+    auth = components().authenticator
+    audience = auth.audience_for(request.path, request.host_url)
+    g.claims = auth.authenticate(request.headers.get("Authorization"), audience)
+
+
+def claims() -> Claims | None:
+    return g.get("claims")
+
+
+def json_body() -> dict[str, Any]:
+    """The request body as a JSON object (415 for a non-JSON media type, 400 for bad JSON, 413 if too large)."""
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise CdsError(UNSUPPORTED_MEDIA_TYPE, f"Got {mimetype}; send application/json.")
+    config = components().config
+    return parse_body(request.get_data(cache=False), max_depth=int(config["max_json_depth"]))

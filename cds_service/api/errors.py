@@ -1,0 +1,71 @@
+"""Every error leaves as JSON: a FHIR OperationOutcome, never HTML and never a stack trace."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+
+from ..errors import (
+    HTTP_ERROR,
+    INTERNAL,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    STORE_UNAVAILABLE,
+    TOO_LARGE,
+    CdsError,
+    ErrorKind,
+    operation_outcome,
+)
+
+log = logging.getLogger("cds_service.errors")
+
+
+def _answer(kind: ErrorKind, detail: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(operation_outcome(kind, detail))
+    response.status_code = kind.status
+    response.content_type = "application/fhir+json"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(CdsError)
+    def cds_error(error: CdsError) -> Response:
+        level = logging.WARNING if error.status != 401 else logging.INFO
+        log.log(level, "%s %s -> %s %s", request.method, request.path, error.status, error.kind.code)
+        return _answer(error.kind, error.detail, error.headers)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_error: RequestEntityTooLarge) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return _answer(TOO_LARGE, f"The limit is {limit} bytes.")
+
+    @app.errorhandler(MethodNotAllowed)
+    def method_not_allowed(error: MethodNotAllowed) -> Response:
+        allowed = ", ".join(sorted(error.valid_methods or []))
+        return _answer(METHOD_NOT_ALLOWED, f"Allowed: {allowed}.", {"Allow": allowed})
+
+    @app.errorhandler(NotFound)
+    def not_found(_error: NotFound) -> Response:
+        return _answer(NOT_FOUND)
+
+    @app.errorhandler(HTTPException)
+    def other_http(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status >= 500:
+            return _answer(INTERNAL)
+        return _answer(replace(HTTP_ERROR, status=status), error.name)
+
+    @app.errorhandler(OperationalError)
+    def store_down(error: OperationalError) -> Response:
+        log.error("database unavailable: %s", type(error.orig).__name__ if error.orig else "error")
+        return _answer(STORE_UNAVAILABLE)
+
+    @app.errorhandler(Exception)
+    def bug(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _answer(INTERNAL)

@@ -1,0 +1,51 @@
+"""The Flask application factory: configuration, shared runtime, blueprints, CORS and error handling."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from .config import database_url, load_config
+from .evaluation import Runtime
+from .feedback import FeedbackStore
+from .security.auth import Authenticator
+from .store import make_engine
+
+
+class Components:
+    """What the blueprints share, attached to the app as ``app.extensions["cds_service"]``."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.config = config
+        self.runtime = Runtime.load(config)
+        self.engine = make_engine(database_url(config))
+        self.feedback = FeedbackStore(self.engine)
+        self.authenticator = Authenticator(config, self.engine)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the service. ``config`` overrides the defaults, the TOML file named by ``CDS_CONFIG`` and ``CDS_*``
+    environment variables (see cds_service.config)."""
+    settings = load_config(overrides=config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = int(settings["max_body_bytes"])
+    app.json.sort_keys = False  # keep the wire order of cards and their fields
+    components = Components(settings)
+    app.extensions["cds_service"] = components
+
+    CORS(
+        app,
+        resources={r"/cds-services*": {"origins": list(settings["cors_origins"])}},
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
+
+    from .api import discovery, errors, feedback, health, hook_calls
+
+    errors.register(app)
+    for blueprint in (health.bp, discovery.bp, hook_calls.bp, feedback.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,127 @@
+"""One hook call from request body to response, shared by the HTTP endpoint and ``cds-service evaluate``.
+
+request body -> HookCall -> PatientRecord -> PatientFacts -> rules -> cards -> response. No Flask here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import HOOK_MISMATCH, INVALID_REQUEST, UNKNOWN_SERVICE, CdsError
+from .facts.build import build_facts
+from .facts.terminology import Terminology
+from .hooks import HookCall
+from .record.obtain import RecordSettings, obtain_record
+from .record.templates import build_prefetch_templates
+from .rules.engine import IssuedCard, RuleSet, evaluate
+from .services import Service, ServiceRegistry
+from .wire import card_problems, first_error
+
+log = logging.getLogger("cds_service.evaluation")
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a process loads once and every hook call shares: terminology, rules, services, settings."""
+
+    config: Mapping[str, Any]
+    terminology: Terminology
+    ruleset: RuleSet
+    registry: ServiceRegistry
+    record_settings: RecordSettings
+
+    @classmethod
+    def load(cls, config: Mapping[str, Any]) -> Runtime:
+        terminology = Terminology.load()
+        rules_dir = Path(config["rules_dir"]) if config.get("rules_dir") else None
+        return cls(
+            config=config,
+            terminology=terminology,
+            ruleset=RuleSet.load(rules_dir, terminology),
+            registry=ServiceRegistry(build_prefetch_templates(terminology)),
+            record_settings=RecordSettings.from_config(config),
+        )
+
+    def now(self) -> datetime:
+        """The evaluation time: the configured ``now`` (for reproducible runs over old data) or the clock."""
+        fixed = self.config.get("now")
+        if not fixed:
+            return datetime.now(UTC)
+        moment = datetime.fromisoformat(str(fixed).replace("Z", "+00:00"))
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class HookAnswer:
+    """The response plus what the log line and metrics need about it."""
+
+    response: dict[str, Any]
+    issued: list[IssuedCard]
+    call: HookCall
+    incomplete: frozenset[str] = frozenset()
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def validate_envelope(body: Any) -> None:
+    """Raise a 400 CdsError naming the first problem when the body is not a valid CDS Hooks request."""
+    problem = first_error("request", body)
+    if problem:
+        raise CdsError(INVALID_REQUEST, problem)
+
+
+def answer_hook(
+    runtime: Runtime,
+    service: Service,
+    body: Mapping[str, Any],
+    *,
+    allowed_fhir_servers: tuple[str, ...] | None = None,
+) -> HookAnswer:
+    """Answer one validated request for ``service``; raises CdsError for anything the client must fix."""
+    if body["hook"] != service.hook:
+        raise CdsError(HOOK_MISMATCH, f"This service answers {service.hook}, not {body['hook']}.")
+    started = time.perf_counter()
+    call = HookCall.from_request(service.id, body)
+    settings = runtime.record_settings
+    if allowed_fhir_servers is not None:
+        settings = settings.for_issuer(allowed_fhir_servers)
+    record = obtain_record(call, service.prefetch, settings)
+    fetched = time.perf_counter()
+    facts = build_facts(record, runtime.terminology, runtime.now())
+    built = time.perf_counter()
+    issued = [
+        card
+        for card in evaluate(runtime.ruleset, facts, call.hook, max_cards=int(runtime.config["max_cards"]))
+        if _well_formed(card)
+    ]
+    done = time.perf_counter()
+    return HookAnswer(
+        response={"cards": [c.card for c in issued]},
+        issued=issued,
+        call=call,
+        incomplete=record.incomplete,
+        timings={
+            "record_ms": (fetched - started) * 1000,
+            "facts_ms": (built - fetched) * 1000,
+            "rules_ms": (done - built) * 1000,
+        },
+    )
+
+
+def _well_formed(issued: IssuedCard) -> bool:
+    """A card that breaks the 2.0.1 rules is a bug in its rule: log it and leave it out, never send it."""
+    problems = card_problems(issued.card)
+    if problems:
+        log.error("rule %s produced an invalid card, not sent: %s", issued.rule_id, "; ".join(problems[:5]))
+    return not problems
+
+
+def service_for(runtime: Runtime, service_id: str) -> Service:
+    service = runtime.registry.get(service_id)
+    if service is None:
+        raise CdsError(UNKNOWN_SERVICE, "Known services are listed at /cds-services.")
+    return service

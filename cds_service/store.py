@@ -1,0 +1,93 @@
+"""The shared database (SQLAlchemy Core): SQLite by default, PostgreSQL when ``database_url`` says so.
+
+It holds what several workers and instances must agree on: clinician feedback and seen JWT ids (replay
+protection). Access tokens and JWTs themselves are never stored.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
+
+metadata = MetaData()
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service_id", String(128), nullable=False),
+    Column("card_uuid", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("outcome_timestamp", String(64), nullable=False),  # as sent (RFC 3339), for exact idempotency
+    Column("outcome_at", DateTime(timezone=True), nullable=False),  # parsed, for period queries
+    Column("accepted_suggestions", Text, nullable=False, default=""),  # comma-joined suggestion uuids
+    Column("override_system", String(256), nullable=False, default=""),
+    Column("override_code", String(128), nullable=False, default=""),
+    Column("override_display", String(512), nullable=False, default=""),
+    Column("user_comment", Text, nullable=False, default=""),
+    Column("rule_id", String(128), nullable=False, default=""),  # from the card issued, when known
+    Column("fingerprint", String(64), nullable=False),  # sha256 of the normalised entry
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("fingerprint", name="uq_feedback_fingerprint"),
+)
+Index("ix_feedback_outcome_at", feedback.c.outcome_at)
+
+issued_cards = Table(
+    "issued_cards",
+    metadata,
+    Column("card_uuid", String(64), primary_key=True),
+    Column("service_id", String(128), nullable=False),
+    Column("rule_id", String(128), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_issued_cards_issued_at", issued_cards.c.issued_at)
+
+seen_jti = Table(
+    "seen_jti",
+    metadata,
+    Column("issuer", String(512), primary_key=True),
+    Column("jti", String(256), primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_seen_jti_expires_at", seen_jti.c.expires_at)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # several gunicorn workers write the same file
+    cursor.execute("PRAGMA synchronous=FULL")  # a committed row survives a crash
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the tables created; SQLite is put in WAL mode with full sync."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 5})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    metadata.create_all(engine)
+    return engine
+
+
+def is_reachable(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - any driver error means "not ready"
+        return False

@@ -1,0 +1,78 @@
+"""The CDS Hooks wire format: the project's JSON Schemas and the 2.0.1 rules a schema cannot state.
+
+``schemas/*.schema.json`` (draft 2020-12) describe the request, response, discovery and feedback documents.
+``response_problems`` adds the rules that apply everywhere inside a response (no null or empty element, at most
+one recommended suggestion when only one may be chosen); the service drops a card that breaks them rather than
+send it, and the tests check every response they produce with the same function.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+SCHEMA_NAMES = ("request", "response", "discovery", "feedback")
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    """The compiled validator for ``schemas/<name>.schema.json``."""
+    text = resources.files("cds_service.schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
+    schema = json.loads(text)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def first_error(name: str, document: Any) -> str | None:
+    """A one-line description of the most relevant schema violation, or None when the document is valid."""
+    error = best_match(validator(name).iter_errors(document))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+    return f"at {where}: {_short(error.message)}"
+
+
+def _short(message: str, limit: int = 300) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def empty_elements(value: Any, path: str = "") -> Iterator[str]:
+    """Paths of null or empty (``""``, ``[]``, ``{}``) elements, which CDS Hooks 2.0.1 forbids in a response."""
+    if value is None or value == "" or value == [] or value == {}:
+        yield path or "(root)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from empty_elements(item, f"{path}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from empty_elements(item, f"{path}/{index}")
+
+
+def card_problems(card: dict[str, Any]) -> list[str]:
+    """Every 2.0.1 rule a single card breaks (schema, emptiness, recommendation count)."""
+    problems = [f"{p}" for p in _schema_problems({"cards": [card]})]
+    problems += [f"empty element at {p}" for p in empty_elements(card)]
+    if card.get("selectionBehavior") == "at-most-one":
+        recommended = [s for s in card.get("suggestions", []) if s.get("isRecommended")]
+        if len(recommended) > 1:
+            problems.append("more than one suggestion isRecommended with selectionBehavior at-most-one")
+    return problems
+
+
+def response_problems(response: dict[str, Any]) -> list[str]:
+    """Every 2.0.1 rule a whole response breaks; empty means the response is valid."""
+    problems = list(_schema_problems(response))
+    for index, card in enumerate(response.get("cards", []) if isinstance(response, dict) else []):
+        problems += [f"cards/{index}: {p}" for p in card_problems(card) if not p.startswith("at ")]
+    return problems
+
+
+def _schema_problems(document: Any) -> Iterator[str]:
+    for error in validator("response").iter_errors(document):
+        where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+        yield f"at {where}: {_short(error.message)}"

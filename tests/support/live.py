@@ -1,0 +1,59 @@
+"""Run the real production server (``cds-service serve``: gunicorn) on a free loopback port for a test."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve(
+    tmp: Path, env: Mapping[str, str] | None = None, args: tuple[str, ...] = (), workers: int = 2
+) -> Iterator[str]:
+    """Start ``cds-service serve`` with its own data directory; yield its base URL; stop it afterwards."""
+    port = free_port()
+    environment = {**os.environ, "CDS_DATA_DIR": str(tmp / "data"), **(env or {})}
+    log = open(tmp / f"serve-{port}.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", str(workers), *args],
+        env=environment,
+        cwd=tmp,  # an unrelated working directory: the installed package must carry its rules and schemas
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {(tmp / f'serve-{port}.log').read_text(errors='replace')}")
+            try:
+                if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become healthy in 60 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

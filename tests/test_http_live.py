@@ -1,0 +1,80 @@
+"""The production server (``cds-service serve``: gunicorn) over real HTTP on a free loopback port."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import requests
+
+from support.hookcalls import (
+    SERVICE_IDS,
+    assert_operation_outcome,
+    assert_valid_discovery,
+    assert_valid_response,
+    hook_request,
+)
+from support.live import serve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("live")
+    with serve(tmp, env={"CDS_NOW": "2026-11-01T00:00:00Z", "CDS_MAX_BODY_BYTES": "200000"}) as base:
+        yield base
+
+
+def test_discovery_over_http(server):
+    response = requests.get(f"{server}/cds-services", timeout=5)
+    assert response.status_code == 200
+    assert_valid_discovery(response.json())
+    assert len(response.json()["services"]) == 4
+
+
+@pytest.mark.parametrize("hook", sorted(SERVICE_IDS))
+def test_each_hook_over_http(server, hook):
+    response = requests.post(f"{server}/cds-services/{SERVICE_IDS[hook]}", json=hook_request(hook), timeout=5)
+    assert response.status_code == 200, response.text
+    assert_valid_response(response.json())
+
+
+def test_malformed_json_over_http(server):
+    response = requests.post(f"{server}/cds-services/{SERVICE_IDS['patient-view']}", data=b"{nope",
+                             headers={"Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 400
+    assert_operation_outcome(response.json(), "CDS-0001")
+
+
+def test_body_over_the_limit_over_http(server):
+    body = hook_request("patient-view")
+    body["padding"] = "x" * 300_000
+    response = requests.post(f"{server}/cds-services/{SERVICE_IDS['patient-view']}", data=json.dumps(body),
+                             headers={"Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 413
+    assert_operation_outcome(response.json(), "CDS-0010")
+
+
+def test_feedback_over_http_is_idempotent(server):
+    entry = {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-11-01T10:00:00Z"}
+    url = f"{server}/cds-services/{SERVICE_IDS['patient-view']}/feedback"
+    first = requests.post(url, json={"feedback": [entry]}, timeout=5)
+    second = requests.post(url, json={"feedback": [entry]}, timeout=5)
+    assert first.json() == {"received": 1, "stored": 1, "duplicates": 0}
+    assert second.json() == {"received": 1, "stored": 0, "duplicates": 1}
+
+
+def test_preflight_over_http(server):
+    response = requests.options(
+        f"{server}/cds-services/{SERVICE_IDS['patient-view']}",
+        headers={"Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"},
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
+
+
+def test_readiness_over_http(server):
+    assert requests.get(f"{server}/readyz", timeout=5).json()["status"] == "ready"
