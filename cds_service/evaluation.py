@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,12 @@ class Runtime:
 
     @classmethod
     def load(cls, config: Mapping[str, Any]) -> Runtime:
-        terminology = Terminology.load()
-        rules_dir = Path(config["rules_dir"]) if config.get("rules_dir") else None
+        terminology, ruleset, registry = _knowledge(str(config.get("rules_dir") or ""))
         return cls(
             config=config,
             terminology=terminology,
-            ruleset=RuleSet.load(rules_dir, terminology),
-            registry=ServiceRegistry(build_prefetch_templates(terminology)),
+            ruleset=ruleset,
+            registry=registry,
             record_settings=RecordSettings.from_config(config),
         )
 
@@ -54,6 +54,14 @@ class Runtime:
             return datetime.now(UTC)
         moment = datetime.fromisoformat(str(fixed).replace("Z", "+00:00"))
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@cache
+def _knowledge(rules_dir: str) -> tuple[Terminology, RuleSet, ServiceRegistry]:
+    """Value sets, rules and services: read and checked once per process (they never change while it runs)."""
+    terminology = Terminology.load()
+    ruleset = RuleSet.load(Path(rules_dir) if rules_dir else None, terminology)
+    return terminology, ruleset, ServiceRegistry(build_prefetch_templates(terminology))
 
 
 @dataclass(slots=True)

@@ -1,6 +1,8 @@
 """Configuration: defaults, a TOML file, CDS_* variables and overrides, last one wins."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cds_service.config import DEFAULTS, ConfigError, database_url, load_config
@@ -51,3 +53,10 @@ def test_sqlite_file_in_data_dir_is_the_default(tmp_path):
     url = database_url({**DEFAULTS, "data_dir": str(tmp_path / "new")})
     assert url == f"sqlite:///{tmp_path / 'new' / 'cds-service.sqlite3'}"
     assert (tmp_path / "new").is_dir()
+
+
+def test_every_key_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
+    assert documented == set(DEFAULTS)

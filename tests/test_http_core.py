@@ -119,7 +119,7 @@ ERRORS = [
     ("prefetch not an object", PV, hook_request("patient-view", prefetch=[]), 400, "CDS-0003"),
     ("prefetch value a string", PV, hook_request("patient-view", {"labs": "x"}), 400, "CDS-0003"),
     ("wrong hook for service", PV, hook_request("order-sign"), 400, "CDS-0004"),
-    ("unknown hook", PV, hook_request("patient-view", hook="patient-close"), 400, "CDS-0004"),
+    ("unknown hook", PV, {**hook_request("patient-view"), "hook": "patient-close"}, 400, "CDS-0004"),
     ("encounter-start without encounterId", SERVICE_IDS["encounter-start"],
      _without(hook_request("encounter-start"), "context", "encounterId"), 400, "CDS-0003"),
     ("order-select without selections", SERVICE_IDS["order-select"],

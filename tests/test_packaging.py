@@ -1,0 +1,60 @@
+"""A built wheel carries its rules, value sets, schemas and examples, and runs from an unrelated directory."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from support.hookcalls import hook_request
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The project built as a wheel and unpacked into a fresh target directory (dependencies come from the
+    test environment, the package itself only from the wheel)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(REPO)],
+        check=True, capture_output=True,
+    )
+    wheel = next((tmp / "dist").glob("cds_service-*.whl"))
+    target = tmp / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    return target
+
+
+def run_installed(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(target), "CDS_DATA_DIR": str(cwd / "data")}
+    return subprocess.run([sys.executable, "-m", "cds_service.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_wheel_holds_the_data_files(installed):
+    package = installed / "cds_service"
+    assert list((package / "ruleset" / "valuesets").glob("*.json"))
+    assert list((package / "ruleset").rglob("*.yaml"))
+    for name in ("request", "response", "discovery", "feedback"):
+        assert (package / "schemas" / f"{name}.schema.json").is_file()
+
+
+def test_installed_package_evaluates_from_an_empty_directory(installed, tmp_path):
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(hook_request("patient-view")))
+    result = run_installed(installed, tmp_path, "evaluate", str(request), "--now", "2026-11-01T00:00:00Z")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"cards": []}
+    assert str(REPO) not in result.stderr
+
+
+def test_installed_package_checks_its_rules(installed, tmp_path):
+    result = run_installed(installed, tmp_path, "rules", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
