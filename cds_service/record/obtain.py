@@ -1,0 +1,347 @@
+"""Build the patient record for one hook call: prefetch first, the FHIR server for what is missing.
+
+Prefetch semantics (CDS Hooks 2.0.1 §prefetch): a key holding a resource or a Bundle is used as given; a key
+holding ``null`` means the EHR has no data (nothing is queried); a key that is absent, holds an
+OperationOutcome, or holds something that is not a FHIR resource is queried from the FHIR server. A searchset
+Bundle's ``next`` link is followed, on the same FHIR base and with the token, up to ``fhir_max_pages`` pages.
+All queries of one call run in parallel and stop at one deadline (the hook budget minus a margin).
+
+Outcomes: when a key must be queried and there is no usable fhirServer, ``CdsError`` (412) says why. When keys
+were queried and none of them gave any data, ``CdsError`` DEADLINE (timeouts) or RECORD_UNAVAILABLE (errors).
+Otherwise the record lists in ``incomplete`` every key whose data is partial or missing, and a log line on
+``cds_service.record`` says which and why. The access token is never logged.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..errors import DEADLINE, RECORD_UNAVAILABLE, CdsError
+from ..hooks import HookCall
+from .access import FhirEndpoint, endpoint_for, is_absolute
+from .client import FetchFailed, FhirClient, submit
+from .model import PatientRecord, Resource
+from .settings import RecordSettings
+from .templates import fill, resource_type_of
+
+log = logging.getLogger("cds_service.record")
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+MEDICATION_HOLDERS = ("MedicationRequest", "MedicationStatement")
+DRAFT_ORDERS = "draftOrders"  # named in ``incomplete`` when a draft order's Medication could not be read
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class KeyResult:
+    """What one prefetch key yielded: its resources, whether they are whole, and why not."""
+
+    key: str
+    source: str  # "prefetch", "null", "server"
+    resources: list[Resource] = field(default_factory=list)
+    problem: str | None = None  # set when the data is partial or missing
+    timed_out: bool = False
+    got_data: bool = True  # False when nothing at all was obtained
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None
+
+
+def obtain_record(
+    call: HookCall,
+    templates: Mapping[str, str],
+    settings: RecordSettings,
+    *,
+    deadline: float | None = None,
+) -> PatientRecord:
+    """The patient record for ``call``; ``deadline`` (``time.monotonic()``) defaults to now + the fetch budget."""
+    started = time.monotonic()
+    deadline = started + settings.fetch_budget_seconds if deadline is None else deadline
+    plan = _Plan.of(call, templates)
+    endpoint = _endpoint(call, settings, needed=bool(plan.to_query)) if plan.to_query or call.fhir_server else None
+    client = FhirClient(endpoint, settings, deadline) if endpoint else None
+    results = _fetch(plan, client, deadline)
+    queried = [results[key] for key in plan.to_query]
+    if queried and not any(r.got_data for r in queried):
+        _refuse_empty(call, queried)
+    resources = _merge(results[key].resources for key in templates)
+    _resolve_medications(call, templates, results, resources, client, deadline)
+    record = PatientRecord(
+        patient_id=call.patient_id,
+        resources=resources,
+        draft_orders=list(call.draft_orders),
+        selections=call.selections,
+        incomplete=frozenset(key for key, r in results.items() if not r.complete),
+        warnings=[f"{key}: {r.problem}" for key, r in results.items() if r.problem],
+    )
+    _log_summary(call, results, record, time.monotonic() - started)
+    return record
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What the prefetch gave per key, and what remains to ask the FHIR server."""
+
+    results: dict[str, KeyResult]  # keys settled by the prefetch (or unfillable)
+    to_query: dict[str, str]  # key -> filled template, to search or read
+    to_continue: dict[str, dict[str, Any]]  # key -> prefetched Bundle with a next link
+
+    @classmethod
+    def of(cls, call: HookCall, templates: Mapping[str, str]) -> _Plan:
+        plan = cls({}, {}, {})
+        for key, template in templates.items():
+            value = call.prefetch.get(key) if key in call.prefetch else _ABSENT
+            if value is None:
+                plan.results[key] = KeyResult(key, "null")
+            elif _usable(value):
+                plan.results[key] = KeyResult(key, "prefetch", _resources_of(value))
+                if _next_link(value):
+                    plan.to_continue[key] = value
+            elif (path := fill(template, call.context)) is None:
+                plan.results[key] = KeyResult(key, "server", problem="a template token has no value", got_data=False)
+            else:
+                plan.to_query[key] = path
+        return plan
+
+
+def _fetch(plan: _Plan, client: FhirClient | None, deadline: float) -> dict[str, KeyResult]:
+    """Run the plan's queries and continuations in parallel; every key of the plan has a result afterwards."""
+    results = dict(plan.results)
+    tasks: dict[str, Callable[[], KeyResult]] = {}
+    for key, bundle in plan.to_continue.items():
+        if client is None:
+            results[key].problem = "its next page was not fetched: no usable fhirServer"
+        else:
+            tasks[key] = _continuation(client, key, results[key], bundle)
+    if client is not None:  # without one, to_query is empty (_endpoint raised)
+        tasks.update({key: _query(client, key, path) for key, path in plan.to_query.items()})
+    finished, late = _run_all(tasks, deadline)
+    results.update(finished)
+    for key in late:
+        if key in results:  # a prefetched Bundle whose next pages did not arrive in time
+            results[key].problem, results[key].timed_out = "its next pages did not arrive in time", True
+        else:
+            results[key] = KeyResult(key, "server", problem="the time budget ran out", timed_out=True, got_data=False)
+    return results
+
+
+_ABSENT: Any = object()  # a key the prefetch does not hold (unlike a key that holds null)
+
+
+def _usable(value: Any) -> bool:
+    """A prefetch value that is a FHIR resource other than an OperationOutcome."""
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("resourceType"), str)
+        and value["resourceType"] != "OperationOutcome"
+    )
+
+
+def _resources_of(value: dict[str, Any]) -> list[Resource]:
+    """The resources a prefetch value or server answer holds (Bundle entries leniently; outcome entries dropped)."""
+    if value.get("resourceType") != "Bundle":
+        return [value]
+    entries = value.get("entry")
+    if not isinstance(entries, list):
+        return []
+    found = []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if _usable(resource):
+            found.append(resource)
+    return found
+
+
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if bundle.get("resourceType") != "Bundle" or not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+def _endpoint(call: HookCall, settings: RecordSettings, *, needed: bool) -> FhirEndpoint | None:
+    """The usable endpoint; when keys must be queried and there is none, the 412 (logged with its reason)."""
+    try:
+        return endpoint_for(call, settings)
+    except CdsError as refused:
+        if needed:
+            log.warning(
+                "hook %s: answering %s %s: %s", call.hook_instance, refused.status, refused.kind.code, refused.detail
+            )
+            raise
+        log.info("hook %s: fhirServer not used: %s", call.hook_instance, refused.detail)
+        return None
+
+
+def _query(client: FhirClient, key: str, path: str) -> Callable[[], KeyResult]:
+    def run() -> KeyResult:
+        try:
+            answer = client.fetch(path)
+        except FetchFailed as failure:
+            return KeyResult(key, "server", problem=failure.reason, timed_out=failure.timed_out, got_data=False)
+        result = KeyResult(key, "server", _resources_of(answer))
+        return _follow_pages(client, result, answer)
+
+    return run
+
+
+def _continuation(
+    client: FhirClient, key: str, prefetched: KeyResult, bundle: dict[str, Any]
+) -> Callable[[], KeyResult]:
+    def run() -> KeyResult:
+        result = KeyResult(key, "prefetch", list(prefetched.resources))
+        return _follow_pages(client, result, bundle)
+
+    return run
+
+
+def _follow_pages(client: FhirClient, result: KeyResult, bundle: dict[str, Any]) -> KeyResult:
+    """Add the pages after ``bundle`` to ``result`` until there is no next link, the page cap, or a failure."""
+    pages = 1
+    while (url := _next_link(bundle)) is not None:
+        if pages >= client.settings.fhir_max_pages:
+            result.problem = f"stopped at the page cap ({pages} pages)"
+            break
+        if not client.endpoint.owns(url):
+            result.problem = "its next link points outside the fhirServer and was not followed"
+            break
+        try:
+            bundle = client.get(url)
+        except FetchFailed as failure:
+            result.problem, result.timed_out = f"page {pages + 1}: {failure.reason}", failure.timed_out
+            break
+        result.resources.extend(_resources_of(bundle))
+        pages += 1
+    return result
+
+
+def _run_all(tasks: Mapping[str, Callable[[], T]], deadline: float) -> tuple[dict[str, T], list[str]]:
+    """Run the tasks in parallel until the deadline: the results of those done, and the keys of those not."""
+    futures: dict[str, Future[T]] = {key: submit(task) for key, task in tasks.items()}
+    wait(futures.values(), timeout=max(deadline - time.monotonic(), 0.0))
+    late = [key for key, future in futures.items() if not future.done()]
+    for key in late:
+        futures[key].cancel()  # not started yet: never runs; running: stops at its own deadline
+    return {key: f.result() for key, f in futures.items() if key not in late}, late
+
+
+def _refuse_empty(call: HookCall, queried: list[KeyResult]) -> None:
+    """Every queried key failed outright: answer 412, DEADLINE when any of them ran out of time."""
+    timed_out = any(r.timed_out for r in queried)
+    kind = DEADLINE if timed_out else RECORD_UNAVAILABLE
+    reasons = "; ".join(f"{r.key}: {r.problem}" for r in queried)
+    log.warning(
+        "hook %s: answering %s %s: no queried key gave data (%s)", call.hook_instance, kind.status, kind.code, reasons
+    )
+    raise CdsError(kind, f"The FHIR server gave no data ({queried[0].problem}).")
+
+
+def _merge(groups: Iterable[list[Resource]]) -> dict[str, list[Resource]]:
+    """Resources grouped by type, the first of each type+id kept (resources without an id are all kept)."""
+    by_type: dict[str, list[Resource]] = {}
+    seen: set[tuple[str, str]] = set()
+    for group in groups:
+        for resource in group:
+            rtype, rid = resource["resourceType"], resource.get("id")
+            if isinstance(rid, str):
+                if (rtype, rid) in seen:
+                    continue
+                seen.add((rtype, rid))
+            by_type.setdefault(rtype, []).append(resource)
+    return by_type
+
+
+def _resolve_medications(
+    call: HookCall,
+    templates: Mapping[str, str],
+    results: dict[str, KeyResult],
+    resources: dict[str, list[Resource]],
+    client: FhirClient | None,
+    deadline: float,
+) -> None:
+    """Read the Medications referenced but neither contained nor included; mark their keys incomplete if not."""
+    known = {m.get("id") for m in resources.get("Medication", [])}
+    wanted: dict[str, set[str]] = {}  # Medication id -> where it is referenced: a resource type or DRAFT_ORDERS
+    holders = [(r, rtype) for rtype in MEDICATION_HOLDERS for r in resources.get(rtype, [])]
+    for holder, label in [*holders, *((order, DRAFT_ORDERS) for order in call.draft_orders)]:
+        med_id = _medication_id(holder, client.endpoint if client else None)
+        if med_id is not None and med_id not in known:
+            wanted.setdefault(med_id, set()).add(label)
+    if not wanted:
+        return
+    missing: dict[str, str] = {}
+    if client is None:
+        missing = {med_id: "no usable fhirServer" for med_id in wanted}
+    else:
+        read, late = _run_all({med_id: _read_medication(client, med_id) for med_id in wanted}, deadline)
+        missing = {med_id: "the time budget ran out" for med_id in late}
+        for med_id, outcome in read.items():
+            if isinstance(outcome, dict):
+                resources.setdefault("Medication", []).append(outcome)
+            else:
+                missing[med_id] = outcome
+    for med_id, reason in missing.items():
+        problem = f"a referenced Medication was not read: {reason}"
+        if DRAFT_ORDERS in wanted[med_id]:
+            results.setdefault(DRAFT_ORDERS, KeyResult(DRAFT_ORDERS, "context", problem=problem))
+        for key, template in templates.items():
+            if resource_type_of(template) in wanted[med_id]:
+                results[key].problem = results[key].problem or problem
+
+
+def _medication_id(holder: Mapping[str, Any], endpoint: FhirEndpoint | None) -> str | None:
+    """The id of the Medication a request/statement references on the FHIR server (not contained, not urn:)."""
+    ref = holder.get("medicationReference")
+    reference = ref.get("reference") if isinstance(ref, dict) else None
+    if not isinstance(reference, str) or reference.startswith(("#", "urn:")):
+        return None
+    if is_absolute(reference):
+        if endpoint is None or not endpoint.owns(reference):
+            return None
+        reference = reference[len(endpoint.base) :].lstrip("/")
+    kind, _, med_id = reference.partition("/")
+    med_id = med_id.split("/_history", 1)[0]
+    return med_id if kind == "Medication" and _FHIR_ID.fullmatch(med_id) else None
+
+
+def _read_medication(client: FhirClient, med_id: str) -> Callable[[], Resource | str]:
+    def run() -> Resource | str:
+        try:
+            resource = client.fetch(f"Medication/{med_id}")
+        except FetchFailed as failure:
+            return failure.reason
+        return resource if resource.get("resourceType") == "Medication" else "the answer is not a Medication"
+
+    return run
+
+
+def _log_summary(call: HookCall, results: Mapping[str, KeyResult], record: PatientRecord, seconds: float) -> None:
+    by_source: dict[str, list[str]] = {}
+    for key, result in results.items():
+        by_source.setdefault(result.source, []).append(key)
+    counts = ", ".join(f"{rtype}={len(items)}" for rtype, items in sorted(record.resources.items()))
+    log.info(
+        "hook %s: record in %.0f ms; prefetch=%s null=%s server=%s; %s",
+        call.hook_instance,
+        seconds * 1000,
+        ",".join(by_source.get("prefetch", [])) or "-",
+        ",".join(by_source.get("null", [])) or "-",
+        ",".join(by_source.get("server", [])) or "-",
+        counts or "no resources",
+    )
+    if record.incomplete:
+        log.warning(
+            "hook %s: incomplete keys %s (rules relying on absence stay silent): %s",
+            call.hook_instance,
+            ",".join(sorted(record.incomplete)),
+            "; ".join(record.warnings),
+        )
