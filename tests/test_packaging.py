@@ -44,6 +44,7 @@ def test_wheel_holds_the_data_files(installed):
     assert list((package / "ruleset").rglob("*.yaml"))
     for name in ("request", "response", "discovery", "feedback"):
         assert (package / "schemas" / f"{name}.schema.json").is_file()
+    assert (package / "security" / "sandbox-jwks.json").is_file()
 
 
 def test_installed_package_evaluates_from_an_empty_directory(installed, tmp_path):

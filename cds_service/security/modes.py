@@ -1,0 +1,49 @@
+"""Open or authenticated: whether the service checks JWTs, and where it may run without doing so.
+
+With no trusted issuer the service is open, which is meant for local development (the sandbox on one's own
+machine). ``serve`` refuses to listen on anything but a loopback address in that mode unless ``--insecure`` is
+given.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger("cds_service.security")
+
+
+def auth_enabled(config: Mapping[str, Any]) -> bool:
+    """``auth_required`` when set; otherwise on as soon as an issuer is trusted."""
+    required = config.get("auth_required")
+    if required is not None:
+        return bool(required)
+    return bool(config.get("trusted_issuers")) or bool(config.get("allow_sandbox_issuer"))
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (also written [::1] or ::ffff:127.x.y.z)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # other host names are not resolved: they could point anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def check_bind_safety(host: str, config: Mapping[str, Any], insecure: bool) -> str | None:
+    """The message to refuse ``serve`` with, or None when binding to ``host`` is acceptable."""
+    if auth_enabled(config) or is_loopback(host):
+        return None
+    if insecure:
+        logger.warning("serving on %s WITHOUT authentication (--insecure): anyone who can reach it may call it", host)
+        return None
+    return (
+        f"refusing to serve on {host} without authentication: configure trusted_issuers "
+        "(or allow_sandbox_issuer for a demo), bind to 127.0.0.1, or pass --insecure"
+    )
