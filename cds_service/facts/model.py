@@ -15,7 +15,7 @@ Vocabulary (names are defined by the value sets in ``rules/valuesets/``, never i
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal
@@ -94,7 +94,8 @@ class PatientFacts:
     now: datetime
     sex: str | None = None
     birth_date: date | None = None
-    labs: Mapping[str, tuple[LabResult, ...]] = field(default_factory=dict)  # newest first per analyte
+    # newest first per analyte; build_facts gives lazy sequences (facts.labs.LabSeries), tests may give tuples
+    labs: Mapping[str, Sequence[LabResult]] = field(default_factory=dict)
     medications: tuple[MedicationUse, ...] = ()
     findings: tuple[Finding, ...] = ()  # only current ones: active, not refuted, not resolved long ago
     incomplete: frozenset[str] = frozenset()  # data groups that could not be obtained in full

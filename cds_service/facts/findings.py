@@ -1,0 +1,126 @@
+"""Conditions and symptom Observations → current ``Finding``s, one per concept a code means.
+
+A Condition counts when its ``clinicalStatus`` is active, recurrence or relapse (a missing status counts as
+active unless the Condition has an abatement), and its ``verificationStatus`` is not refuted or
+entered-in-error. An inactive, remission or resolved Condition counts only while it abated within
+``condition_grace`` (30 days, a chosen default, not a guideline figure).
+
+An Observation documents a symptom when its code is a symptom code, or a symptom-panel code whose
+``valueCodeableConcept`` is one (``symptom-observations.json``), unless it says the symptom is absent
+(``valueBoolean`` false, a negation string or code, a NEG/ND interpretation), or its status is
+``entered-in-error`` or ``cancelled``. It is current within ``observation_window`` (90 days, a chosen default),
+dated by effectiveDateTime, effectivePeriod (end, else start) or issued; an undated one is not used.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from .fhir import code_of, codings, concept_text, moment, period_end, period_start, reference_name
+from .model import Coding, Finding
+from .terminology import ICD10CM, SNOMED, Terminology
+
+ACTIVE = frozenset({"active", "recurrence", "relapse"})
+EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+EXCLUDED_OBSERVATION = frozenset({"entered-in-error", "cancelled"})
+ABATEMENT = ("abatementDateTime", "abatementAge", "abatementPeriod", "abatementRange", "abatementString")
+FINDING_SYSTEMS = (SNOMED, ICD10CM)
+
+
+class FindingReader:
+    """Reads Conditions and symptom Observations into current findings at ``now``."""
+
+    def __init__(
+        self, terminology: Terminology, now: datetime, condition_grace: timedelta, observation_window: timedelta,
+        warnings: list[str],
+    ) -> None:
+        self._terminology = terminology
+        self._now = now
+        self._condition_grace = condition_grace
+        self._observation_window = observation_window
+        self._warnings = warnings
+        self._symptoms = frozenset(n for n, c in terminology.concepts.items() if c.kind == "symptom")
+
+    # ------------------------------------------------------------------ conditions
+    def condition(self, resource: Mapping[str, Any]) -> list[Finding] | None:
+        concepts = self._concepts(resource.get("code"))
+        if not concepts or code_of(resource.get("verificationStatus")) in EXCLUDED_VERIFICATION:
+            return None
+        status = code_of(resource.get("clinicalStatus"))
+        if status is None:
+            status = "resolved" if any(key in resource for key in ABATEMENT) else "active"
+        if status not in ACTIVE:
+            abated = moment(resource.get("abatementDateTime")) or period_end(resource.get("abatementPeriod"))
+            if abated is None or abated < self._now - self._condition_grace:
+                return None
+        onset = moment(resource.get("onsetDateTime")) or period_start(resource.get("onsetPeriod"))
+        recorded = moment(resource.get("recordedDate"))
+        name = reference_name(resource)
+        text = concept_text(resource.get("code"))
+        return [
+            Finding(concept, display or text or code, "Condition", Coding(system, code, display), status, onset,
+                    recorded, name)
+            for system, code, display, concept in concepts
+        ]
+
+    # ------------------------------------------------------------------ observations
+    def is_symptom_observation(self, resource: Mapping[str, Any]) -> bool:
+        """Cheap pre-check: the Observation's code is a symptom code or a symptom-panel code."""
+        for system, code, _ in codings(resource.get("code")):
+            if self._terminology.is_symptom_panel(system, code) or self._means_symptom(system, code):
+                return True
+        return False
+
+    def observation(self, resource: Mapping[str, Any]) -> list[Finding] | None:
+        status = resource.get("status")
+        if status in EXCLUDED_OBSERVATION:
+            return None
+        code = resource.get("code")
+        panel = any(self._terminology.is_symptom_panel(s, c) for s, c, _ in codings(code))
+        source = resource.get("valueCodeableConcept") if panel else code
+        found = [(s, c, d, concept) for s, c, d, concept in self._concepts(source) if concept in self._symptoms]
+        if not found or self._negated(resource, panel):
+            return None
+        effective = (moment(resource.get("effectiveDateTime")) or period_end(resource.get("effectivePeriod"))
+                     or period_start(resource.get("effectivePeriod")) or moment(resource.get("issued")))
+        if effective is None:
+            self._warnings.append(f"{reference_name(resource)}: symptom without effective time, not used")
+            return None
+        if effective < self._now - self._observation_window:
+            return None
+        recorded = moment(resource.get("issued"))
+        text = concept_text(source)
+        return [
+            Finding(concept, display or text or code, "Observation", Coding(system, code, display),
+                    status if isinstance(status, str) else "unknown", effective, recorded, reference_name(resource))
+            for system, code, display, concept in found
+        ]
+
+    def _negated(self, resource: Mapping[str, Any], panel: bool) -> bool:
+        terminology = self._terminology
+        if resource.get("valueBoolean") is False:
+            return True
+        text = resource.get("valueString")
+        if isinstance(text, str) and terminology.is_negation_string(text):
+            return True
+        if not panel and any(terminology.is_negation_value(s, c)
+                             for s, c, _ in codings(resource.get("valueCodeableConcept"))):
+            return True
+        return any(terminology.is_negation_interpretation(s, c) for s, c, _ in codings(resource.get("interpretation")))
+
+    # ------------------------------------------------------------------ shared
+    def _concepts(self, concept: Any) -> list[tuple[str, str, str, str]]:
+        """(system, code, display, concept) for each concept the codings mean, each concept once."""
+        found: list[tuple[str, str, str, str]] = []
+        for system, code, display in codings(concept):
+            if system in FINDING_SYSTEMS:
+                for name in self._terminology.concepts_for(system, code):
+                    if all(name != known[3] for known in found):
+                        found.append((system, code, display, name))
+        return found
+
+    def _means_symptom(self, system: str, code: str) -> bool:
+        if system not in FINDING_SYSTEMS:
+            return False
+        return any(c in self._symptoms for c in self._terminology.concepts_for(system, code))

@@ -1,0 +1,281 @@
+"""Lab Observations → ``LabResult`` in the analyte's canonical unit, newest first per analyte.
+
+Selection is by LOINC code through one dict read before anything else is looked at. What decides whether a
+value is used (status, value, unit, time) is checked at once, and an Observation is skipped with a warning
+naming it when its value, unit or time cannot be used; ``entered-in-error``, ``cancelled`` and ``preliminary``
+results are skipped silently (clinical-reference.md §5). The rest of a ``LabResult`` (reference range,
+interpretation, display text) is built the first time the rules read that result (``LabSeries``), so a
+prefetch of thousands of labs costs little more than walking over it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
+from operator import itemgetter
+from typing import Any, overload
+
+from .fhir import as_list, codings, moment, number, reference_name
+from .model import Coding, LabResult
+from .terminology import LOINC, Analyte, Terminology
+from .units import Conversion
+
+SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "preliminary"})
+CORRECTED_CALCIUM = "calcium_corrected"
+
+
+# What the hot path keeps of a usable lab Observation; the LabResult is built from it on demand. A plain tuple
+# (a NamedTuple costs several times more to create): (effective, value in the canonical unit, analyte, LOINC
+# code, LOINC display, value as sent, unit as sent, Conversion, the Observation).
+Measured = tuple[datetime, float, str, str, str, float, str, Conversion, Mapping[str, Any]]
+
+
+class LabSeries(Sequence[LabResult]):
+    """One analyte's results, newest first; each ``LabResult`` is built the first time it is read."""
+
+    __slots__ = ("_rows", "_make", "_built")
+
+    def __init__(self, rows: Sequence[Any], make: Callable[[Any], LabResult]) -> None:
+        self._rows = rows
+        self._make = make
+        self._built: list[LabResult | None] = [None] * len(rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> LabResult: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[LabResult, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> LabResult | tuple[LabResult, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self._rows))))
+        built = self._built[index]
+        if built is None:
+            built = self._built[index] = self._make(self._rows[index])
+        return built
+
+    def __iter__(self) -> Iterator[LabResult]:
+        for index in range(len(self._rows)):
+            yield self[index]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside; compares by content
+
+    def __repr__(self) -> str:
+        return f"LabSeries({list(self)!r})"
+
+
+class LabReader:
+    """Reads lab Observations for one patient and builds each analyte's ``LabSeries``."""
+
+    def __init__(self, terminology: Terminology, sex: str | None, warnings: list[str]) -> None:
+        self._lab = terminology.lab_codes
+        self._analytes = terminology.analytes
+        self._units = {name: analyte.units for name, analyte in terminology.analytes.items()}
+        self._sex = sex
+        self._warnings = warnings
+        self._times: dict[str, datetime | None] = {}
+        self._codings: dict[tuple[str, str], Coding] = {}
+        self._rows: dict[str, list[Measured]] = {}
+
+    def take(self, observation: Mapping[str, Any]) -> bool:
+        """Keep the Observation's value when its code is a lab code and the value is usable.
+
+        Returns False (having looked at nothing but the code) when the Observation is not a lab this service
+        reads, so the caller can route it elsewhere; True otherwise, whether or not its value could be used.
+        """
+        code = observation.get("code")
+        if not isinstance(code, dict):
+            return False
+        coding_list = code.get("coding")
+        for coding in coding_list if isinstance(coding_list, list) else as_list(coding_list):
+            if isinstance(coding, dict):
+                loinc = coding.get("code")
+                analyte = self._lab.get(loinc) if isinstance(loinc, str) else None
+                if analyte is not None and coding.get("system", LOINC) == LOINC:
+                    display = coding.get("display")
+                    self._read(observation, analyte, loinc, display if isinstance(display, str) else "")
+                    return True
+        return False
+
+    def _read(self, observation: Mapping[str, Any], analyte: str, loinc: str, display: str) -> None:
+        if observation.get("status") in SKIPPED_STATUSES:
+            return
+        quantity = observation.get("valueQuantity")
+        if not isinstance(quantity, dict):
+            self._warn(observation, f"no numeric value for {analyte}{_sent_text(observation)}")
+            return
+        raw = quantity.get("value")
+        sent = float(raw) if type(raw) is float or type(raw) is int else number(raw)
+        if sent is None or quantity.get("comparator"):
+            shown = f"{quantity.get('comparator') or ''}{raw}"
+            self._warn(observation, f"value {shown!r} for {analyte} is not a plain number, not used")
+            return
+        unit_code, unit_text = quantity.get("code"), quantity.get("unit")
+        units = self._units[analyte]
+        conversion = units.by_code.get(unit_code) if isinstance(unit_code, str) else None
+        if conversion is None:
+            conversion = units.find(unit_code, unit_text)
+            if conversion is None:
+                shown = unit_code if isinstance(unit_code, str) and unit_code else unit_text
+                self._warn(observation, f"unknown unit {shown!r} for {analyte}")
+                return
+        text = observation.get("effectiveDateTime")
+        effective = self._times.get(text) if isinstance(text, str) else None
+        if effective is None:
+            effective = self._effective(observation)
+            if effective is None:
+                self._warn(observation, f"no effective time for {analyte}")
+                return
+        rows = self._rows.get(analyte)
+        if rows is None:
+            rows = self._rows[analyte] = []
+        rows.append((effective, sent * conversion.factor + conversion.offset, analyte, loinc, display, sent,
+                     unit_text if isinstance(unit_text, str) and unit_text else conversion.unit, conversion,
+                     observation))
+
+    def finish(self) -> dict[str, LabSeries]:
+        """Every analyte's results newest first, with corrected calcium derived from same-day albumin."""
+        series: dict[str, LabSeries] = {}
+        for name, rows in self._rows.items():
+            rows.sort(key=itemgetter(0), reverse=True)
+            series[name] = LabSeries(rows, self._result)
+        pairs = same_day_pairs(self._rows.get("calcium", ()), self._rows.get("albumin", ()))
+        if pairs:
+            series[CORRECTED_CALCIUM] = LabSeries(pairs, self._corrected)
+        return series
+
+    # ------------------------------------------------------------------ building results on demand
+    def _result(self, row: Measured) -> LabResult:
+        effective, value, name, loinc, display, sent, unit, conversion, observation = row
+        analyte = self._analytes[name]
+        low, high, from_resource = self._range(observation, analyte, conversion)
+        interpretation = observation.get("interpretation")
+        return LabResult(
+            analyte=name,
+            value=value,
+            unit=analyte.canonical_unit,
+            effective=effective,
+            code=self._coding(loinc, display),
+            ref_low=low,
+            ref_high=high,
+            ref_from_resource=from_resource,
+            interpretation=tuple(c for _, c, _ in codings(interpretation)) if interpretation else (),
+            reported=f"{sent:.6g} {unit}",
+            resource=reference_name(observation),
+        )
+
+    def _corrected(self, pair: tuple[Measured, Measured]) -> LabResult:
+        """Payne (BMJ 1973): Ca_corr (mg/dL) = Ca + 0.8 × (4.0 − albumin g/dL) (clinical-reference.md §1).
+
+        Canonical units are mg/dL for calcium and g/dL for albumin (``lab-analytes.json``).
+        """
+        (effective, calcium, _, loinc, display, ca_sent, ca_unit, _, observation), albumin = pair
+        analyte = self._analytes[CORRECTED_CALCIUM]
+        value = calcium + 0.8 * (4.0 - albumin[1])
+        default = analyte.reference_range(self._sex)
+        return LabResult(
+            analyte=CORRECTED_CALCIUM,
+            value=value,
+            unit=analyte.canonical_unit,
+            effective=effective,
+            code=self._coding(loinc, display),
+            ref_low=default.low,
+            ref_high=default.high,
+            ref_from_resource=False,
+            interpretation=(),
+            reported=f"{value:.1f} {analyte.canonical_unit} (calcium {ca_sent:.6g} {ca_unit}, "
+                     f"albumin {albumin[5]:.6g} {albumin[6]})",
+            resource=reference_name(observation),
+        )
+
+    def _coding(self, loinc: str, display: str) -> Coding:
+        coding = self._codings.get((loinc, display))
+        if coding is None:
+            coding = self._codings[(loinc, display)] = Coding(LOINC, loinc, display)
+        return coding
+
+    def _effective(self, observation: Mapping[str, Any]) -> datetime | None:
+        """effectiveDateTime (or effectiveInstant), else effectivePeriod.end, else issued (§5)."""
+        text = observation.get("effectiveDateTime") or observation.get("effectiveInstant")
+        if not isinstance(text, str):
+            period = observation.get("effectivePeriod")
+            text = period.get("end") if isinstance(period, dict) else None
+            if not isinstance(text, str):
+                text = observation.get("issued")
+                if not isinstance(text, str):
+                    return None
+        if text not in self._times:
+            self._times[text] = moment(text)
+        return self._times[text]
+
+    def _range(
+        self, observation: Mapping[str, Any], analyte: Analyte, conversion: Conversion
+    ) -> tuple[float | None, float | None, bool]:
+        """The Observation's own referenceRange in canonical units, else the analyte's default for the sex."""
+        ranges = observation.get("referenceRange")
+        if ranges:
+            for item in as_list(ranges):
+                if not isinstance(item, dict) or not _is_normal_range(item):
+                    continue
+                low = _bound(item.get("low"), analyte, conversion)
+                high = _bound(item.get("high"), analyte, conversion)
+                if low is not None or high is not None:
+                    return low, high, True
+        default = analyte.reference_range(self._sex)
+        return default.low, default.high, False
+
+    def _warn(self, observation: Mapping[str, Any], message: str) -> None:
+        self._warnings.append(f"{reference_name(observation)}: {message}")
+
+
+def same_day_pairs(calcium: Sequence[Measured], albumin: Sequence[Measured]) -> list[tuple[Measured, Measured]]:
+    """Each calcium (newest first) with the albumin closest in time on the same UTC calendar day, if any.
+
+    clinical-reference.md §1: use the correction only when albumin was measured with the calcium (same panel or
+    same day).
+    """
+    by_day: dict[date, list[Measured]] = {}
+    for item in albumin:
+        by_day.setdefault(_utc_day(item[0]), []).append(item)
+    pairs = []
+    for ca in calcium:
+        same_day = by_day.get(_utc_day(ca[0]))
+        if same_day:
+            pairs.append((ca, min(same_day, key=lambda a: abs((a[0] - ca[0]).total_seconds()))))
+    return pairs
+
+
+def _utc_day(when: datetime) -> date:
+    return when.astimezone(UTC).date()
+
+
+def _is_normal_range(item: Mapping[str, Any]) -> bool:
+    """A range without ``type``/``appliesTo`` or typed ``normal`` applies to this patient's value."""
+    if item.get("appliesTo"):
+        return False
+    kind = item.get("type")
+    return not kind or any(code == "normal" for _, code, _ in codings(kind))
+
+
+def _bound(quantity: Any, analyte: Analyte, value_conversion: Conversion) -> float | None:
+    """A range limit in canonical units; a limit without a unit is taken in the value's unit."""
+    if not isinstance(quantity, dict):
+        return None
+    value = number(quantity.get("value"))
+    if value is None:
+        return None
+    code, text = quantity.get("code"), quantity.get("unit")
+    conversion = analyte.units.find(code, text) if code or text else value_conversion
+    return conversion.apply(value) if conversion else None
+
+
+def _sent_text(observation: Mapping[str, Any]) -> str:
+    text = observation.get("valueString")
+    return f" (value {text!r} is text)" if isinstance(text, str) else ""

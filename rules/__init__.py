@@ -1,0 +1,1 @@
+"""The shipped rule set, installed as the package ``cds_service.ruleset`` (data only)."""
