@@ -1,0 +1,133 @@
+"""Evaluate one criteria block over the patient facts: a three-valued state plus the evidence that decided it.
+
+A block whose data group is incomplete (``PatientFacts.incomplete``) and that did not match is *unknown*
+(None), never False: the absence of a lab, a drug or a finding that may simply not have been fetched must not
+make a ``not`` or a ``missing`` criterion true.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+from typing import TypeAlias
+
+from ..facts.model import Finding, LabResult, MedicationUse, PatientFacts
+from .expression import Tri, all_of, any_of, not_
+from .model import (
+    CompositeCriterion,
+    Criterion,
+    FindingCriterion,
+    LabCriterion,
+    MedicationCriterion,
+)
+
+# Names a record or facts layer may use in ``incomplete`` for the data each kind of criterion reads.
+DATA_GROUPS: dict[type, frozenset[str]] = {
+    LabCriterion: frozenset({"labs"}),
+    MedicationCriterion: frozenset({"medications", "medrequests", "medstatements"}),
+    FindingCriterion: frozenset({"conditions", "symptoms", "findings"}),
+}
+FUTURE_TOLERANCE = timedelta(hours=1)  # clock skew between the EHR and this service
+
+
+@dataclass(frozen=True, slots=True)
+class Absence:
+    """Evidence that no result of ``analyte`` exists within the look-back."""
+
+    analyte: str
+    within_text: str
+
+
+Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    state: Tri
+    evidence: tuple[Evidence, ...] = ()
+
+
+def evaluate(criterion: Criterion, facts: PatientFacts) -> Match:
+    if isinstance(criterion, CompositeCriterion):
+        return _composite(criterion, facts)
+    incomplete = bool(DATA_GROUPS[type(criterion)] & facts.incomplete)
+    if isinstance(criterion, LabCriterion):
+        return _lab(criterion, facts, incomplete)
+    if isinstance(criterion, MedicationCriterion):
+        found: tuple[Evidence, ...] = tuple(
+            m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
+        )
+    else:
+        found = tuple(f for f in facts.findings_of(criterion.concepts) if _finding_current(criterion, f, facts))
+    if found:
+        return Match(True, found)
+    return Match(None if incomplete else False)
+
+
+def _composite(criterion: CompositeCriterion, facts: PatientFacts) -> Match:
+    matches = [evaluate(child, facts) for child in criterion.children]
+    if criterion.op == "not":
+        return Match(not_(matches[0].state))
+    combine = all_of if criterion.op == "all" else any_of
+    state = combine(m.state for m in matches)
+    evidence = tuple(e for m in matches if m.state for e in m.evidence) if state else ()
+    return Match(state, evidence)
+
+
+def _use_matches(use: str, medication: MedicationUse) -> bool:
+    if use == "any":
+        return medication.kind != "draft" or medication.selected
+    if use == "ordering":
+        return medication.kind == "draft" and medication.selected
+    return medication.kind != "draft"
+
+
+def _finding_current(criterion: FindingCriterion, finding: Finding, facts: PatientFacts) -> bool:
+    when = finding.date
+    if when is None:
+        return True
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when > facts.now + FUTURE_TOLERANCE:
+        return False
+    return criterion.within is None or when >= facts.now - criterion.within
+
+
+def latest_within(facts: PatientFacts, analyte: str, within: timedelta) -> LabResult | None:
+    """The newest result of ``analyte`` dated within ``within`` before now (results after now are ignored)."""
+    earliest, latest = facts.now - within, facts.now + FUTURE_TOLERANCE
+    for result in facts.labs.get(analyte, ()):  # newest first (PatientFacts.labs): stop at the first one not ahead
+        if result.effective <= latest:
+            return result if result.effective >= earliest else None
+    return None
+
+
+def _lab(criterion: LabCriterion, facts: PatientFacts, incomplete: bool) -> Match:
+    result = latest_within(facts, criterion.analyte, criterion.within)
+    if criterion.missing:
+        if result is not None:
+            return Match(False)
+        return Match(None) if incomplete else Match(True, (Absence(criterion.analyte, criterion.within_text),))
+    if result is None:
+        return Match(None if incomplete else False)
+    states = [_compare(result, op, limit) for op, limit in criterion.comparisons]
+    states += [_in_range(result, check) for check in criterion.range_checks]
+    state = all_of(states)
+    return Match(state, (result,) if state else ())
+
+
+def _compare(result: LabResult, op: str, limit: float) -> Tri:
+    if op == "above_uln":
+        ratio = result.times_uln
+        return None if ratio is None else ratio > limit
+    value = result.value
+    return {
+        "below": value < limit,
+        "above": value > limit,
+        "at_least": value >= limit,
+        "at_most": value <= limit,
+    }[op]
+
+
+def _in_range(result: LabResult, check: str) -> Tri:
+    if check == "above_range":
+        return None if result.ref_high is None else result.value > result.ref_high
+    return None if result.ref_low is None else result.value < result.ref_low

@@ -1,0 +1,126 @@
+"""Evaluate the rule set over one patient's facts and return the cards, ready for the response.
+
+* No card at all unless a cramp or spasm is documented and current (the facts keep only current findings).
+* One card per underlying problem: rules share a ``group``; the firing with the highest indicator (then the
+  earliest rule) makes the card and the others' summaries and suggestions are merged into it.
+* Cards are ordered critical, warning, info, then by rule order, and capped at ``max_cards``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cards import Firing, build_card
+from ..facts.model import PatientFacts
+from .criteria import evaluate as evaluate_criterion
+from .loader import (
+    RuleError,
+    Vocabulary,
+    load_override_reasons,
+    load_rule,
+    rule_files,
+    shipped_rules_dir,
+)
+from .model import INDICATOR_RANK, Rule, binding_name
+
+log = logging.getLogger("cds_service.rules")
+CRAMP_CONCEPTS = frozenset({"cramp", "spasm"})  # the symptoms this service is about; nothing fires without one
+
+__all__ = ["CRAMP_CONCEPTS", "IssuedCard", "RuleError", "RuleSet", "evaluate", "fire"]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCard:
+    rule_id: str
+    indicator: str
+    card: dict[str, Any]
+    related: tuple[str, ...] = ()  # ids of rules about the same problem whose findings were merged in
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    directory: Path | None = None
+    by_id: dict[str, Rule] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path | None, terminology: Vocabulary | None) -> RuleSet:
+        """Load every rule below ``directory`` (None: the shipped rules); RuleError on the first bad file."""
+        directory = directory or shipped_rules_dir()
+        if not directory.is_dir():
+            raise RuleError(f"{directory}: the rules directory does not exist")
+        reasons = load_override_reasons(directory)
+        rules: list[Rule] = []
+        seen: dict[str, Path] = {}
+        for order, path in enumerate(rule_files(directory)):
+            rule = load_rule(path, order, terminology, reasons)
+            if rule.id in seen:
+                raise RuleError(f"{path}: at id: {rule.id!r} is also the id of {seen[rule.id]}")
+            seen[rule.id] = path
+            if rule.status != "deprecated":
+                rules.append(rule)
+        return cls.of(rules, directory)
+
+    @classmethod
+    def of(cls, rules: Iterable[Rule], directory: Path | None = None) -> RuleSet:
+        rules = tuple(rules)
+        return cls(rules=rules, directory=directory, by_id={r.id: r for r in rules})
+
+    def only(self, rule_id: str) -> RuleSet:
+        """The rule set reduced to one rule (the case runner tests each rule on its own)."""
+        return RuleSet.of([self.by_id[rule_id]], self.directory)
+
+
+def fire(rule: Rule, facts: PatientFacts) -> Firing | None:
+    """The rule's firing over ``facts``, or None when its condition is false or cannot be decided."""
+    matches = {name: evaluate_criterion(criterion, facts) for name, criterion in rule.criteria.items()}
+    states = {name: match.state for name, match in matches.items()}
+    if rule.condition.evaluate(states) is not True:
+        return None
+    escalation = next((e for e in rule.card.escalate if states.get(e.when) is True), None)
+    return Firing(
+        rule=rule,
+        states=states,
+        matches={binding_name(name): match for name, match in matches.items()},
+        indicator=escalation.indicator if escalation else rule.card.indicator,
+        summary=(escalation.summary if escalation and escalation.summary else rule.card.summary),
+    )
+
+
+def _rank(firing: Firing) -> tuple[int, bool, int]:
+    """Critical first; within an indicator, cards about the order being placed, then rule order."""
+    return INDICATOR_RANK[firing.indicator], not firing.rule.about_orders, firing.rule.order
+
+
+def evaluate(ruleset: RuleSet, facts: PatientFacts, hook: str, *, max_cards: int) -> list[IssuedCard]:
+    """The cards for ``facts`` on ``hook``: one per problem, critical first, at most ``max_cards``."""
+    if not facts.findings_of(CRAMP_CONCEPTS):
+        return []
+    firings = [f for f in (_fire_safely(r, facts) for r in ruleset.rules if hook in r.hooks) if f is not None]
+    groups: dict[str, list[Firing]] = {}
+    for firing in sorted(firings, key=_rank):
+        groups.setdefault(firing.rule.group, []).append(firing)
+    ranked = sorted(groups.values(), key=lambda group: _rank(group[0]))
+    return [_issue(group, facts) for group in ranked[: max(max_cards, 0)]]
+
+
+def _fire_safely(rule: Rule, facts: PatientFacts) -> Firing | None:
+    """One rule's failure on unexpected data costs that rule's card, never the whole response."""
+    try:
+        return fire(rule, facts)
+    except Exception:
+        log.exception("rule %s failed on patient facts; it is skipped for this call", rule.id)
+        return None
+
+
+def _issue(group: Sequence[Firing], facts: PatientFacts) -> IssuedCard:
+    primary, related = group[0], list(group[1:])
+    return IssuedCard(
+        rule_id=primary.rule.id,
+        indicator=primary.indicator,
+        card=build_card(primary, related, facts),
+        related=tuple(f.rule.id for f in related),
+    )

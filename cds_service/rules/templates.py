@@ -1,0 +1,226 @@
+"""Card text from a rule's templates and the evidence its criteria matched.
+
+Placeholders are ``{name}`` or ``{name.field}``, where ``name`` is a criteria block without its prefix
+(``require_low_potassium`` -> ``{low_potassium.value}``). The fields each kind of evidence offers are listed in
+``FIELDS``; the loader rejects any other. Values from patient data are escaped for Markdown (detail) or made
+single-line plain text (summary, labels): no raw HTML or Markdown from a record reaches a card.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+
+from ..facts.model import Finding, LabResult, MedicationUse
+from .criteria import Absence, Evidence, Match
+from .model import CompositeCriterion, Criterion, LabCriterion, MedicationCriterion
+
+PLACEHOLDER = re.compile(r"\{([a-z0-9_]+)(?:\.([a-z_]+))?\}")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+FIELDS: dict[str, frozenset[str]] = {
+    "lab": frozenset({"value", "unit", "date", "range", "times_uln", "uln", "reported", "results"}),
+    "missing": frozenset({"analyte", "within"}),
+    "medication": frozenset({"names", "ingredients", "date"}),
+    "finding": frozenset({"names", "date"}),
+    "mixed": frozenset({"date"}),  # a composite of different kinds: only {name} and {name.date}
+}
+NO_RANGE = "no reference range"
+_UNIT_DISPLAY = {"mL/min/{1.73_m2}": "mL/min/1.73 m²", "m[IU]/L": "mIU/L", "Cel": "°C", "[degF]": "°F"}
+_NAMES = {  # how card text names an analyte (others: the name with spaces, capitalised)
+    "ck": "CK",
+    "tsh": "TSH",
+    "egfr": "eGFR",
+    "bun": "BUN",
+    "hba1c": "HbA1c",
+    "free_t4": "Free T4",
+    "vitamin_d": "25-OH vitamin D",
+    "vitamin_b12": "Vitamin B12",
+    "calcium_corrected": "Albumin-corrected calcium",
+    "calcium_ionized": "Ionized calcium",
+}
+
+
+def criterion_kind(criterion: Criterion) -> str:
+    """The evidence kind a criterion yields; a composite whose parts differ yields ``mixed``."""
+    if isinstance(criterion, CompositeCriterion):
+        kinds = {criterion_kind(child) for child in criterion.children}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+    if isinstance(criterion, LabCriterion):
+        return "missing" if criterion.missing else "lab"
+    return "medication" if isinstance(criterion, MedicationCriterion) else "finding"
+
+
+def number(value: float) -> str:
+    """3.1 -> "3.1", 8.0 -> "8.0", 0.654 -> "0.65", 19.0 -> "19", 2500.0 -> "2500"."""
+    text = f"{value:.2f}".rstrip("0")
+    if text.endswith("."):
+        text = text + "0" if abs(value) < 10 else text[:-1]
+    return text
+
+
+def unit_text(unit: str) -> str:
+    """A UCUM unit as clinicians write it (``m[IU]/L`` -> ``mIU/L``)."""
+    return _UNIT_DISPLAY.get(unit, unit)
+
+
+def analyte_name(analyte: str) -> str:
+    return _NAMES.get(analyte, analyte.replace("_", " ").capitalize())
+
+
+def plain(text: str) -> str:
+    """Patient-supplied text made single-line plain text."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def markdown(text: str) -> str:
+    """Patient-supplied text made inert inside GitHub-flavoured Markdown (no HTML, links or emphasis)."""
+    text = plain(text).replace("&", "&amp;").replace("<", "&lt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def _day(moment: datetime | None) -> str:
+    return moment.date().isoformat() if moment else "date not recorded"
+
+
+def _join(items: Sequence[str]) -> str:
+    unique = list(dict.fromkeys(i for i in items if i))
+    if len(unique) <= 1:
+        return "".join(unique)
+    return ", ".join(unique[:-1]) + " and " + unique[-1]
+
+
+def lab_range(result: LabResult) -> str:
+    low, high, unit = result.ref_low, result.ref_high, unit_text(result.unit)
+    if low is not None and high is not None:
+        text = f"{number(low)}–{number(high)} {unit}"
+    elif high is not None:
+        text = f"≤ {number(high)} {unit}"
+    elif low is not None:
+        text = f"≥ {number(low)} {unit}"
+    else:
+        return NO_RANGE
+    return text if result.ref_from_resource else f"{text}, service default"
+
+
+def field_value(evidence: Sequence[Evidence], field: str | None) -> str:
+    """The text of ``field`` over a block's evidence (plain text; escape it for the target format).
+
+    Without a field: a lab's value and unit, the ingredients of medications, the names of findings; for mixed
+    evidence (a lab or a diagnosis) the first item's text.
+    """
+    first = evidence[0]
+    if field == "date":
+        dates = [d for d in (_evidence_date(e) for e in evidence) if d]
+        return _day(max(dates, key=_utc)) if dates else _day(None)
+    if isinstance(first, LabResult):
+        if field == "results":
+            return _join([_result(e) for e in evidence if isinstance(e, LabResult)])
+        return _lab_field(first, field)
+    if isinstance(first, Absence):
+        analyte = running(analyte_name(first.analyte))
+        if field == "analyte":
+            return analyte
+        if field == "within":
+            return _window(first.within_text)
+        return f"no {analyte} in the last {_window(first.within_text)}"
+    if isinstance(first, MedicationUse):
+        meds = [e for e in evidence if isinstance(e, MedicationUse)]
+        if field == "names":
+            return _join([m.name for m in meds])
+        return _join(sorted({i for m in meds for i in m.ingredients}) or [m.name for m in meds])
+    return _join([running(e.display) for e in evidence if isinstance(e, Finding)])
+
+
+def _lab_field(result: LabResult, field: str | None) -> str:
+    unit = unit_text(result.unit)
+    if field == "unit":
+        return unit
+    if field == "range":
+        return lab_range(result)
+    if field == "reported":
+        return result.reported
+    if field == "times_uln":
+        return f"{result.times_uln:.1f}" if result.times_uln is not None else "unknown"
+    if field == "uln":
+        return f"{number(result.ref_high)} {unit}" if result.ref_high is not None else "unknown"
+    return number(result.value) if field == "value" else f"{number(result.value)} {unit}"
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def running(name: str) -> str:
+    """A name inside a sentence: "Potassium" -> "potassium", "Deep venous thrombosis" -> "deep venous
+    thrombosis"; acronyms ("CK", "TSH") and names starting with a digit stay as they are."""
+    if len(name) > 1 and name[0].isupper() and name[1].islower():
+        return name[0].lower() + name[1:]
+    return name
+
+
+def _result(result: LabResult) -> str:
+    """``potassium 3.1 mmol/L``: the analyte in running text with its value."""
+    return f"{running(analyte_name(result.analyte))} {number(result.value)} {unit_text(result.unit)}"
+
+
+def _evidence_date(evidence: Evidence) -> datetime | None:
+    if isinstance(evidence, LabResult):
+        return evidence.effective
+    if isinstance(evidence, MedicationUse):
+        return evidence.date
+    if isinstance(evidence, Finding):
+        return evidence.date
+    return None
+
+
+def _window(text: str) -> str:
+    match = re.fullmatch(r"P(\d+)([YMWD])", text)
+    if not match:
+        return text
+    amount, unit = int(match.group(1)), {"Y": "year", "M": "month", "W": "week", "D": "day"}[match.group(2)]
+    return f"{amount} {unit}{'s' if amount != 1 else ''}"
+
+
+def render(template: str, matches: Mapping[str, Match], escape: Callable[[str], str]) -> str:
+    """Fill ``template`` from the matched evidence; ``escape`` is ``plain`` or ``markdown``."""
+
+    def replace(found: re.Match[str]) -> str:
+        match = matches.get(found.group(1))
+        if match is None or not match.evidence:
+            return "(not recorded)"
+        return escape(field_value(match.evidence, found.group(2)))
+
+    return PLACEHOLDER.sub(replace, template)
+
+
+def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
+    """One Markdown bullet (without the dash) describing one piece of evidence."""
+    label = f"{markdown(criterion.label)}: " if criterion.label else ""
+    if isinstance(evidence, LabResult):
+        unit = unit_text(evidence.unit)
+        text = f"{label}{markdown(analyte_name(evidence.analyte))} **{number(evidence.value)} {markdown(unit)}**"
+        if evidence.reported and not plain(evidence.reported).endswith(f" {evidence.unit}"):
+            text += f" (reported as {markdown(evidence.reported)})"
+        reference = lab_range(evidence)
+        text += f", {markdown(reference)}" if reference == NO_RANGE else f", reference {markdown(reference)}"
+        if evidence.ref_high and evidence.value > evidence.ref_high:
+            text += f", {evidence.value / evidence.ref_high:.1f}× the upper limit"
+        return f"{text}, {_day(evidence.effective)}"
+    if isinstance(evidence, Absence):
+        analyte = markdown(running(analyte_name(evidence.analyte)))
+        return f"{label}no {analyte} result in the last {_window(evidence.within_text)}"
+    if isinstance(evidence, MedicationUse):
+        if evidence.kind == "draft":
+            return f"{label}**{markdown(evidence.name)}** (draft order in this session)"
+        kind = "prescription" if evidence.kind == "request" else "reported use"
+        since = f" since {_day(evidence.date)}" if evidence.date else ""
+        return f"{label}**{markdown(evidence.name)}** ({kind}, {markdown(evidence.status)}{since})"
+    since = f" since {_day(evidence.date)}" if evidence.date else ""
+    return f"{label}**{markdown(evidence.display)}** ({evidence.source}, {markdown(evidence.status)}{since})"
+
+
+def placeholders(template: str) -> list[tuple[str, str | None]]:
+    return [(m.group(1), m.group(2)) for m in PLACEHOLDER.finditer(template)]
+

@@ -1,0 +1,107 @@
+"""Cards: CDS Hooks 2.0.1 invariants on every card the rule cases produce, FHIR R4 validity of suggested
+resources (fhir.resources R4B models), and escaping of patient-supplied text."""
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from cds_service.cards import service_request
+from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
+from cds_service.rules.cases import load_cases, run_case
+from cds_service.rules.check import load_terminology
+from cds_service.rules.engine import RuleSet, evaluate
+from cds_service.rules.loader import case_files, shipped_rules_dir
+from cds_service.rules.templates import markdown, plain
+from cds_service.wire import card_problems
+
+RULES_DIR = shipped_rules_dir()
+TERMINOLOGY = load_terminology(RULES_DIR)
+RULESET = RuleSet.load(RULES_DIR, TERMINOLOGY)
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _all_cards() -> list[dict[str, Any]]:
+    cards = []
+    for path in case_files(RULES_DIR):
+        for test in load_cases(path)[1]:
+            cards += [c.card for c in run_case(RULESET, test, TERMINOLOGY).cards]
+    return cards
+
+
+CARDS = _all_cards()
+
+
+def test_the_cases_produce_cards_of_every_indicator() -> None:
+    assert {c["indicator"] for c in CARDS} == {"info", "warning", "critical"}
+    assert len(CARDS) > 80
+
+
+@pytest.mark.parametrize("index", range(len(CARDS)))
+def test_card_invariants(index: int) -> None:
+    card = CARDS[index]
+    assert card_problems(card) == []
+    assert len(card["summary"]) < 140 and "\n" not in card["summary"]
+    assert uuid.UUID(card["uuid"]).version == 4
+    assert card["source"]["url"].startswith("https://") and card["source"]["label"]
+    for reason in card.get("overrideReasons", ()):
+        assert set(reason) == {"code", "system", "display"} and all(reason.values())
+    for link in card.get("links", ()):
+        assert link["type"] == "absolute" and link["url"].startswith("https://")
+    if "suggestions" in card:
+        assert card["selectionBehavior"] in ("any", "at-most-one")
+    for suggestion in card.get("suggestions", ()):
+        assert uuid.UUID(suggestion["uuid"]).version == 4 and suggestion["actions"]
+        for action in suggestion["actions"]:
+            assert action["description"]
+            if action["type"] == "create":
+                resource = ServiceRequest.model_validate(action["resource"])
+                assert (resource.status, resource.intent) == ("draft", "order")
+                assert resource.subject.reference == "Patient/case-patient"
+                assert resource.code.coding[0].system == "http://loinc.org"
+            else:
+                assert action["type"] == "delete" and "resource" not in action
+                assert re.fullmatch(r"MedicationRequest/[A-Za-z0-9\-.]{1,64}", action["resourceId"])
+
+
+def test_findings_list_values_units_ranges_dates_and_drugs() -> None:
+    cards = [c for c in CARDS if c["summary"].startswith("Low potassium (3.4 mmol/L) on furosemide")]
+    detail = cards[0]["detail"]
+    assert "Potassium **3.4 mmol/L**, reference 3.5–5.0 mmol/L, service default, 2026-10-27" in detail
+    assert "Diuretic: **furosemide 40 MG Oral Tablet** (prescription, active since" in detail
+    assert detail.index("**Findings**") < detail.index("**Why it matters.**") < detail.index("**Consider.**")
+
+
+def test_service_request_is_valid_r4() -> None:
+    resource = service_request("p-1", "http://loinc.org", "2157-6", "Creatine kinase")
+    assert ServiceRequest.model_validate(resource).model_dump(exclude_none=True)["subject"] == {
+        "reference": "Patient/p-1"
+    }
+
+
+def test_patient_text_cannot_inject_markdown_or_html() -> None:
+    hostile = "<img src=x onerror=alert(1)> [click](https://evil.example) **bold**\n# heading"
+    assert "<" not in markdown(hostile) and "](" not in markdown(hostile) and "\n" not in markdown(hostile)
+    assert plain("a\x00b\n\tc") == "a b c"
+    potassium = LabResult(
+        "potassium", 3.0, "mmol/L", NOW - timedelta(days=1), Coding("http://loinc.org", "2823-3"),
+        3.5, 5.0, True, (), "3.0 mmol/L", "Observation/k",
+    )
+    diuretic = MedicationUse(
+        hostile, frozenset({"furosemide"}), frozenset({"loop_diuretic"}), "request", "active", False, None,
+        "MedicationRequest/m",
+    )
+    cramp = Finding(
+        "cramp", hostile, "Condition", Coding("http://snomed.info/sct", "55300003"), "active", None, None, "Condition/c"
+    )
+    facts = PatientFacts(
+        patient_id="p1", now=NOW, labs={"potassium": (potassium,)}, medications=(diuretic,), findings=(cramp,)
+    )
+    (issued,) = evaluate(RULESET, facts, "patient-view", max_cards=5)
+    detail = issued.card["detail"]
+    assert "<img" not in detail and "](https://evil" not in detail and "\n# heading" not in detail
+    assert issued.card["summary"] == "Low potassium (3.0 mmol/L) on furosemide may explain cramps"
