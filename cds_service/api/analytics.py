@@ -1,0 +1,51 @@
+"""``GET /analytics``: per rule, cards shown, accepted and overridden, with override reasons, over a period.
+
+Query parameters ``since`` and ``until`` (ISO 8601 date or date-time; a date means midnight UTC and a date-time
+without an offset is UTC) bound the half-open period ``[since, until)`` on the time cards were issued. By default
+the period is the last 30 days. Authenticated like the CDS Hooks endpoints when authentication is on.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from flask import Blueprint, request
+
+from ..analytics import Period, feedback_report
+from ..errors import INVALID_PERIOD, CdsError
+from .context import authenticate, components
+
+DEFAULT_DAYS = 30
+
+bp = Blueprint("analytics", __name__)
+bp.before_request(authenticate)
+
+
+def _moment(name: str) -> datetime | None:
+    text = request.args.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CdsError(INVALID_PERIOD, f"{name} is not an ISO 8601 date or date-time.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def requested_period(now: datetime) -> Period:
+    until = _moment("until") or now
+    since = _moment("since") or until - timedelta(days=DEFAULT_DAYS)
+    try:
+        return Period(since, until)
+    except ValueError as exc:
+        raise CdsError(INVALID_PERIOD, f"{exc}.") from None
+
+
+@bp.get("/analytics")
+def analytics():
+    parts = components()
+    displays = {
+        (reason.system, reason.code): reason.display
+        for rule in parts.runtime.ruleset.rules
+        for reason in rule.card.override_reasons
+    }
+    return feedback_report(parts.engine, requested_period(datetime.now(UTC)), displays).as_json()
