@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cds_service.config import DEFAULTS
 from cds_service.facts.build import FactWindows, build_facts
@@ -240,6 +242,12 @@ def test_corrected_calcium_uses_same_day_albumin(terminology: Terminology) -> No
 def test_calcium_in_mmol_is_corrected_in_mg_dl(terminology: Terminology) -> None:
     facts = facts_of(terminology, lab("ca", "2000-8", 2.0, "mmol/L"), lab("alb", "1751-7", 3.0, "g/dL"))
     assert facts.latest("calcium_corrected").value == pytest.approx(2.0 * 4.008 + 0.8)
+
+
+@pytest.mark.parametrize(("albumin", "expected"), [(4.0, 8.3), (5.4, 8.3), (3.9, 8.3 + 0.8 * 0.1)])
+def test_calcium_is_not_corrected_downwards_for_a_normal_or_high_albumin(terminology, albumin, expected) -> None:
+    facts = facts_of(terminology, lab("ca", "17861-6", 8.3, "mg/dL"), lab("alb", "1751-7", albumin, "g/dL"))
+    assert facts.latest("calcium_corrected").value == pytest.approx(expected)
 
 
 def test_lab_series_builds_results_on_demand_and_reads_like_a_tuple(terminology: Terminology) -> None:
@@ -554,3 +562,36 @@ def test_a_sandbox_request_becomes_facts(terminology: Terminology) -> None:
         "Hydrochlorothiazide 25 MG Oral Tablet": {"thiazide_diuretic"},
     }
     assert facts.incomplete == {"meds"}  # the next page could not be fetched: rules relying on absence stay silent
+
+
+# ---------------------------------------------------------------- any JSON in any field: never an exception
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["code", "system", "value", "unit", "coding", "text", "low", "high", "type", "end"]),
+        inner, max_size=4),
+    max_leaves=10,
+)
+FIELDS = ["status", "code", "valueQuantity", "referenceRange", "interpretation", "effectiveDateTime",
+          "effectivePeriod", "issued", "valueCodeableConcept", "valueString", "valueBoolean", "id"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=4),
+       condition_changes=st.dictionaries(
+           st.sampled_from(["clinicalStatus", "verificationStatus", "code", "onsetDateTime", "abatementDateTime"]),
+           JSON, max_size=3),
+       request_changes=st.dictionaries(
+           st.sampled_from(["status", "medicationCodeableConcept", "medicationReference", "authoredOn",
+                            "dispenseRequest", "contained"]), JSON, max_size=3))
+def test_any_shape_builds_and_every_result_materialises(
+    terminology: Terminology, changes: dict[str, Any], condition_changes: dict[str, Any],
+    request_changes: dict[str, Any],
+) -> None:
+    observation = lab("fuzz", "2823-3", 3.0, "mmol/L") | changes
+    facts = facts_of(terminology, observation, symptom("sym") | changes,
+                     condition("c", SNOMED, "55300003") | condition_changes,
+                     request("mr", rx("316672", "Simvistatin 10 MG")) | request_changes)
+    for series in facts.labs.values():
+        for result in series:  # built lazily: must not raise either
+            assert result.unit and isinstance(result.reported, str)

@@ -21,12 +21,13 @@ from .units import Conversion
 
 SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "preliminary"})
 CORRECTED_CALCIUM = "calcium_corrected"
+PAYNE_REFERENCE_ALBUMIN = 4.0  # g/dL: the albumin Payne's correction adjusts to (clinical-reference.md §1)
 
 
 # What the hot path keeps of a usable lab Observation; the LabResult is built from it on demand. A plain tuple
-# (a NamedTuple costs several times more to create): (effective, value in the canonical unit, analyte, LOINC
-# code, LOINC display, value as sent, unit as sent, Conversion, the Observation).
-Measured = tuple[datetime, float, str, str, str, float, str, Conversion, Mapping[str, Any]]
+# (a NamedTuple costs several times more to create): (effective, value in the canonical unit, analyte,
+# Conversion used, the Observation, its LOINC coding that named the analyte).
+Measured = tuple[datetime, float, str, Conversion, Mapping[str, Any], Mapping[str, Any]]
 
 
 class LabSeries(Sequence[LabResult]):
@@ -80,7 +81,6 @@ class LabReader:
         self._units = {name: analyte.units for name, analyte in terminology.analytes.items()}
         self._sex = sex
         self._warnings = warnings
-        self._times: dict[str, datetime | None] = {}
         self._codings: dict[tuple[str, str], Coding] = {}
         self._rows: dict[str, list[Measured]] = {}
 
@@ -89,56 +89,53 @@ class LabReader:
 
         Returns False (having looked at nothing but the code) when the Observation is not a lab this service
         reads, so the caller can route it elsewhere; True otherwise, whether or not its value could be used.
+        This is the hot path: it reads only what decides whether the value is used.
         """
         code = observation.get("code")
-        if not isinstance(code, dict):
+        if type(code) is not dict:
             return False
         coding_list = code.get("coding")
-        for coding in coding_list if isinstance(coding_list, list) else as_list(coding_list):
-            if isinstance(coding, dict):
+        lab = self._lab
+        for coding in coding_list if type(coding_list) is list else as_list(coding_list):
+            if type(coding) is dict:
                 loinc = coding.get("code")
-                analyte = self._lab.get(loinc) if isinstance(loinc, str) else None
+                analyte = lab.get(loinc) if type(loinc) is str else None
                 if analyte is not None and coding.get("system", LOINC) == LOINC:
-                    display = coding.get("display")
-                    self._read(observation, analyte, loinc, display if isinstance(display, str) else "")
-                    return True
-        return False
-
-    def _read(self, observation: Mapping[str, Any], analyte: str, loinc: str, display: str) -> None:
+                    break
+        else:
+            return False
         if observation.get("status") in SKIPPED_STATUSES:
-            return
+            return True
         quantity = observation.get("valueQuantity")
-        if not isinstance(quantity, dict):
+        if type(quantity) is not dict:
             self._warn(observation, f"no numeric value for {analyte}{_sent_text(observation)}")
-            return
+            return True
         raw = quantity.get("value")
-        sent = float(raw) if type(raw) is float or type(raw) is int else number(raw)
-        if sent is None or quantity.get("comparator"):
+        value = float(raw) if type(raw) is float or type(raw) is int else number(raw)
+        if value is None or quantity.get("comparator"):
             shown = f"{quantity.get('comparator') or ''}{raw}"
             self._warn(observation, f"value {shown!r} for {analyte} is not a plain number, not used")
-            return
-        unit_code, unit_text = quantity.get("code"), quantity.get("unit")
+            return True
         units = self._units[analyte]
-        conversion = units.by_code.get(unit_code) if isinstance(unit_code, str) else None
+        unit_code = quantity.get("code")
+        conversion = units.by_code.get(unit_code) if type(unit_code) is str else None
         if conversion is None:
+            unit_text = quantity.get("unit")
             conversion = units.find(unit_code, unit_text)
             if conversion is None:
                 shown = unit_code if isinstance(unit_code, str) and unit_code else unit_text
                 self._warn(observation, f"unknown unit {shown!r} for {analyte}")
-                return
-        text = observation.get("effectiveDateTime")
-        effective = self._times.get(text) if isinstance(text, str) else None
+                return True
+        effective = _effective(observation)
         if effective is None:
-            effective = self._effective(observation)
-            if effective is None:
-                self._warn(observation, f"no effective time for {analyte}")
-                return
+            self._warn(observation, f"no effective time for {analyte}")
+            return True
         rows = self._rows.get(analyte)
         if rows is None:
             rows = self._rows[analyte] = []
-        rows.append((effective, sent * conversion.factor + conversion.offset, analyte, loinc, display, sent,
-                     unit_text if isinstance(unit_text, str) and unit_text else conversion.unit, conversion,
-                     observation))
+        rows.append((effective, value * conversion.factor + conversion.offset, analyte, conversion, observation,
+                     coding))
+        return True
 
     def finish(self) -> dict[str, LabSeries]:
         """Every analyte's results newest first, with corrected calcium derived from same-day albumin."""
@@ -153,7 +150,7 @@ class LabReader:
 
     # ------------------------------------------------------------------ building results on demand
     def _result(self, row: Measured) -> LabResult:
-        effective, value, name, loinc, display, sent, unit, conversion, observation = row
+        effective, value, name, conversion, observation, coding = row
         analyte = self._analytes[name]
         low, high, from_resource = self._range(observation, analyte, conversion)
         interpretation = observation.get("interpretation")
@@ -162,58 +159,50 @@ class LabReader:
             value=value,
             unit=analyte.canonical_unit,
             effective=effective,
-            code=self._coding(loinc, display),
+            code=self._coding(coding),
             ref_low=low,
             ref_high=high,
             ref_from_resource=from_resource,
             interpretation=tuple(c for _, c, _ in codings(interpretation)) if interpretation else (),
-            reported=f"{sent:.6g} {unit}",
+            reported=_as_sent(observation, conversion),
             resource=reference_name(observation),
         )
 
     def _corrected(self, pair: tuple[Measured, Measured]) -> LabResult:
         """Payne (BMJ 1973): Ca_corr (mg/dL) = Ca + 0.8 × (4.0 − albumin g/dL) (clinical-reference.md §1).
 
-        Canonical units are mg/dL for calcium and g/dL for albumin (``lab-analytes.json``).
+        The formula compensates for a low albumin, adjusting to the 4.0 g/dL it is referenced to; an albumin at or
+        above 4.0 leaves the measured value as it is. Correcting a normal calcium downwards for a high albumin
+        would report hypocalcaemia that is not there (seen with Synthea records, whose albumin is often 5.0-5.5
+        g/dL and unrelated to their calcium). Canonical units are mg/dL and g/dL (``lab-analytes.json``).
         """
-        (effective, calcium, _, loinc, display, ca_sent, ca_unit, _, observation), albumin = pair
+        (effective, calcium, _, ca_conversion, observation, coding), albumin = pair
         analyte = self._analytes[CORRECTED_CALCIUM]
-        value = calcium + 0.8 * (4.0 - albumin[1])
+        value = calcium + 0.8 * max(PAYNE_REFERENCE_ALBUMIN - albumin[1], 0.0)
         default = analyte.reference_range(self._sex)
         return LabResult(
             analyte=CORRECTED_CALCIUM,
             value=value,
             unit=analyte.canonical_unit,
             effective=effective,
-            code=self._coding(loinc, display),
+            code=self._coding(coding),
             ref_low=default.low,
             ref_high=default.high,
             ref_from_resource=False,
             interpretation=(),
-            reported=f"{value:.1f} {analyte.canonical_unit} (calcium {ca_sent:.6g} {ca_unit}, "
-                     f"albumin {albumin[5]:.6g} {albumin[6]})",
+            reported=f"{value:.1f} {analyte.canonical_unit} (calcium {_as_sent(observation, ca_conversion)}, "
+                     f"albumin {_as_sent(albumin[4], albumin[3])})",
             resource=reference_name(observation),
         )
 
-    def _coding(self, loinc: str, display: str) -> Coding:
-        coding = self._codings.get((loinc, display))
-        if coding is None:
-            coding = self._codings[(loinc, display)] = Coding(LOINC, loinc, display)
-        return coding
-
-    def _effective(self, observation: Mapping[str, Any]) -> datetime | None:
-        """effectiveDateTime (or effectiveInstant), else effectivePeriod.end, else issued (§5)."""
-        text = observation.get("effectiveDateTime") or observation.get("effectiveInstant")
-        if not isinstance(text, str):
-            period = observation.get("effectivePeriod")
-            text = period.get("end") if isinstance(period, dict) else None
-            if not isinstance(text, str):
-                text = observation.get("issued")
-                if not isinstance(text, str):
-                    return None
-        if text not in self._times:
-            self._times[text] = moment(text)
-        return self._times[text]
+    def _coding(self, coding: Mapping[str, Any]) -> Coding:
+        """The LOINC Coding of a result (one object per code and display)."""
+        display = coding.get("display")
+        key = (coding["code"], display if isinstance(display, str) else "")
+        found = self._codings.get(key)
+        if found is None:
+            found = self._codings[key] = Coding(LOINC, *key)
+        return found
 
     def _range(
         self, observation: Mapping[str, Any], analyte: Analyte, conversion: Conversion
@@ -233,6 +222,17 @@ class LabReader:
 
     def _warn(self, observation: Mapping[str, Any], message: str) -> None:
         self._warnings.append(f"{reference_name(observation)}: {message}")
+
+
+def _effective(observation: Mapping[str, Any]) -> datetime | None:
+    """effectiveDateTime (or effectiveInstant), else effectivePeriod.end, else issued (§5)."""
+    text = observation.get("effectiveDateTime") or observation.get("effectiveInstant")
+    if text is None:
+        period = observation.get("effectivePeriod")
+        text = period.get("end") if isinstance(period, dict) else None
+        if text is None:
+            text = observation.get("issued")
+    return moment(text)
 
 
 def same_day_pairs(calcium: Sequence[Measured], albumin: Sequence[Measured]) -> list[tuple[Measured, Measured]]:
@@ -274,6 +274,14 @@ def _bound(quantity: Any, analyte: Analyte, value_conversion: Conversion) -> flo
     code, text = quantity.get("code"), quantity.get("unit")
     conversion = analyte.units.find(code, text) if code or text else value_conversion
     return conversion.apply(value) if conversion else None
+
+
+def _as_sent(observation: Mapping[str, Any], conversion: Conversion) -> str:
+    """The value and unit as the Observation reported them (e.g. "1.4 mg/dL"), for card text."""
+    quantity = observation["valueQuantity"]
+    value = number(quantity.get("value"))
+    unit = quantity.get("unit")
+    return f"{value:.6g} {unit if isinstance(unit, str) and unit else conversion.unit}"
 
 
 def _sent_text(observation: Mapping[str, Any]) -> str:
