@@ -142,10 +142,10 @@ def test_an_unknown_unit_means_the_value_is_not_used(terminology: Terminology) -
 @pytest.mark.parametrize(("change", "warning"), [
     ({"valueQuantity": None, "valueString": "<2.0"},
      "Observation/v: no numeric value for potassium (value '<2.0' is text)"),
-    ({"valueQuantity": {"value": 2.0, "comparator": "<", "code": "mmol/L"}},
-     "Observation/v: value '<2.0' for potassium is not a plain number, not used"),
+    ({"valueQuantity": {"value": 2.0, "comparator": "~", "code": "mmol/L"}},
+     "Observation/v: value '~2.0' for potassium is not a number or a bound, not used"),
     ({"valueQuantity": {"value": "low", "code": "mmol/L"}},
-     "Observation/v: value 'low' for potassium is not a plain number, not used"),
+     "Observation/v: value 'low' for potassium is not a number or a bound, not used"),
     ({"effectiveDateTime": None}, "Observation/v: no effective time for potassium"),
 ])
 def test_unusable_values_are_skipped_with_a_named_warning(
@@ -248,6 +248,26 @@ def test_calcium_in_mmol_is_corrected_in_mg_dl(terminology: Terminology) -> None
 def test_calcium_is_not_corrected_downwards_for_a_normal_or_high_albumin(terminology, albumin, expected) -> None:
     facts = facts_of(terminology, lab("ca", "17861-6", 8.3, "mg/dL"), lab("alb", "1751-7", albumin, "g/dL"))
     assert facts.latest("calcium_corrected").value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("comparator", "value", "unit", "loinc", "analyte"), [
+    ("<", 8, "ng/mL", "62292-8", "vitamin_d"), (">", 5000, "U/L", "2157-6", "ck"), ("<=", 0.01, "m[IU]/L", "3016-3", "tsh"),
+])
+def test_a_reported_bound_is_used_as_the_bound_with_its_comparator(terminology, comparator, value, unit, loinc,
+                                                                   analyte) -> None:
+    observation = lab("b", loinc, value, unit)
+    observation["valueQuantity"]["comparator"] = comparator
+    result = facts_of(terminology, observation).latest(analyte)
+    assert (result.value, result.comparator) == (pytest.approx(value), comparator)
+    assert result.reported.startswith(f"{comparator}{value}")
+
+
+def test_a_value_sufficient_to_achieve_is_not_a_measurement(terminology) -> None:
+    observation = lab("ad", "2157-6", 200, "U/L")
+    observation["valueQuantity"]["comparator"] = "ad"
+    facts = facts_of(terminology, observation)
+    assert facts.latest("ck") is None
+    assert any("Observation/ad" in w for w in facts.warnings)
 
 
 def test_lab_series_builds_results_on_demand_and_reads_like_a_tuple(terminology: Terminology) -> None:
@@ -354,6 +374,8 @@ def statement(ident: str, status: str, **extra: Any) -> dict[str, Any]:
     ("completed", {}, False),
     ("entered-in-error", {}, False),
     ("not-taken", {"effectivePeriod": {"end": ago(1)}}, False),
+    ("active", {"effectivePeriod": {"start": ago(900), "end": ago(700)}}, False),  # never updated: not current
+    ("active", {"effectivePeriod": {"start": ago(900), "end": ago(10)}}, True),
 ])
 def test_which_statements_are_current(
     terminology: Terminology, status: str, extra: dict[str, Any], counted: bool

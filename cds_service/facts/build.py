@@ -44,12 +44,13 @@ def build_facts(
     labs = LabReader(terminology, sex, warnings)
     symptoms = FindingReader(terminology, now, windows.condition_grace, windows.observation_window, warnings)
     findings: list[Finding] = []
+    take_lab = labs.take
     for index, observation in enumerate(record.of_type("Observation")):
-        if not isinstance(observation, dict):
+        if type(observation) is not dict:
             warnings.append(not_a_resource("Observation", index, observation))
             continue
         try:
-            if not labs.take(observation) and symptoms.is_symptom_observation(observation):
+            if not take_lab(observation) and symptoms.is_symptom_observation(observation):
                 findings.extend(symptoms.observation(observation) or ())
         except READ_ERRORS as exc:
             warnings.append(f"{reference_name(observation)}: could not be read ({type(exc).__name__}: {exc}), skipped")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, time
+from functools import lru_cache
 from typing import Any, TypeVar
 
 Resource = dict[str, Any]
@@ -91,7 +92,10 @@ def number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond any float (JSON allows 10**400)
+            return None
     elif isinstance(value, str):
         try:
             result = float(value.strip())
@@ -105,10 +109,14 @@ def number(value: Any) -> float | None:
 def moment(value: Any) -> datetime | None:
     """A FHIR date, dateTime or instant as a timezone-aware datetime (no zone → UTC; a date → its midnight UTC).
 
-    Partial dates (``2020``, ``2020-06``) count from their first day. Anything unreadable gives None.
+    Partial dates (``2020``, ``2020-06``) count from their first day. Anything unreadable gives None. Parsed
+    strings are cached: a record repeats its timestamps (a panel's results, an encounter's orders).
     """
-    if not isinstance(value, str) or len(value) < 4:
-        return None
+    return _parse_time(value) if type(value) is str else None
+
+
+@lru_cache(maxsize=8192)
+def _parse_time(value: str) -> datetime | None:
     text = value.strip()
     try:
         if len(text) == 4:

@@ -21,6 +21,10 @@ from .units import Conversion
 
 SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "preliminary"})
 CORRECTED_CALCIUM = "calcium_corrected"
+# A value reported as a bound ("<8", ">5000": below a detection limit, above an analyser's range) is used as the
+# bound itself, with its comparator kept: ">5000 U/L" is above any CK threshold up to 5000, "<8 ng/mL" below any
+# vitamin D threshold from 8 up. "ad" (sufficient to achieve) is not a measurement and is not used.
+COMPARATORS = frozenset({"<", "<=", ">", ">="})
 PAYNE_REFERENCE_ALBUMIN = 4.0  # g/dL: the albumin Payne's correction adjusts to (clinical-reference.md §1)
 
 
@@ -112,9 +116,10 @@ class LabReader:
             return True
         raw = quantity.get("value")
         value = float(raw) if type(raw) is float or type(raw) is int else number(raw)
-        if value is None or quantity.get("comparator"):
-            shown = f"{quantity.get('comparator') or ''}{raw}"
-            self._warn(observation, f"value {shown!r} for {analyte} is not a plain number, not used")
+        comparator = quantity.get("comparator")
+        if value is None or (comparator and comparator not in COMPARATORS):
+            shown = f"{comparator or ''}{raw}"
+            self._warn(observation, f"value {shown!r} for {analyte} is not a number or a bound, not used")
             return True
         units = self._units[analyte]
         unit_code = quantity.get("code")
@@ -166,6 +171,7 @@ class LabReader:
             interpretation=tuple(c for _, c, _ in codings(interpretation)) if interpretation else (),
             reported=_as_sent(observation, conversion),
             resource=reference_name(observation),
+            comparator=_comparator(observation),
         )
 
     def _corrected(self, pair: tuple[Measured, Measured]) -> LabResult:
@@ -276,12 +282,17 @@ def _bound(quantity: Any, analyte: Analyte, value_conversion: Conversion) -> flo
     return conversion.apply(value) if conversion else None
 
 
+def _comparator(observation: Mapping[str, Any]) -> str:
+    comparator = observation["valueQuantity"].get("comparator")
+    return comparator if comparator in COMPARATORS else ""
+
+
 def _as_sent(observation: Mapping[str, Any], conversion: Conversion) -> str:
-    """The value and unit as the Observation reported them (e.g. "1.4 mg/dL"), for card text."""
+    """The value and unit as the Observation reported them (e.g. "1.4 mg/dL", "<8 ng/mL"), for card text."""
     quantity = observation["valueQuantity"]
     value = number(quantity.get("value"))
     unit = quantity.get("unit")
-    return f"{value:.6g} {unit if isinstance(unit, str) and unit else conversion.unit}"
+    return f"{_comparator(observation)}{value:.6g} {unit if isinstance(unit, str) and unit else conversion.unit}"
 
 
 def _sent_text(observation: Mapping[str, Any]) -> str:

@@ -51,7 +51,7 @@ class Candidate:
     status: str
     when: datetime | None
     medicine: Medicine
-    reference: str
+    resource: Mapping[str, Any]
     selected: bool = False
 
     def use(self) -> MedicationUse:
@@ -64,7 +64,7 @@ class Candidate:
             status=self.status,
             selected=self.selected,
             date=self.when,
-            reference=self.reference,
+            reference=reference_name(self.resource),
             codes=medicine.codes,
         )
 
@@ -95,10 +95,13 @@ class MedicationReader:
         if status in NEVER_STATEMENT:
             return None
         period = resource.get("effectivePeriod")
+        ended = period_end(period)
         if status not in CURRENT_STATEMENT:
-            ended = period_end(period) or moment(resource.get("effectiveDateTime"))
+            ended = ended or moment(resource.get("effectiveDateTime"))
             if ended is None or ended < now - grace:
                 return None
+        elif ended is not None and ended < now - grace:
+            return None  # an 'active' statement whose period ended long ago was never updated: not current
         started = (moment(resource.get("effectiveDateTime")) or period_start(period)
                    or moment(resource.get("dateAsserted")))
         return self._candidate(resource, "statement", status, started)
@@ -112,7 +115,7 @@ class MedicationReader:
                                 warn_missing=False)
         if found is None:
             return None
-        found.selected = found.reference in selections
+        found.selected = reference_name(resource) in selections
         return found.use()
 
     def _candidate(
@@ -127,7 +130,7 @@ class MedicationReader:
         if medicine.unresolved:
             self._warn(resource, f"medication reference {medicine.unresolved!r} not found; classified by its text")
         shown = status if isinstance(status, str) else "unknown"
-        return Candidate(kind, shown, when, medicine, reference_name(resource))
+        return Candidate(kind, shown, when, medicine, resource)
 
     def _medicine(self, resource: Mapping[str, Any]) -> Medicine | None:
         concept = resource.get("medicationCodeableConcept")

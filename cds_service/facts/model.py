@@ -43,6 +43,7 @@ class LabResult:
     interpretation: tuple[str, ...]  # v3 ObservationInterpretation codes as sent, e.g. ("L",)
     reported: str  # the value as reported, e.g. "1.4 mg/dL", for card text
     resource: str  # "Observation/<id>"
+    comparator: str = ""  # "<", "<=", ">" or ">=" when the lab reported a bound ("<8 ng/mL"); value is the bound
 
     @property
     def times_uln(self) -> float | None:

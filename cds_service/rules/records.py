@@ -151,6 +151,8 @@ def lab(item: Mapping[str, Any], index: int, now: datetime, patient_id: str = PA
             "code": item["unit"],
         },
     }
+    if "comparator" in item:
+        resource["valueQuantity"]["comparator"] = item["comparator"]
     if "range" in item:
         low, high = item["range"]
         bounds = {}

@@ -60,6 +60,11 @@ def number(value: float) -> str:
     return text
 
 
+def value_text(result: LabResult) -> str:
+    """A lab value for card text, with the comparator of a reported bound: "3.1", "<8", ">5000"."""
+    return f"{result.comparator}{number(result.value)}"
+
+
 def unit_text(unit: str) -> str:
     """A UCUM unit as clinicians write it (``m[IU]/L`` -> ``mIU/L``)."""
     return _UNIT_DISPLAY.get(unit, unit)
@@ -145,7 +150,7 @@ def _lab_field(result: LabResult, field: str | None) -> str:
         return f"{result.times_uln:.1f}" if result.times_uln is not None else "unknown"
     if field == "uln":
         return f"{number(result.ref_high)} {unit}" if result.ref_high is not None else "unknown"
-    return number(result.value) if field == "value" else f"{number(result.value)} {unit}"
+    return value_text(result) if field == "value" else f"{value_text(result)} {unit}"
 
 
 def _utc(moment: datetime) -> datetime:
@@ -162,7 +167,7 @@ def running(name: str) -> str:
 
 def _result(result: LabResult) -> str:
     """``potassium 3.1 mmol/L``: the analyte in running text with its value."""
-    return f"{running(analyte_name(result.analyte))} {number(result.value)} {unit_text(result.unit)}"
+    return f"{running(analyte_name(result.analyte))} {value_text(result)} {unit_text(result.unit)}"
 
 
 def _evidence_date(evidence: Evidence) -> datetime | None:
@@ -200,7 +205,7 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
     label = f"{markdown(criterion.label)}: " if criterion.label else ""
     if isinstance(evidence, LabResult):
         unit = unit_text(evidence.unit)
-        text = f"{label}{markdown(analyte_name(evidence.analyte))} **{number(evidence.value)} {markdown(unit)}**"
+        text = f"{label}{markdown(analyte_name(evidence.analyte))} **{markdown(value_text(evidence))} {markdown(unit)}**"
         if evidence.reported and not plain(evidence.reported).endswith(f" {evidence.unit}"):
             text += f" (reported as {markdown(evidence.reported)})"
         reference = lab_range(evidence)
