@@ -118,16 +118,24 @@ def _fetch(plan: _Plan, client: FhirClient | None, deadline: float) -> dict[str,
         if client is None:
             results[key].problem = "its next page was not fetched: no usable fhirServer"
         else:
-            tasks[key] = _continuation(client, key, results[key], bundle)
+            tasks[key] = _continuation(client, results[key], bundle)
     if client is not None:  # without one, to_query is empty (_endpoint raised)
-        tasks.update({key: _query(client, key, path) for key, path in plan.to_query.items()})
-    finished, late = _run_all(tasks, deadline)
-    results.update(finished)
+        for key, path in plan.to_query.items():
+            results[key] = KeyResult(key, "server", got_data=False)
+            tasks[key] = _query(client, results[key], path)
+    _finished, late = _run_all(tasks, deadline)
     for key in late:
-        if key in results:  # a prefetched Bundle whose next pages did not arrive in time
-            results[key].problem, results[key].timed_out = "its next pages did not arrive in time", True
-        else:
-            results[key] = KeyResult(key, "server", problem="the time budget ran out", timed_out=True, got_data=False)
+        # Keep the pages that arrived in time: a snapshot, since the task may add one more before it stops at
+        # its own deadline (it holds the old KeyResult; list copies and extends are atomic under the GIL).
+        partial = results[key]
+        results[key] = KeyResult(
+            key,
+            partial.source,
+            list(partial.resources),
+            problem="its next pages did not arrive in time" if partial.got_data else "the time budget ran out",
+            timed_out=True,
+            got_data=partial.got_data,
+        )
     return results
 
 
@@ -182,24 +190,27 @@ def _endpoint(call: HookCall, settings: RecordSettings, *, needed: bool) -> Fhir
         return None
 
 
-def _query(client: FhirClient, key: str, path: str) -> Callable[[], KeyResult]:
+def _query(client: FhirClient, result: KeyResult, path: str) -> Callable[[], KeyResult]:
+    """A task filling ``result`` page by page, so what arrived before the deadline is kept if it runs late."""
+
     def run() -> KeyResult:
         try:
             answer = client.fetch(path)
         except FetchFailed as failure:
-            return KeyResult(key, "server", problem=failure.reason, timed_out=failure.timed_out, got_data=False)
-        result = KeyResult(key, "server", _resources_of(answer))
+            result.problem, result.timed_out = failure.reason, failure.timed_out
+            return result
+        result.resources.extend(_resources_of(answer))
+        result.got_data = True
         return _follow_pages(client, result, answer)
 
     return run
 
 
-def _continuation(
-    client: FhirClient, key: str, prefetched: KeyResult, bundle: dict[str, Any]
-) -> Callable[[], KeyResult]:
+def _continuation(client: FhirClient, prefetched: KeyResult, bundle: dict[str, Any]) -> Callable[[], KeyResult]:
+    """A task adding the pages after a prefetched Bundle to its ``KeyResult``."""
+
     def run() -> KeyResult:
-        result = KeyResult(key, "prefetch", list(prefetched.resources))
-        return _follow_pages(client, result, bundle)
+        return _follow_pages(client, prefetched, bundle)
 
     return run
 
@@ -269,7 +280,7 @@ def _resolve_medications(
     deadline: float,
 ) -> None:
     """Read the Medications referenced but neither contained nor included; mark their keys incomplete if not."""
-    known = {m.get("id") for m in resources.get("Medication", [])}
+    known = {m["id"] for m in resources.get("Medication", []) if isinstance(m.get("id"), str)}
     wanted: dict[str, set[str]] = {}  # Medication id -> where it is referenced: a resource type or DRAFT_ORDERS
     holders = [(r, rtype) for rtype in MEDICATION_HOLDERS for r in resources.get(rtype, [])]
     for holder, label in [*holders, *((order, DRAFT_ORDERS) for order in call.draft_orders)]:
