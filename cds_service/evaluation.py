@@ -13,7 +13,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import HOOK_MISMATCH, INVALID_REQUEST, UNKNOWN_SERVICE, CdsError
+from .errors import (
+    AUTHORIZATION_WITHOUT_SERVER,
+    HOOK_MISMATCH,
+    INVALID_CONTEXT,
+    INVALID_REQUEST,
+    UNKNOWN_SERVICE,
+    CdsError,
+)
 from .facts.build import build_facts
 from .facts.terminology import Terminology
 from .hooks import HookCall
@@ -21,7 +28,7 @@ from .record.obtain import RecordSettings, obtain_record
 from .record.templates import build_prefetch_templates
 from .rules.engine import IssuedCard, RuleSet, evaluate
 from .services import Service, ServiceRegistry
-from .wire import card_problems, first_error
+from .wire import card_problems, describe, first_violation
 
 log = logging.getLogger("cds_service.evaluation")
 
@@ -76,10 +83,15 @@ class HookAnswer:
 
 
 def validate_envelope(body: Any) -> None:
-    """Raise a 400 CdsError naming the first problem when the body is not a valid CDS Hooks request."""
-    problem = first_error("request", body)
-    if problem:
-        raise CdsError(INVALID_REQUEST, problem)
+    """Raise a 400 CdsError naming the first problem when the body is not a valid CDS Hooks request: CDS-0006
+    for fhirAuthorization without fhirServer, CDS-0005 for a hook context that is wrong, CDS-0003 otherwise."""
+    error = first_violation("request", body)
+    if error is None:
+        return
+    if error.validator == "dependentRequired" and not error.absolute_path:
+        raise CdsError(AUTHORIZATION_WITHOUT_SERVER)
+    in_context = list(error.absolute_path)[:1] == ["context"] and isinstance(body.get("context"), dict)
+    raise CdsError(INVALID_CONTEXT if in_context else INVALID_REQUEST, describe(error))
 
 
 def answer_hook(

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from .errors import AUTHORIZATION_WITHOUT_SERVER, INVALID_CONTEXT, CdsError
+from .errors import INVALID_CONTEXT, INVALID_REQUEST, CdsError
 
 PATIENT_VIEW = "patient-view"
 ORDER_SELECT = "order-select"
@@ -55,9 +56,6 @@ class HookCall:
     def from_request(cls, service_id: str, body: Mapping[str, Any]) -> HookCall:
         hook = body["hook"]
         context = body["context"]
-        auth = body.get("fhirAuthorization")
-        if auth is not None and not body.get("fhirServer"):
-            raise CdsError(AUTHORIZATION_WITHOUT_SERVER)
         draft_orders, selections = _orders(hook, context)
         return cls(
             service_id=service_id,
@@ -67,12 +65,23 @@ class HookCall:
             user_id=context["userId"],
             encounter_id=context.get("encounterId"),
             context=context,
-            fhir_server=(body.get("fhirServer") or "").rstrip("/") or None,
-            fhir_authorization=_authorization(auth),
+            fhir_server=_fhir_server(body.get("fhirServer")),
+            fhir_authorization=_authorization(body.get("fhirAuthorization")),
             prefetch=body.get("prefetch") or {},
             draft_orders=draft_orders,
             selections=selections,
         )
+
+
+def _fhir_server(url: str | None) -> str | None:
+    """The fhirServer base without a trailing slash; 400 when urllib cannot read it (a bad port or IPv6 bracket)."""
+    if not url:
+        return None
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise CdsError(INVALID_REQUEST, f"fhirServer is not a valid URL: {exc}.") from None
+    return url.rstrip("/") or None
 
 
 def _authorization(auth: Mapping[str, Any] | None) -> FhirAuthorization | None:

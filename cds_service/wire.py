@@ -13,8 +13,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import ValidationError, best_match
 
 SCHEMA_NAMES = ("request", "response", "discovery", "feedback")
 
@@ -28,13 +29,40 @@ def validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def first_error(name: str, document: Any) -> str | None:
-    """A one-line description of the most relevant schema violation, or None when the document is valid."""
-    error = best_match(validator(name).iter_errors(document))
-    if error is None:
+@cache
+def fast_validator(name: str) -> jsonschema_rs.Validator:
+    """The same schema compiled by jsonschema-rs: a yes/no answer about 100x faster, on every hook call.
+
+    Only documents it refuses go through ``validator`` (python-jsonschema) for the message.
+    """
+    return jsonschema_rs.validator_for(validator(name).schema)
+
+
+def compile_schemas() -> None:
+    """Compile every schema now (about 0.3 s) rather than in the first hook call that needs one, which has a
+    time budget; with gunicorn's preload the workers inherit them compiled."""
+    for name in SCHEMA_NAMES:
+        validator(name)
+        fast_validator(name)
+
+
+def first_violation(name: str, document: Any) -> ValidationError | None:
+    """The most relevant schema violation, or None when the document is valid."""
+    if fast_validator(name).is_valid(document):
         return None
+    return best_match(validator(name).iter_errors(document))
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming where a violation is and what it is."""
     where = "/".join(str(part) for part in error.absolute_path) or "(root)"
     return f"at {where}: {_short(error.message)}"
+
+
+def first_error(name: str, document: Any) -> str | None:
+    """A one-line description of the most relevant schema violation, or None when the document is valid."""
+    error = first_violation(name, document)
+    return describe(error) if error is not None else None
 
 
 def _short(message: str, limit: int = 300) -> str:
@@ -73,6 +101,8 @@ def response_problems(response: dict[str, Any]) -> list[str]:
 
 
 def _schema_problems(document: Any) -> Iterator[str]:
+    if fast_validator("response").is_valid(document):
+        return
     for error in validator("response").iter_errors(document):
         where = "/".join(str(part) for part in error.absolute_path) or "(root)"
         yield f"at {where}: {_short(error.message)}"

@@ -152,7 +152,7 @@ def test_a_refused_request_shows_the_service_diagnostics(page, page_errors, serv
     page.select_option("#example", "")
     page.fill("#request-json", json.dumps(body))
     page.click("#call")
-    expect(page.locator("#call-status")).to_contain_text("The service refused the call: CDS-0003")
+    expect(page.locator("#call-status")).to_contain_text("The service refused the call: CDS-0005")
     assert page.locator("article.card").count() == 0
     page_errors[:] = [e for e in page_errors if "status of 400" not in e]  # the browser logs the 400 itself
 
