@@ -36,6 +36,17 @@ def _parse_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def timestamp_problem(entries: Sequence[Mapping[str, Any]]) -> str | None:
+    """Where an ``outcomeTimestamp`` has the schema's RFC 3339 shape but names no real moment (2026-02-30T..., T24:00,
+    offset +99:99), for schema-valid ``entries``; None when every one can be stored."""
+    for index, entry in enumerate(entries):
+        try:
+            _parse_time(entry["outcomeTimestamp"])
+        except ValueError:
+            return f"at feedback/{index}/outcomeTimestamp: {entry['outcomeTimestamp']!r} is not a real date and time"
+    return None
+
+
 def _row(service_id: str, entry: Mapping[str, Any], rule_ids: Mapping[str, str], now: datetime) -> dict[str, Any]:
     reason = (entry.get("overrideReason") or {}).get("reason") or {}
     accepted = sorted(s["id"] for s in entry.get("acceptedSuggestions", []))

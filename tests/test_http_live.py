@@ -78,3 +78,26 @@ def test_preflight_over_http(server):
 
 def test_readiness_over_http(server):
     assert requests.get(f"{server}/readyz", timeout=5).json()["status"] == "ready"
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET /cds-services/" + b"x" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+    (b"GET /cds-services HTTP/1.1\r\nHost: t\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431),
+    (b"GET /cds-services HTTP/1.1\r\nHost: t\r\nExpect: 200-maybe\r\n\r\n", 417),
+    (b"POST /cds-services/muscle-cramps-patient-view HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+])
+def test_errors_gunicorn_answers_itself_are_operation_outcomes(server, request_bytes, status):
+    """Refused by gunicorn's HTTP parser before Flask sees them, yet still JSON with a code."""
+    import socket
+
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode(), head
+    assert b"Content-Type: application/fhir+json" in head.replace(b"content-type", b"Content-Type")
+    assert_operation_outcome(json.loads(body), "CDS-0021")

@@ -26,16 +26,20 @@ def _moment(name: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         raise CdsError(INVALID_PERIOD, f"{name} is not an ISO 8601 date or date-time.") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC moment
+        raise CdsError(INVALID_PERIOD, f"{name} is out of range.") from None
 
 
 def requested_period(now: datetime) -> Period:
     until = _moment("until") or now
-    since = _moment("since") or until - timedelta(days=DEFAULT_DAYS)
     try:
+        since = _moment("since") or until - timedelta(days=DEFAULT_DAYS)
         return Period(since, until)
+    except OverflowError:
+        raise CdsError(INVALID_PERIOD, "until is too early for the default period; give since.") from None
     except ValueError as exc:
         raise CdsError(INVALID_PERIOD, f"{exc}.") from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..app import Components
 from ..errors import UNSUPPORTED_MEDIA_TYPE, CdsError
@@ -37,4 +38,8 @@ def json_body() -> dict[str, Any]:
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise CdsError(UNSUPPORTED_MEDIA_TYPE, f"Got {mimetype}; send application/json.")
     config = components().config
-    return parse_body(request.get_data(cache=False), max_depth=int(config["max_json_depth"]))
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise RequestEntityTooLarge()  # a chunked body is cut at the limit by werkzeug, not refused
+    return parse_body(raw, max_depth=int(config["max_json_depth"]))

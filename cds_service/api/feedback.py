@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from flask import Blueprint
 
+from .. import metrics
 from ..errors import INVALID_FEEDBACK, CdsError
 from ..evaluation import service_for
+from ..feedback import timestamp_problem
 from ..wire import first_error
 from .context import authenticate, components, json_body
+from .observability import annotate
 
 bp = Blueprint("feedback", __name__)
 bp.before_request(authenticate)
@@ -17,8 +20,10 @@ def post_feedback(service_id: str):
     parts = components()
     service = service_for(parts.runtime, service_id)
     body = json_body()
-    problem = first_error("feedback", body)
+    problem = first_error("feedback", body) or timestamp_problem(body["feedback"])
     if problem:
         raise CdsError(INVALID_FEEDBACK, problem)
     stored = parts.feedback.record_feedback(service.id, body["feedback"])
+    metrics.count_feedback(service.id, (entry["outcome"] for entry in body["feedback"]), stored.duplicates)
+    annotate(feedback=stored.received, stored=stored.new)
     return {"received": stored.received, "stored": stored.new, "duplicates": stored.duplicates}

@@ -29,7 +29,7 @@ class FhirEndpoint:
     def owns(self, url: str) -> bool:
         """True when ``url`` lies under this base (same scheme, host and port, and a path below the base's)."""
         base, target = normalize_base(self.base), normalize_base(url)
-        return target == base or target.startswith(base + "/")
+        return bool(base) and (target == base or target.startswith(base + "/"))
 
     def absolute(self, reference: str) -> str:
         """``reference`` (relative to the base, or absolute) as an absolute URL."""
@@ -44,13 +44,20 @@ def is_absolute(url: str) -> bool:
 
 
 def normalize_base(url: str) -> str:
-    """A comparable form of a URL's base: lower-case scheme and host, no default port, no query or trailing slash."""
-    parts = urlsplit(url.strip())
+    """A comparable form of a URL's base: lower-case scheme and host, no default port, no query or trailing slash.
+
+    "" for a URL urllib cannot read (a port out of range or not a number, an unbalanced IPv6 bracket): it names
+    no base, so it is under none.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ""
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"
-    port = parts.port
     netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
