@@ -10,8 +10,10 @@ from flask_cors import CORS
 from .config import database_url, load_config
 from .evaluation import Runtime
 from .feedback import FeedbackStore
+from .logs import configure_logging
 from .security.auth import Authenticator
 from .store import make_engine
+from .wire import compile_schemas
 
 
 class Components:
@@ -29,11 +31,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the service. ``config`` overrides the defaults, the TOML file named by ``CDS_CONFIG`` and ``CDS_*``
     environment variables (see cds_service.config)."""
     settings = load_config(overrides=config)
+    configure_logging(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(settings["max_body_bytes"])
     app.json.sort_keys = False  # keep the wire order of cards and their fields
     components = Components(settings)
     app.extensions["cds_service"] = components
+    compile_schemas()
 
     CORS(
         app,
@@ -43,9 +47,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         max_age=600,
     )
 
-    from .api import discovery, errors, feedback, health, hook_calls
+    from .api import analytics, discovery, errors, feedback, health, hook_calls, metrics, observability
 
+    observability.register(app)
     errors.register(app)
-    for blueprint in (health.bp, discovery.bp, hook_calls.bp, feedback.bp):
+    for blueprint in (health.bp, discovery.bp, hook_calls.bp, feedback.bp, analytics.bp):
         app.register_blueprint(blueprint)
+    if settings["viewer_enabled"] and not components.authenticator.enabled:
+        # The viewer's pages call the service without a token: development and demo deployments only.
+        from .viewer.blueprint import bp as viewer
+
+        app.register_blueprint(viewer)
+    if settings["metrics_enabled"]:
+        app.register_blueprint(metrics.bp)
     return app

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     # --- HTTP input limits -----------------------------------------------------------------------------------
     "max_body_bytes": 16 * 1024 * 1024,  # 413 above this; 5000 prefetched labs are about 5 MB
     "max_json_depth": 64,  # 400 for deeper nesting
-    "max_prefetch_entries": 50000,  # 400 for more Bundle entries in all prefetch keys together
+    "max_prefetch_entries": 50000,  # 413 for more Bundle entries in all prefetch keys together
     # --- CORS ---------------------------------------------------------------------------------------------
     "cors_origins": [
         "https://sandbox.cds-hooks.org",
@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     # --- operations -------------------------------------------------------------------------------------------
     "log_level": "INFO",
     "metrics_enabled": True,
-    "viewer_enabled": True,  # the card viewer at /viewer (development and demo)
+    "viewer_enabled": True,  # the card viewer at /viewer; served only while authentication is off (dev, demo)
 }
 
 

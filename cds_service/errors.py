@@ -44,6 +44,7 @@ STORE_UNAVAILABLE = ErrorKind("CDS-0018", 503, "transient", "The feedback store 
 INTERNAL = ErrorKind("CDS-0019", 500, "exception", "The service failed to answer; the failure is logged.")
 DEADLINE = ErrorKind("CDS-0020", 412, "timeout", "The patient record could not be obtained in time.")
 HTTP_ERROR = ErrorKind("CDS-0021", 400, "processing", "The HTTP request could not be processed.")
+INVALID_PERIOD = ErrorKind("CDS-0022", 400, "invalid", "The analytics period is not valid.")
 
 ALL_KINDS: tuple[ErrorKind, ...] = tuple(v for v in globals().values() if isinstance(v, ErrorKind))
 

@@ -65,6 +65,9 @@ seen_jti = Table(
 Index("ix_seen_jti_expires_at", seen_jti.c.expires_at)
 
 
+SCHEMA_LOCK_KEY = 0x636473  # PostgreSQL advisory lock held while creating the tables ("cds")
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # several gunicorn workers write the same file
@@ -80,7 +83,11 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-    metadata.create_all(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Instances starting together on an empty database would race to create the same tables.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        metadata.create_all(conn)
     return engine
 
 

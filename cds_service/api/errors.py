@@ -5,6 +5,7 @@ import logging
 from dataclasses import replace
 
 from flask import Flask, Response, jsonify, request
+from gunicorn.http.errors import ParseException
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
@@ -20,10 +21,13 @@ from ..errors import (
     operation_outcome,
 )
 
+from .observability import annotate
+
 log = logging.getLogger("cds_service.errors")
 
 
 def _answer(kind: ErrorKind, detail: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    annotate(error=kind.code)
     response = jsonify(operation_outcome(kind, detail))
     response.status_code = kind.status
     response.content_type = "application/fhir+json"
@@ -59,6 +63,11 @@ def register(app: Flask) -> None:
         if status >= 500:
             return _answer(INTERNAL)
         return _answer(replace(HTTP_ERROR, status=status), error.name)
+
+    @app.errorhandler(ParseException)
+    def unreadable_body(_error: ParseException) -> Response:
+        # gunicorn parses a chunked body while the view reads it: broken chunk framing is the client's error
+        return _answer(HTTP_ERROR, "The request body's chunked transfer encoding is malformed.")
 
     @app.errorhandler(OperationalError)
     def store_down(error: OperationalError) -> Response:

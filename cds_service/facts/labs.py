@@ -115,7 +115,7 @@ class LabReader:
             self._warn(observation, f"no numeric value for {analyte}{_sent_text(observation)}")
             return True
         raw = quantity.get("value")
-        value = float(raw) if type(raw) is float or type(raw) is int else number(raw)
+        value = float(raw) if type(raw) is int else number(raw)  # number() refuses NaN and infinities
         comparator = quantity.get("comparator")
         if value is None or (comparator and comparator not in COMPARATORS):
             shown = f"{comparator or ''}{raw}"

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from .. import metrics
@@ -230,7 +231,7 @@ class FhirClient:
             raise FetchFailed(f"the response is larger than {cap} bytes")
         chunks: list[bytes] = []
         size = 0
-        for chunk in resp.iter_content(CHUNK_BYTES):
+        while chunk := _read_some(resp):
             size += len(chunk)
             if size > cap:
                 raise FetchFailed(f"the response is larger than {cap} bytes")
@@ -238,3 +239,18 @@ class FhirClient:
                 raise FetchFailed("the time budget ran out while reading", timed_out=True)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _read_some(resp: requests.Response) -> bytes:
+    """The next bytes of the body as they arrive (at most ``CHUNK_BYTES``; empty at the end).
+
+    One socket read each: ``iter_content`` would wait for a whole chunk, and a server trickling its body a byte
+    at a time never trips the per-read timeout, so it would hold the fetch thread past the deadline (and, with
+    enough such calls, every thread of the pool). Between reads the caller checks the deadline.
+    """
+    try:
+        return resp.raw.read1(CHUNK_BYTES, decode_content=True)
+    except ReadTimeoutError:
+        raise FetchFailed("read timeout", timed_out=True) from None
+    except (Urllib3Error, OSError):
+        raise FetchFailed("the connection failed while reading the body") from None

@@ -1,0 +1,72 @@
+"""One structured log line and one latency observation per HTTP request, whatever its outcome.
+
+Views add what they know with :func:`annotate` (hookInstance, the hashed patient id, cards, rule ids, ...); the
+error handlers add the error code; the FHIR requests the record layer made for this request are collected with
+their durations. ``after_request`` runs for answers and error answers alike, so every request gets its line,
+with its status and duration. Probes and scrapes are logged at DEBUG to keep the log about real traffic.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from .. import metrics
+from ..record.client import start_recording, stop_recording
+from .context import components
+
+log = logging.getLogger("cds_service.requests")
+QUIET_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics.metrics"})
+
+
+def patient_hash(patient_id: str) -> str:
+    """A short one-way hash of the patient id, so logs can correlate calls without naming the patient."""
+    return hashlib.sha256(patient_id.encode()).hexdigest()[:16]
+
+
+def annotate(**fields: Any) -> None:
+    """Add fields to this request's log line."""
+    g.setdefault("log_fields", {}).update(fields)
+
+
+def _service_label() -> str:
+    """The CDS service id of the path, when it names a known service (a bounded metrics label)."""
+    service_id = (request.view_args or {}).get("service_id")
+    if isinstance(service_id, str) and components().runtime.registry.get(service_id) is not None:
+        return service_id
+    return "-"
+
+
+def register(app: Flask) -> None:
+    @app.before_request
+    def start() -> None:
+        g.started = time.perf_counter()
+        g.fhir_calls = start_recording()
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.endpoint or "unmatched"
+        service = _service_label()
+        metrics.observe_request(endpoint, service, response.status_code, seconds)
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "service": service,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 1),
+            **g.get("log_fields", {}),
+        }
+        calls = g.get("fhir_calls")
+        if calls:
+            fields["fhir_calls"] = [asdict(call) for call in list(calls)]
+        log.log(logging.DEBUG if endpoint in QUIET_ENDPOINTS else logging.INFO, "request", extra=fields)
+        return response
+
+    @app.teardown_request
+    def end(_error: BaseException | None) -> None:
+        stop_recording()  # gunicorn reuses the thread for the next request

@@ -1,0 +1,83 @@
+"""Prometheus metrics: what the service records, and the exposition for ``GET /metrics``.
+
+Under ``cds-service serve`` several gunicorn workers each keep their own values; ``PROMETHEUS_MULTIPROC_DIR``
+(set by the CLI before this module is first imported) makes prometheus-client write them to per-process files
+that :func:`exposition` adds up, so any worker answers ``/metrics`` for all of them. Without that variable (tests,
+``cds-service evaluate``) the values live in this process.
+
+Label values come from small fixed sets (service ids, rule ids, indicators, FHIR resource types, outcome words),
+never from request data, so the number of series stays bounded.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# EHRs drop a hook's cards after about a second, so the interesting resolution is below that.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
+
+REQUEST_SECONDS = Histogram(
+    "cds_request_duration_seconds",
+    "Time from request to response, by endpoint, CDS service id ('-' for none) and HTTP status.",
+    ["endpoint", "service", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+CARDS = Counter("cds_cards", "Cards returned to the EHR, by rule and indicator.", ["rule", "indicator"])
+INCOMPLETE = Counter(
+    "cds_hook_incomplete_records",
+    "Hook calls answered while some prefetch key's data was partial or missing, by service.",
+    ["service"],
+)
+FHIR_SECONDS = Histogram(
+    "cds_fhir_request_duration_seconds",
+    "Time of each request to an EHR's FHIR server (retries included), by resource type and outcome.",
+    ["resource", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+FHIR_ERRORS = Counter(
+    "cds_fhir_errors", "FHIR requests that gave no usable resource, by resource type and reason.", ["resource", "reason"]
+)
+FEEDBACK = Counter("cds_feedback_entries", "Feedback entries received, by service and outcome.", ["service", "outcome"])
+FEEDBACK_REPEATS = Counter(
+    "cds_feedback_repeats", "Feedback entries that repeated one already stored (not stored again).", ["service"]
+)
+
+
+def observe_request(endpoint: str, service: str, status: int, seconds: float) -> None:
+    REQUEST_SECONDS.labels(endpoint, service, str(status)).observe(seconds)
+
+
+def count_cards(service: str, cards: Iterable[tuple[str, str]], incomplete: bool) -> None:
+    """Count the (rule id, indicator) of each card sent, and the call if its record was incomplete."""
+    for rule, indicator in cards:
+        CARDS.labels(rule, indicator).inc()
+    if incomplete:
+        INCOMPLETE.labels(service).inc()
+
+
+def observe_fhir(resource: str, outcome: str, seconds: float) -> None:
+    """One FHIR request: ``outcome`` is ``ok`` or an error reason (``timeout``, ``http_5xx``, ...)."""
+    FHIR_SECONDS.labels(resource, "ok" if outcome == "ok" else "error").observe(seconds)
+    if outcome != "ok":
+        FHIR_ERRORS.labels(resource, outcome).inc()
+
+
+def count_feedback(service: str, outcomes: Iterable[str], repeats: int) -> None:
+    """Count feedback entries by outcome (``accepted``, ``overridden``), and how many were repeats."""
+    for outcome in outcomes:
+        FEEDBACK.labels(service, outcome).inc()
+    if repeats:
+        FEEDBACK_REPEATS.labels(service).inc(repeats)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text and its content type, added up over all workers in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
