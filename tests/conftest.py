@@ -1,6 +1,7 @@
 """Shared pytest fixtures. Fixture modules live in tests/support/ and are imported here."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,35 @@ from cds_service import create_app
 
 FIXTURE_NOW = "2026-11-01T00:00:00Z"  # the evaluation time the project's fixtures are written for
 REPO = Path(__file__).resolve().parent.parent
+
+
+class _RuleFailures(logging.Handler):
+    """Collects what the service logs when a rule crashes or builds a card that breaks the CDS Hooks rules."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def no_rule_failures(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every response any test produces in-process obeys the 2.0.1 card rules: the service checks each card
+    before sending it and drops (and logs) one that breaks them, so a logged drop or rule crash fails the test
+    (unless the test is marked ``expects_rule_failure``)."""
+    if request.node.get_closest_marker("expects_rule_failure"):
+        yield
+        return
+    handler = _RuleFailures()
+    loggers = [logging.getLogger("cds_service.evaluation"), logging.getLogger("cds_service.rules")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield
+    for logger in loggers:
+        logger.removeHandler(handler)
+    assert not handler.messages, handler.messages
 
 
 @pytest.fixture
