@@ -12,14 +12,13 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jsonschema import Draft202012Validator
 
+from ..wire import validator as schema_validator
 from .units import UnitTable
 
 LOINC = "http://loinc.org"
@@ -28,7 +27,6 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
 
-SCHEMA = "valueset.schema.json"
 
 
 _NONE: frozenset[str] = frozenset()
@@ -133,7 +131,7 @@ class Terminology:
         root: Traversable = (
             Path(directory) if directory is not None else resources.files("cds_service.ruleset") / "valuesets"
         )
-        validator = _validator()
+        validator = schema_validator("valueset")
         documents: dict[str, Mapping[str, Any]] = {}
         files = sorted((f for f in root.iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
         if not files:
@@ -287,14 +285,6 @@ class Terminology:
         """V, S or M for a code defined in a value set; None for a code no value set defines."""
         entry = self.entries.get((system, code))
         return entry.certainty if entry else None
-
-
-@cache
-def _validator() -> Draft202012Validator:
-    text = resources.files("cds_service.schemas").joinpath(SCHEMA).read_text("utf-8")
-    schema = json.loads(text)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
 
 
 def _words(words: Iterable[str]) -> re.Pattern[str]:

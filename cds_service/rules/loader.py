@@ -4,20 +4,18 @@ name real criteria). Every problem raises :class:`RuleError` naming the file and
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from ..wire import validator as schema_validator
 from .expression import ExpressionError, parse
 from .model import (
     Action,
@@ -81,14 +79,6 @@ def parse_duration(text: str) -> timedelta:
 def shipped_rules_dir() -> Path:
     """The rule set installed with the package (``rules/`` of the checkout, package ``cds_service.ruleset``)."""
     return Path(str(resources.files("cds_service.ruleset")))
-
-
-@cache
-def schema_validator(name: str) -> Draft202012Validator:
-    text = resources.files("cds_service.schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
-    schema = json.loads(text)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
 
 
 def read_yaml(path: Path) -> Any:
