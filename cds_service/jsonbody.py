@@ -22,7 +22,7 @@ def parse_body(raw: bytes, *, max_depth: int) -> dict[str, Any]:
         body = _standard_loads(raw, max_depth)  # the standard library decides what orjson refuses, and says why
     if not isinstance(body, dict):
         raise CdsError(NOT_AN_OBJECT)
-    if _SURROGATE_ESCAPE.search(raw) and _holds_lone_surrogate(body):
+    if b"\\" in raw and _SURROGATE_ESCAPE.search(raw) and _holds_lone_surrogate(body):
         raise CdsError(MALFORMED_JSON, "A string holds an unpaired surrogate escape (\\uD800-\\uDFFF).")
     return body
 
@@ -46,7 +46,8 @@ def _position(exc: Exception) -> str:
 
 # json.loads accepts an escaped surrogate that is not half of a pair ("\ud800"); such a string cannot be encoded as
 # UTF-8, so it could be neither stored, hashed nor logged. It is looked for only when the raw text holds an escape
-# in the surrogate range (escaped pairs, as ASCII-only encoders write emoji, are common and legal).
+# in the surrogate range (escaped pairs, as ASCII-only encoders write emoji, are common and legal). A body
+# without any backslash (most bodies) is told apart by one memchr-speed byte search, far faster than the regex.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

@@ -71,14 +71,17 @@ def _short(message: str, limit: int = 300) -> str:
 
 def empty_elements(value: Any, path: str = "") -> Iterator[str]:
     """Paths of null or empty (``""``, ``[]``, ``{}``) elements, which CDS Hooks 2.0.1 forbids in a response."""
-    if value is None or value == "" or value == [] or value == {}:
+    if _is_empty(value):
         yield path or "(root)"
-    elif isinstance(value, dict):
-        for key, item in value.items():
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(item, (dict, list)) or _is_empty(item):  # a filled scalar needs no path (most of a card)
             yield from empty_elements(item, f"{path}/{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from empty_elements(item, f"{path}/{index}")
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
 
 
 def card_problems(card: dict[str, Any]) -> list[str]:

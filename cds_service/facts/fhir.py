@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
+from math import isfinite
 from typing import Any, TypeVar
 
 Resource = dict[str, Any]
@@ -103,7 +104,7 @@ def number(value: Any) -> float | None:
             return None
     else:
         return None
-    return result if result == result and result not in (float("inf"), float("-inf")) else None
+    return result if isfinite(result) else None  # NaN is not finite either
 
 
 def moment(value: Any) -> datetime | None:

@@ -158,12 +158,11 @@ def _resources_of(value: dict[str, Any]) -> list[Resource]:
     entries = value.get("entry")
     if not isinstance(entries, list):
         return []
-    found = []
-    for entry in entries:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if _usable(resource):
-            found.append(resource)
-    return found
+    return [
+        resource
+        for entry in entries
+        if isinstance(entry, dict) and _usable(resource := entry.get("resource"))
+    ]
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
@@ -259,15 +258,19 @@ def _refuse_empty(call: HookCall, queried: list[KeyResult]) -> None:
 def _merge(groups: Iterable[list[Resource]]) -> dict[str, list[Resource]]:
     """Resources grouped by type, the first of each type+id kept (resources without an id are all kept)."""
     by_type: dict[str, list[Resource]] = {}
-    seen: set[tuple[str, str]] = set()
+    seen: dict[str, set[str]] = {}  # ids kept, per type (no tuple per resource: thousands of labs per call)
     for group in groups:
         for resource in group:
             rtype, rid = resource["resourceType"], resource.get("id")
+            ids = seen.get(rtype)
+            if ids is None:
+                ids = seen[rtype] = set()
+                by_type[rtype] = []
             if isinstance(rid, str):
-                if (rtype, rid) in seen:
+                if rid in ids:
                     continue
-                seen.add((rtype, rid))
-            by_type.setdefault(rtype, []).append(resource)
+                ids.add(rid)
+            by_type[rtype].append(resource)
     return by_type
 
 

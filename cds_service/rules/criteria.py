@@ -3,10 +3,16 @@
 A block whose data group is incomplete (``PatientFacts.incomplete``) and that did not match is *unknown*
 (None), never False: the absence of a lab, a drug or a finding that may simply not have been fetched must not
 make a ``not`` or a ``missing`` criterion true.
+
+A criterion's result depends only on the criterion and the facts, so one evaluation of the rule set shares a
+``Memo``: a criterion that many rules repeat (the cramp finding, a statin, a lab window) is evaluated once per
+call. The memo is keyed by object identity (hashing a nested frozen dataclass costs about as much as evaluating
+it); ``RuleSet`` makes equal criteria one object (``shared_criteria``) so that repeats are found.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from typing import TypeAlias
 
@@ -38,6 +44,8 @@ class Absence:
 
 
 Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence
+# id(criterion) -> its result over one patient's facts; ids are stable because the rule set holds its criteria
+Memo: TypeAlias = "dict[int, Match]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +54,19 @@ class Match:
     evidence: tuple[Evidence, ...] = ()
 
 
-def evaluate(criterion: Criterion, facts: PatientFacts) -> Match:
+def evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None = None) -> Match:
+    """The criterion's state over ``facts``, from ``memo`` when this criterion was already evaluated."""
+    if memo is None:
+        return _evaluate(criterion, facts, None)
+    match = memo.get(id(criterion))
+    if match is None:
+        match = memo[id(criterion)] = _evaluate(criterion, facts, memo)
+    return match
+
+
+def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> Match:
     if isinstance(criterion, CompositeCriterion):
-        return _composite(criterion, facts)
+        return _composite(criterion, facts, memo)
     incomplete = bool(DATA_GROUPS[type(criterion)] & facts.incomplete)
     if isinstance(criterion, LabCriterion):
         return _lab(criterion, facts, incomplete)
@@ -63,14 +81,25 @@ def evaluate(criterion: Criterion, facts: PatientFacts) -> Match:
     return Match(None if incomplete else False)
 
 
-def _composite(criterion: CompositeCriterion, facts: PatientFacts) -> Match:
-    matches = [evaluate(child, facts) for child in criterion.children]
+def _composite(criterion: CompositeCriterion, facts: PatientFacts, memo: Memo | None) -> Match:
+    matches = [evaluate(child, facts, memo) for child in criterion.children]
     if criterion.op == "not":
         return Match(not_(matches[0].state))
     combine = all_of if criterion.op == "all" else any_of
     state = combine(m.state for m in matches)
     evidence = tuple(e for m in matches if m.state for e in m.evidence) if state else ()
     return Match(state, evidence)
+
+
+def shared_criteria(criteria: Mapping[str, Criterion], pool: dict[Criterion, Criterion]) -> dict[str, Criterion]:
+    """``criteria`` with each criterion (and composite child) replaced by the equal one already in ``pool``."""
+
+    def one(criterion: Criterion) -> Criterion:
+        if isinstance(criterion, CompositeCriterion):
+            criterion = replace(criterion, children=tuple(one(child) for child in criterion.children))
+        return pool.setdefault(criterion, criterion)
+
+    return {name: one(criterion) for name, criterion in criteria.items()}
 
 
 def _use_matches(use: str, medication: MedicationUse) -> bool:

@@ -8,14 +8,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..cards import Firing, build_card
 from ..facts.model import PatientFacts
+from .criteria import Match, Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
+from .expression import Tri
 from .loader import (
     RuleError,
     Vocabulary,
@@ -24,7 +26,7 @@ from .loader import (
     rule_files,
     shipped_rules_dir,
 )
-from .model import INDICATOR_RANK, Rule, binding_name
+from .model import INDICATOR_RANK, Criterion, Rule, binding_name
 
 log = logging.getLogger("cds_service.rules")
 CRAMP_CONCEPTS = frozenset({"cramp", "spasm"})  # the symptoms this service is about; nothing fires without one
@@ -66,7 +68,9 @@ class RuleSet:
 
     @classmethod
     def of(cls, rules: Iterable[Rule], directory: Path | None = None) -> RuleSet:
-        rules = tuple(rules)
+        """The rule set of ``rules``; equal criteria across rules become one object, evaluated once per call."""
+        pool: dict[Criterion, Criterion] = {}
+        rules = tuple(replace(r, criteria=shared_criteria(r.criteria, pool)) for r in rules)
         return cls(rules=rules, directory=directory, by_id={r.id: r for r in rules})
 
     def only(self, rule_id: str) -> RuleSet:
@@ -74,12 +78,49 @@ class RuleSet:
         return RuleSet.of([self.by_id[rule_id]], self.directory)
 
 
-def fire(rule: Rule, facts: PatientFacts) -> Firing | None:
-    """The rule's firing over ``facts``, or None when its condition is false or cannot be decided."""
-    matches = {name: evaluate_criterion(criterion, facts) for name, criterion in rule.criteria.items()}
-    states = {name: match.state for name, match in matches.items()}
-    if rule.condition.evaluate(states) is not True:
+class _LazyStates(Mapping[str, Tri]):
+    """A rule's block states for its condition, each criterion evaluated the first time the condition reads it.
+
+    The condition's ``all of`` / ``any of`` stop at the first False / True, so a rule whose first requirement
+    fails costs one criterion; the three-valued result is the same as with every state computed.
+    """
+
+    __slots__ = ("_facts", "_matches", "_memo", "_rule")
+
+    def __init__(self, rule: Rule, facts: PatientFacts, memo: Memo) -> None:
+        self._rule = rule
+        self._facts = facts
+        self._memo = memo
+        self._matches: dict[str, Match] = {}
+
+    def match(self, name: str) -> Match:
+        found = self._matches.get(name)
+        if found is None:
+            found = self._matches[name] = evaluate_criterion(self._rule.criteria[name], self._facts, self._memo)
+        return found
+
+    def __getitem__(self, name: str) -> Tri:
+        return self.match(name).state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rule.criteria)
+
+    def __len__(self) -> int:
+        return len(self._rule.criteria)
+
+
+def fire(rule: Rule, facts: PatientFacts, memo: Memo | None = None) -> Firing | None:
+    """The rule's firing over ``facts``, or None when its condition is false or cannot be decided.
+
+    ``memo`` holds the criteria results already computed over the same ``facts`` (``evaluate`` shares one
+    across the rule set). Only the criteria the condition needs are evaluated unless the rule fires; a firing
+    has every block's match, for its card.
+    """
+    lazy = _LazyStates(rule, facts, {} if memo is None else memo)
+    if rule.condition.evaluate(lazy) is not True:
         return None
+    matches = {name: lazy.match(name) for name in rule.criteria}
+    states = {name: match.state for name, match in matches.items()}
     escalation = next((e for e in rule.card.escalate if states.get(e.when) is True), None)
     return Firing(
         rule=rule,
@@ -99,7 +140,8 @@ def evaluate(ruleset: RuleSet, facts: PatientFacts, hook: str, *, max_cards: int
     """The cards for ``facts`` on ``hook``: one per problem, critical first, at most ``max_cards``."""
     if not facts.findings_of(CRAMP_CONCEPTS):
         return []
-    firings = [f for f in (_fire_safely(r, facts) for r in ruleset.rules if hook in r.hooks) if f is not None]
+    memo: Memo = {}
+    firings = [f for f in (_fire_safely(r, facts, memo) for r in ruleset.rules if hook in r.hooks) if f is not None]
     groups: dict[str, list[Firing]] = {}
     for firing in sorted(firings, key=_rank):
         groups.setdefault(firing.rule.group, []).append(firing)
@@ -107,10 +149,10 @@ def evaluate(ruleset: RuleSet, facts: PatientFacts, hook: str, *, max_cards: int
     return [_issue(group, facts) for group in ranked[: max(max_cards, 0)]]
 
 
-def _fire_safely(rule: Rule, facts: PatientFacts) -> Firing | None:
+def _fire_safely(rule: Rule, facts: PatientFacts, memo: Memo) -> Firing | None:
     """One rule's failure on unexpected data costs that rule's card, never the whole response."""
     try:
-        return fire(rule, facts)
+        return fire(rule, facts, memo)
     except Exception:
         log.exception("rule %s failed on patient facts; it is skipped for this call", rule.id)
         return None

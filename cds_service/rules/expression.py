@@ -22,17 +22,23 @@ _TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*]+)")
 
 
 def all_of(values: Iterable[Tri]) -> Tri:
-    values = list(values)
-    if any(v is False for v in values):
-        return False
-    return None if any(v is None for v in values) else True
+    """Kleene conjunction; stops at the first False (the values may be computed lazily)."""
+    unknown = False
+    for value in values:
+        if value is False:
+            return False
+        unknown = unknown or value is None
+    return None if unknown else True
 
 
 def any_of(values: Iterable[Tri]) -> Tri:
-    values = list(values)
-    if any(v is True for v in values):
-        return True
-    return None if any(v is None for v in values) else False
+    """Kleene disjunction; stops at the first True."""
+    unknown = False
+    for value in values:
+        if value is True:
+            return True
+        unknown = unknown or value is None
+    return None if unknown else False
 
 
 def not_(value: Tri) -> Tri:
