@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
+from math import isfinite
 from operator import itemgetter
 from typing import Any, overload
 
@@ -115,7 +116,8 @@ class LabReader:
             self._warn(observation, f"no numeric value for {analyte}{_sent_text(observation)}")
             return True
         raw = quantity.get("value")
-        value = float(raw) if type(raw) is int else number(raw)  # number() refuses NaN and infinities
+        # The common case (a finite JSON float) inline; number() handles the rest and refuses NaN and infinities.
+        value = raw if type(raw) is float and isfinite(raw) else number(raw)
         comparator = quantity.get("comparator")
         if value is None or (comparator and comparator not in COMPARATORS):
             shown = f"{comparator or ''}{raw}"
