@@ -14,16 +14,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import requests
 
-from .live import free_port
+from .live import free_port, wait_until_answering
 
 START_SECONDS = 60
 
@@ -108,17 +106,7 @@ class ServiceInstance:
 
     def wait_ready(self) -> None:
         """Until ``/readyz`` answers 200 (rules loaded, database reachable)."""
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"instance exited: {self.log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                if requests.get(self.base_url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"instance on {self.port} not ready after {START_SECONDS} s")
+        wait_until_answering(self.base_url + "/readyz", self.process, self.log_path, START_SECONDS)
 
     def kill(self) -> None:
         """SIGKILL the master and every worker at once: a crash, not a graceful stop."""
@@ -202,17 +190,7 @@ def nginx_proxy(upstreams: Sequence[str]) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {(home / 'stderr.log').read_text(errors='replace')}")
-            try:
-                requests.get(base + "/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("nginx did not start") from None
-                time.sleep(0.05)
+        wait_until_answering(base + "/healthz", process, home / "stderr.log", START_SECONDS)
         yield base
     finally:
         process.terminate()

@@ -19,6 +19,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_until_answering(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float = 60) -> None:
+    """Until ``url`` answers 200; fails with the process's log when it exits first or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited: {log.read_text(errors='replace')[-3000:]}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {seconds} s")
+        time.sleep(0.05)
+
+
 @contextmanager
 def serve(
     tmp: Path, env: Mapping[str, str] | None = None, args: tuple[str, ...] = (), workers: int = 2
@@ -36,18 +52,7 @@ def serve(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {(tmp / f'serve-{port}.log').read_text(errors='replace')}")
-            try:
-                if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become healthy in 60 s")
-            time.sleep(0.1)
+        wait_until_answering(base + "/healthz", process, tmp / f"serve-{port}.log")
         yield base
     finally:
         process.terminate()
