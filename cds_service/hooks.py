@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import INVALID_CONTEXT, INVALID_REQUEST, CdsError
+from .errors import INVALID_REQUEST, CdsError
 
 PATIENT_VIEW = "patient-view"
 ORDER_SELECT = "order-select"
@@ -98,13 +98,14 @@ def _authorization(auth: Mapping[str, Any] | None) -> FhirAuthorization | None:
 
 
 def _orders(hook: str, context: Mapping[str, Any]) -> tuple[tuple[dict[str, Any], ...], frozenset[str]]:
-    """The draft order resources and the selected ``Type/id`` references, read leniently."""
+    """The draft order resources and the selected ``Type/id`` references, read leniently.
+
+    The request schema has already required a Bundle object for draftOrders and an array of strings for
+    selections; only the entries inside are read leniently here.
+    """
     if hook not in (ORDER_SELECT, ORDER_SIGN):
         return (), frozenset()
-    bundle = context.get("draftOrders")
-    if not isinstance(bundle, Mapping):
-        raise CdsError(INVALID_CONTEXT, "context.draftOrders must be a FHIR Bundle.")
-    entries = bundle.get("entry") or []
+    entries = context["draftOrders"].get("entry") or []
     if not isinstance(entries, list):
         entries = [entries]
     resources = tuple(
@@ -113,8 +114,5 @@ def _orders(hook: str, context: Mapping[str, Any]) -> tuple[tuple[dict[str, Any]
     if hook == ORDER_SIGN:
         selected = {f"{r.get('resourceType')}/{r.get('id')}" for r in resources}
     else:
-        raw = context.get("selections")
-        if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-            raise CdsError(INVALID_CONTEXT, "context.selections must be an array of Type/id strings.")
-        selected = set(raw)
+        selected = set(context["selections"])
     return resources, frozenset(selected)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from .live import free_port, wait_until_answering
+from .live import free_port, stop_process, wait_until_answering
 
 START_SECONDS = 60
 
@@ -193,10 +193,5 @@ def nginx_proxy(upstreams: Sequence[str]) -> Iterator[str]:
         wait_until_answering(base + "/healthz", process, home / "stderr.log", START_SECONDS)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 10)
         shutil.rmtree(home, ignore_errors=True)

@@ -35,6 +35,16 @@ def wait_until_answering(url: str, process: subprocess.Popen[bytes], log: Path, 
         time.sleep(0.05)
 
 
+def stop_process(process: subprocess.Popen[bytes], seconds: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``seconds``."""
+    process.terminate()
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def serve(
     tmp: Path, env: Mapping[str, str] | None = None, args: tuple[str, ...] = (), workers: int = 2
@@ -55,10 +65,5 @@ def serve(
         wait_until_answering(base + "/healthz", process, tmp / f"serve-{port}.log")
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 15)
         log.close()
