@@ -10,6 +10,7 @@ from flask_cors import CORS
 from .config import database_url, load_config
 from .evaluation import Runtime
 from .feedback import FeedbackStore
+from .issued import IssuedCardLog
 from .logs import configure_logging
 from .security.auth import Authenticator
 from .store import make_engine
@@ -23,7 +24,8 @@ class Components:
         self.config = config
         self.runtime = Runtime.load(config)
         self.engine = make_engine(database_url(config))
-        self.feedback = FeedbackStore(self.engine)
+        self.issued = IssuedCardLog(self.engine, float(config["issued_cards_flush_seconds"]))
+        self.feedback = FeedbackStore(self.engine, self.issued)
         self.authenticator = Authenticator(config, self.engine)
 
 

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     # --- storage -------------------------------------------------------------------------------------------
     "data_dir": _default_data_dir(),  # created on first run; holds the SQLite database by default
     "database_url": "",  # SQLAlchemy URL; empty = sqlite file in data_dir; postgresql+psycopg://... for scale-out
+    "issued_cards_flush_seconds": 0.25,  # which rule issued each card is written in batches at most this late
     # --- rules ---------------------------------------------------------------------------------------------
     "rules_dir": "",  # empty = the rule set shipped inside the package
     "max_cards": 8,  # cap on cards per response, after ordering critical > warning > info

@@ -24,6 +24,7 @@ from .errors import (
 from .facts.build import build_facts
 from .facts.terminology import Terminology
 from .hooks import HookCall
+from .record.model import PatientRecord
 from .record.obtain import RecordSettings, obtain_record
 from .record.templates import build_prefetch_templates
 from .rules.engine import IssuedCard, RuleSet, evaluate
@@ -78,7 +79,7 @@ class HookAnswer:
     response: dict[str, Any]
     issued: list[IssuedCard]
     call: HookCall
-    incomplete: frozenset[str] = frozenset()
+    record: PatientRecord
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -123,7 +124,7 @@ def answer_hook(
         response={"cards": [c.card for c in issued]},
         issued=issued,
         call=call,
-        incomplete=record.incomplete,
+        record=record,
         timings={
             "record_ms": (fetched - started) * 1000,
             "facts_ms": (built - fetched) * 1000,

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
-from .store import feedback, issued_cards
+from .issued import IssuedCardLog
+from .store import feedback, insert_ignoring_duplicates, issued_cards
 
 log = logging.getLogger("cds_service.feedback")
 
@@ -70,29 +70,16 @@ def _row(service_id: str, entry: Mapping[str, Any], rule_ids: Mapping[str, str],
 
 
 class FeedbackStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, issued: IssuedCardLog):
         self.engine = engine
-        dialect = engine.dialect.name
-        self._insert_ignore = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
-        if self._insert_ignore is None:
-            raise ValueError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
-        # Built once: constructing the statement on every hook call cost about a third of the write's CPU.
-        self._insert_issued = self._insert_ignore(issued_cards).on_conflict_do_nothing()
-
-    def record_issued(self, service_id: str, cards: Iterable[tuple[str, str, str]], at: datetime) -> None:
-        """Remember which rule issued each card (card uuid, rule id, indicator), for feedback analytics."""
-        rows = [
-            {"card_uuid": uuid, "service_id": service_id, "rule_id": rule, "indicator": ind, "issued_at": at}
-            for uuid, rule, ind in cards
-        ]
-        if rows:
-            with self.engine.begin() as conn:
-                conn.execute(self._insert_issued, rows)
+        self.issued = issued
+        self._insert_feedback = insert_ignoring_duplicates(engine, feedback, "fingerprint")
 
     def record_feedback(self, service_id: str, entries: Sequence[Mapping[str, Any]]) -> StoredFeedback:
         """Store validated feedback entries; committed when this returns."""
         now = datetime.now(UTC)
         uuids = {e["card"] for e in entries}
+        self.issued.flush()  # cards this process issued a moment ago are named with their rule
         with self.engine.begin() as conn:
             rule_ids = dict(
                 conn.execute(
@@ -102,9 +89,7 @@ class FeedbackStore:
                 ).all()
             )
             rows = [_row(service_id, e, rule_ids, now) for e in entries]
-            result = conn.execute(
-                self._insert_ignore(feedback).on_conflict_do_nothing(index_elements=["fingerprint"]), rows
-            )
+            result = conn.execute(self._insert_feedback, rows)
             new = max(result.rowcount, 0)
         unknown = uuids - set(rule_ids)
         if unknown:

@@ -20,6 +20,8 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
 
 metadata = MetaData()
 
@@ -89,6 +91,15 @@ def make_engine(url: str) -> Engine:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
         metadata.create_all(conn)
     return engine
+
+
+def insert_ignoring_duplicates(engine: Engine, table: Table, *unique_columns: str) -> Insert:
+    """``INSERT`` into ``table`` that skips rows clashing with ``unique_columns`` (the primary key when none are
+    named): ``ON CONFLICT DO NOTHING`` in both supported dialects."""
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
+    if dialect is None:
+        raise ValueError(f"unsupported database dialect {engine.dialect.name!r}: use SQLite or PostgreSQL")
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique_columns) or None)
 
 
 def is_reachable(engine: Engine) -> bool:

@@ -46,16 +46,21 @@ def no_rule_failures(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path):
-    """Build the real app with its own data directory; keyword arguments override configuration."""
+def make_app(tmp_path: Path) -> Iterator[Any]:
+    """Build the real app with its own data directory; keyword arguments override configuration. The apps'
+    queued issued-card rows are written when the test ends, while its data directory still exists."""
+    apps: list[Flask] = []
 
     def build(**config: Any) -> Flask:
         settings = {"data_dir": str(tmp_path / "data"), "now": FIXTURE_NOW, **config}
         app = create_app(settings)
         app.testing = True
+        apps.append(app)
         return app
 
-    return build
+    yield build
+    for app in apps:
+        app.extensions["cds_service"].issued.close()
 
 
 @pytest.fixture

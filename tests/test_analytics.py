@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from cds_service.analytics import Period, feedback_report
 from cds_service.feedback import FeedbackStore
+from cds_service.issued import IssuedCardLog
 from cds_service.store import make_engine
 from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 from support.tokens import claims, jwks, make_key, sign
@@ -33,7 +34,8 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 def issue(store: FeedbackStore, rule: str, indicator: str, at: datetime) -> str:
     card = str(uuid.uuid4())
-    store.record_issued(SERVICE, [(card, rule, indicator)], at)
+    store.issued.add(SERVICE, [(card, rule, indicator)], at)
+    store.issued.flush()
     return card
 
 
@@ -54,7 +56,7 @@ def accepted(card: str, at: str) -> dict:
 
 
 def test_report_counts_distinct_cards_per_rule_with_their_reasons(engine: Engine) -> None:
-    store = FeedbackStore(engine)
+    store = FeedbackStore(engine, IssuedCardLog(engine, 60))
     a1, a2 = (issue(store, "rule-a", "critical", START + timedelta(days=n)) for n in (1, 2))
     a3, a4 = (issue(store, "rule-a", "warning", START + timedelta(days=n)) for n in (3, 4))
     issue(store, "rule-b", "info", START + timedelta(days=5))
@@ -95,7 +97,7 @@ def test_report_counts_distinct_cards_per_rule_with_their_reasons(engine: Engine
 
 
 def test_period_is_half_open(engine: Engine) -> None:
-    store = FeedbackStore(engine)
+    store = FeedbackStore(engine, IssuedCardLog(engine, 60))
     issue(store, "rule-a", "info", PERIOD.since)
     issue(store, "rule-a", "info", PERIOD.until)
     issue(store, "rule-a", "info", PERIOD.until - timedelta(microseconds=1))
@@ -103,7 +105,7 @@ def test_period_is_half_open(engine: Engine) -> None:
 
 
 def test_bounds_in_other_time_zones_mean_the_same_instants(engine: Engine) -> None:
-    store = FeedbackStore(engine)
+    store = FeedbackStore(engine, IssuedCardLog(engine, 60))
     issue(store, "rule-a", "info", datetime(2026, 10, 1, 5, tzinfo=UTC))
     plus_ten = timezone(timedelta(hours=10))
     assert feedback_report(engine, Period(datetime(2026, 10, 1, 15, tzinfo=plus_ten),

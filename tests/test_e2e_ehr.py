@@ -67,11 +67,17 @@ class LiveService:
     database: Engine  # the service's own database
 
     def rule_of(self, card_uuid: str) -> str:
-        """The rule that issued a card, from the service's record of issued cards."""
-        with self.database.connect() as conn:
-            found = conn.execute(
-                select(issued_cards.c.rule_id).where(issued_cards.c.card_uuid == card_uuid)
-            ).scalar_one_or_none()
+        """The rule that issued a card, from the service's record of issued cards (written in batches, so it is
+        waited for a few of the service's flush intervals)."""
+        deadline = time.monotonic() + 5
+        while True:
+            with self.database.connect() as conn:
+                found = conn.execute(
+                    select(issued_cards.c.rule_id).where(issued_cards.c.card_uuid == card_uuid)
+                ).scalar_one_or_none()
+            if found is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert found is not None, f"the service has no record of issuing card {card_uuid}"
         return str(found)
 

@@ -65,8 +65,8 @@ def test_feedback_survives_a_restart(make_app, tmp_path):
 def test_feedback_names_the_rule_that_issued_the_card(app, client):
     from datetime import UTC, datetime
 
-    app.extensions["cds_service"].feedback.record_issued(PV, [("card-9", "some-rule", "warning")], datetime.now(UTC))
-    post(client, {"feedback": [overridden("card-9")]})
+    app.extensions["cds_service"].issued.add(PV, [("card-9", "some-rule", "warning")], datetime.now(UTC))
+    post(client, {"feedback": [overridden("card-9")]})  # before the issued-card batch is due: flushed first
     assert rows(app)[0]["rule_id"] == "some-rule"
 
 

@@ -90,6 +90,11 @@ def test_a_hook_call_is_one_json_line_with_what_operators_need(client, logged) -
     assert line["cards"] == len(cards)
     assert "diuretic-hypokalemia" in line["rules"] and len(line["rules"]) == len(cards)
     assert line["patient"] == hashlib.sha256(PATIENT_ID.encode()).hexdigest()[:16]
+    assert sorted(line["sources"]["prefetch"]) == sorted(k for k, v in body["prefetch"].items() if v is not None)
+    assert line["resources"]["Observation"] == sum(
+        1 for v in body["prefetch"].values() if v for e in v.get("entry", []) if e["resource"]["resourceType"] == "Observation")
+    others = [r.getMessage() for r in logged.records if r.levelno >= logging.INFO and r.name != "cds_service.requests"]
+    assert not others, f"one line per request, but also: {others}"
     text = json.dumps(line)
     assert PATIENT_ID not in text and "Lastname-Not-Logged" not in text and "Firstname" not in text
 

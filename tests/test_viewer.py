@@ -146,6 +146,7 @@ def cards_and_rules(app: Flask, body: dict) -> list[tuple[str, str]]:
         response = client.post(f"/cds-services/{service}", json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     cards = response.get_json()["cards"]
+    app.extensions["cds_service"].issued.flush()
     engine = app.extensions["cds_service"].engine
     with engine.connect() as conn:
         rules = dict(conn.execute(select(issued_cards.c.card_uuid, issued_cards.c.rule_id)).all())

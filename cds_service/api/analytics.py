@@ -52,4 +52,5 @@ def analytics():
         for rule in parts.runtime.ruleset.rules
         for reason in rule.card.override_reasons
     }
+    parts.issued.flush()  # the cards this process issued a moment ago count
     return feedback_report(parts.engine, requested_period(datetime.now(UTC)), displays).as_json()

@@ -9,7 +9,7 @@ from .. import metrics
 from ..evaluation import answer_hook, service_for, validate_envelope
 from ..jsonbody import check_prefetch_size
 from .context import authenticate, claims, components, json_body
-from .observability import annotate, patient_hash
+from .observability import annotate, patient_hash, record_summary
 
 bp = Blueprint("hook_calls", __name__)
 bp.before_request(authenticate)
@@ -27,17 +27,19 @@ def call_service(service_id: str):
     answer = answer_hook(
         parts.runtime, service, body, allowed_fhir_servers=identity.fhir_servers if identity else None
     )
-    parts.feedback.record_issued(
+    parts.issued.add(
         service.id,
         ((i.card["uuid"], i.rule_id, i.indicator) for i in answer.issued),
         datetime.now(UTC),
     )
-    metrics.count_cards(service.id, ((i.rule_id, i.indicator) for i in answer.issued), bool(answer.incomplete))
+    record = answer.record
+    metrics.count_cards(service.id, ((i.rule_id, i.indicator) for i in answer.issued), bool(record.incomplete))
     annotate(
         patient=patient_hash(answer.call.patient_id),
         cards=len(answer.issued),
         rules=[i.rule_id for i in answer.issued],
-        incomplete=sorted(answer.incomplete),
+        incomplete=sorted(record.incomplete),
+        **record_summary(record),
         **{k: round(v, 1) for k, v in answer.timings.items()},
     )
     return answer.response

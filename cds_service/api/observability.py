@@ -17,6 +17,7 @@ from flask import Flask, Response, g, request
 
 from .. import metrics
 from ..record.client import start_recording, stop_recording
+from ..record.model import PatientRecord
 from .context import components
 
 log = logging.getLogger("cds_service.requests")
@@ -26,6 +27,14 @@ QUIET_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics.metrics
 def patient_hash(patient_id: str) -> str:
     """A short one-way hash of the patient id, so logs can correlate calls without naming the patient."""
     return hashlib.sha256(patient_id.encode()).hexdigest()[:16]
+
+
+def record_summary(record: PatientRecord) -> dict[str, Any]:
+    """Where the record's data came from (prefetch keys by source) and how many resources of each type."""
+    by_source: dict[str, list[str]] = {}
+    for key, source in record.sources.items():
+        by_source.setdefault(source, []).append(key)
+    return {"sources": by_source, "resources": {kind: len(items) for kind, items in sorted(record.resources.items())}}
 
 
 def annotate(**fields: Any) -> None:

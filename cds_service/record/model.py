@@ -19,7 +19,8 @@ class PatientRecord:
     ``draft_orders`` holds the request resources of the order hooks' ``context.draftOrders`` (never mixed into
     ``resources``), and ``selections`` the ``Type/id`` references of ``context.selections``.
     ``incomplete`` names the prefetch keys whose data could not be obtained in full (a page cap, the time budget,
-    a server error): rules that rely on the absence of data must not fire on them.
+    a server error): rules that rely on the absence of data must not fire on them. ``sources`` says where each
+    prefetch key's data came from: ``prefetch``, ``server``, or ``null`` (the EHR said there is none).
     """
 
     patient_id: str
@@ -28,6 +29,7 @@ class PatientRecord:
     selections: frozenset[str] = frozenset()
     incomplete: frozenset[str] = frozenset()
     warnings: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
 
     def of_type(self, resource_type: str) -> list[Resource]:
         """The resources of one type (an empty list when none were obtained)."""

@@ -8,7 +8,7 @@ All queries of one call run in parallel and stop at one deadline (the hook budge
 
 Outcomes: when a key must be queried and there is no usable fhirServer, ``CdsError`` (412) says why. When keys
 were queried and none of them gave any data, ``CdsError`` DEADLINE (timeouts) or RECORD_UNAVAILABLE (errors).
-Otherwise the record lists in ``incomplete`` every key whose data is partial or missing, and a log line on
+Otherwise the record lists in ``incomplete`` every key whose data is partial or missing, and a warning on
 ``cds_service.record`` says which and why. The access token is never logged.
 """
 from __future__ import annotations
@@ -79,8 +79,15 @@ def obtain_record(
         selections=call.selections,
         incomplete=frozenset(key for key, r in results.items() if not r.complete),
         warnings=[f"{key}: {r.problem}" for key, r in results.items() if r.problem],
+        sources={key: r.source for key, r in results.items()},
     )
-    _log_summary(call, results, record, time.monotonic() - started)
+    if record.incomplete:
+        log.warning(
+            "hook %s: incomplete keys %s (rules relying on absence stay silent): %s",
+            call.hook_instance,
+            ",".join(sorted(record.incomplete)),
+            "; ".join(record.warnings),
+        )
     return record
 
 
@@ -336,26 +343,3 @@ def _read_medication(client: FhirClient, med_id: str) -> Callable[[], Resource |
         return resource if resource.get("resourceType") == "Medication" else "the answer is not a Medication"
 
     return run
-
-
-def _log_summary(call: HookCall, results: Mapping[str, KeyResult], record: PatientRecord, seconds: float) -> None:
-    by_source: dict[str, list[str]] = {}
-    for key, result in results.items():
-        by_source.setdefault(result.source, []).append(key)
-    counts = ", ".join(f"{rtype}={len(items)}" for rtype, items in sorted(record.resources.items()))
-    log.info(
-        "hook %s: record in %.0f ms; prefetch=%s null=%s server=%s; %s",
-        call.hook_instance,
-        seconds * 1000,
-        ",".join(by_source.get("prefetch", [])) or "-",
-        ",".join(by_source.get("null", [])) or "-",
-        ",".join(by_source.get("server", [])) or "-",
-        counts or "no resources",
-    )
-    if record.incomplete:
-        log.warning(
-            "hook %s: incomplete keys %s (rules relying on absence stay silent): %s",
-            call.hook_instance,
-            ",".join(sorted(record.incomplete)),
-            "; ".join(record.warnings),
-        )

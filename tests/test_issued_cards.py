@@ -1,0 +1,102 @@
+"""Which rule issued each card: queued by the hook call, written in batches off its path (cds_service.issued)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from cds_service.store import issued_cards, make_engine
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICE = "muscle-cramps-patient-view"
+
+
+def _request(name: str) -> dict:
+    return json.loads((REPO / "fixtures" / "requests" / f"{name}.json").read_text())
+
+
+def _stored(engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(issued_cards.c.card_uuid, issued_cards.c.rule_id)).all())
+
+
+def _issue_cards(app) -> list[str]:
+    response = app.test_client().post(f"/cds-services/{SERVICE}", json=_request("statin-ck-critical"))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    cards = [card["uuid"] for card in response.get_json()["cards"]]
+    assert cards, "the fixture is expected to fire"
+    return cards
+
+
+def test_issued_cards_are_written_when_the_interval_ends_without_any_reader(make_app):
+    app = make_app(issued_cards_flush_seconds=0.05)
+    parts = app.extensions["cds_service"]
+    cards = _issue_cards(app)
+    deadline = time.monotonic() + 5
+    while parts.issued.pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stored = _stored(parts.engine)
+    assert set(cards) <= set(stored)
+    assert all(stored[card] for card in cards)  # each row names its rule
+
+
+def test_the_hook_call_does_not_write_and_readers_see_the_cards_at_once(make_app):
+    app = make_app(issued_cards_flush_seconds=3600)  # the timer never runs during this test
+    parts = app.extensions["cds_service"]
+    cards = _issue_cards(app)
+    assert parts.issued.pending == len(cards)
+    assert not set(cards) & set(_stored(parts.engine))
+    report = app.test_client().get("/analytics?since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z").get_json()  # a reader flushes first
+    assert sum(rule["shown"] for rule in report["rules"]) == len(cards)
+    assert parts.issued.pending == 0
+
+
+def test_cards_are_answered_while_the_database_is_unreachable_and_recorded_once_it_is_back(make_app, tmp_path):
+    database = tmp_path / "issued.sqlite3"
+    app = make_app(database_url=f"sqlite:///{database}", issued_cards_flush_seconds=3600)
+    parts = app.extensions["cds_service"]
+    parts.engine.dispose()  # the last connection closes: the WAL is checkpointed into the file
+    saved = database.rename(tmp_path / "saved.sqlite3")
+    database.mkdir()  # a directory where the database was: every connection fails
+    cards = _issue_cards(app)
+    try:
+        parts.issued.flush()
+    except Exception as exc:  # noqa: BLE001 - the driver's error, whichever it is
+        assert "OperationalError" in type(exc).__name__
+    else:
+        raise AssertionError("a write to a missing database succeeded")
+    assert parts.issued.pending == len(cards)
+    database.rmdir()
+    saved.rename(database)
+    parts.issued.flush()
+    assert set(cards) <= set(_stored(parts.engine))
+
+
+def test_a_repeated_row_is_stored_once(make_app):
+    parts = make_app().extensions["cds_service"]
+    card = str(uuid.uuid4())
+    for _ in range(2):
+        parts.issued.add(SERVICE, [(card, "rule-a", "info")], datetime.now(UTC))
+        parts.issued.flush()
+    assert _stored(parts.engine) == {card: "rule-a"}
+
+
+def test_queued_rows_are_written_when_the_process_exits(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'exit.sqlite3'}"
+    script = (
+        "import sys\n"
+        "from datetime import UTC, datetime\n"
+        "from cds_service.issued import IssuedCardLog\n"
+        "from cds_service.store import make_engine\n"
+        "log = IssuedCardLog(make_engine(sys.argv[1]), 3600)\n"
+        "log.add('muscle-cramps-patient-view', [('card-1', 'rule-a', 'warning'), ('card-2', 'rule-b', 'info')],"
+        " datetime.now(UTC))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, url], check=True, timeout=60)
+    assert _stored(make_engine(url)) == {"card-1": "rule-a", "card-2": "rule-b"}
