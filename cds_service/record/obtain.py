@@ -159,17 +159,24 @@ def _usable(value: Any) -> bool:
 
 
 def _resources_of(value: dict[str, Any]) -> list[Resource]:
-    """The resources a prefetch value or server answer holds (Bundle entries leniently; outcome entries dropped)."""
+    """The resources a prefetch value or server answer holds (Bundle entries leniently; outcome entries dropped).
+
+    The test of ``_usable`` is written out in the loop: this runs once per entry, thousands of times a call.
+    """
     if value.get("resourceType") != "Bundle":
         return [value]
     entries = value.get("entry")
     if not isinstance(entries, list):
         return []
-    return [
-        resource
-        for entry in entries
-        if isinstance(entry, dict) and _usable(resource := entry.get("resource"))
-    ]
+    kept = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            resource = entry.get("resource")
+            if isinstance(resource, dict):
+                kind = resource.get("resourceType")
+                if isinstance(kind, str) and kind != "OperationOutcome":
+                    kept.append(resource)
+    return kept
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
@@ -269,15 +276,17 @@ def _merge(groups: Iterable[list[Resource]]) -> dict[str, list[Resource]]:
     for group in groups:
         for resource in group:
             rtype, rid = resource["resourceType"], resource.get("id")
-            ids = seen.get(rtype)
-            if ids is None:
+            kept = by_type.get(rtype)
+            if kept is None:
+                kept = by_type[rtype] = []
                 ids = seen[rtype] = set()
-                by_type[rtype] = []
+            else:
+                ids = seen[rtype]
             if isinstance(rid, str):
                 if rid in ids:
                     continue
                 ids.add(rid)
-            by_type[rtype].append(resource)
+            kept.append(resource)
     return by_type
 
 
