@@ -21,7 +21,7 @@ from .errors import (
     UNKNOWN_SERVICE,
     CdsError,
 )
-from .facts.build import build_facts
+from .facts.build import FactWindows, build_facts
 from .facts.terminology import Terminology
 from .hooks import HookCall
 from .record.model import PatientRecord
@@ -43,6 +43,7 @@ class Runtime:
     ruleset: RuleSet
     registry: ServiceRegistry
     record_settings: RecordSettings
+    fact_windows: FactWindows
 
     @classmethod
     def load(cls, config: Mapping[str, Any]) -> Runtime:
@@ -53,6 +54,7 @@ class Runtime:
             ruleset=ruleset,
             registry=registry,
             record_settings=RecordSettings.from_config(config),
+            fact_windows=FactWindows(lab_lookback=ruleset.lab_lookback),
         )
 
     def now(self) -> datetime:
@@ -112,7 +114,7 @@ def answer_hook(
         settings = settings.for_issuer(allowed_fhir_servers)
     record = obtain_record(call, service.prefetch, settings)
     fetched = time.perf_counter()
-    facts = build_facts(record, runtime.terminology, runtime.now())
+    facts = build_facts(record, runtime.terminology, runtime.now(), runtime.fact_windows)
     built = time.perf_counter()
     issued = [
         card

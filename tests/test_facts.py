@@ -617,3 +617,44 @@ def test_any_shape_builds_and_every_result_materialises(
     for series in facts.labs.values():
         for result in series:  # built lazily: must not raise either
             assert result.unit and isinstance(result.reported, str)
+
+
+# --- the rule set's lab look-back -------------------------------------------------------------------------------
+
+LOOKBACK = FactWindows(lab_lookback=timedelta(days=360))
+
+
+def test_labs_older_than_the_lookback_are_left_out_and_the_rest_kept(terminology):
+    kept_days = [1, 300, 359.5, 361]  # 361: inside the two-day margin, kept (the rules apply the exact window)
+    resources = [lab(f"k{d}", "2823-3", 3.1, "mmol/L", days=d) for d in kept_days]
+    resources += [lab("old", "2823-3", 2.0, "mmol/L", days=400), lab("older", "2823-3", 2.0, "mmol/L", days=3000)]
+    resources.append(lab("year-only", "2823-3", 2.0, "mmol/L", effectiveDateTime="2019"))
+    facts = build_facts(record(*resources), terminology, NOW, LOOKBACK)
+    assert [r.resource for r in facts.labs["potassium"]] == [f"Observation/k{d}" for d in kept_days]
+    assert not facts.warnings  # dropped for their age, silently
+    everything = build_facts(record(*resources), terminology, NOW)
+    assert len(everything.labs["potassium"]) == len(resources)
+
+
+def test_a_lab_dated_another_way_is_read_in_full_whatever_its_age(terminology):
+    period = lab("period", "2823-3", 3.0, "mmol/L", effectiveDateTime=None,
+                 effectivePeriod={"start": ago(500), "end": ago(499)})
+    facts = build_facts(record(period), terminology, NOW, LOOKBACK)
+    assert [r.resource for r in facts.labs["potassium"]] == ["Observation/period"]
+
+
+def test_the_lookback_is_the_longest_window_of_any_lab_criterion():
+    from cds_service.rules.engine import RuleSet
+    from cds_service.rules.model import CompositeCriterion, LabCriterion
+
+    ruleset = RuleSet.load(None, None)
+
+    def windows(criteria):
+        for criterion in criteria:
+            if isinstance(criterion, LabCriterion):
+                yield criterion.within
+            elif isinstance(criterion, CompositeCriterion):
+                yield from windows(criterion.children)
+
+    every = [w for rule in ruleset.rules for w in windows(rule.criteria.values())]
+    assert every and ruleset.lab_lookback == max(every)

@@ -27,6 +27,9 @@ class FactWindows:
     statement_grace: timedelta = timedelta(days=30)  # MedicationStatement ended at most this long ago
     condition_grace: timedelta = timedelta(days=30)  # resolved/inactive Condition abated at most this long ago
     observation_window: timedelta = timedelta(days=90)  # symptom Observation at most this old
+    # Labs dated before this look-back are left out; None keeps every lab. The service sets it to the longest
+    # look-back of any lab criterion in its rule set (RuleSet.lab_lookback): no rule reads an older result.
+    lab_lookback: timedelta | None = None
 
 
 DEFAULT_WINDOWS = FactWindows()
@@ -41,7 +44,7 @@ def build_facts(
     warnings: list[str] = []
     sex, birth_date = demographics(record.of_type("Patient"), record.patient_id)
 
-    labs = LabReader(terminology, sex, warnings)
+    labs = LabReader(terminology, sex, warnings, now - windows.lab_lookback if windows.lab_lookback else None)
     symptoms = FindingReader(terminology, now, windows.condition_grace, windows.observation_window, warnings)
     findings: list[Finding] = []
     take_lab = labs.take

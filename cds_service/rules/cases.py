@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..facts.build import build_facts
+from ..facts.build import FactWindows, build_facts
 from ..wire import card_problems
 from .engine import IssuedCard, RuleSet, evaluate
 from .loader import RuleError, read_yaml, schema_error
@@ -98,9 +98,10 @@ def hook_for(test: CaseTest, ruleset: RuleSet) -> str:
 
 
 def run_case(ruleset: RuleSet, test: CaseTest, terminology: Any, now: datetime = FROZEN_NOW) -> Outcome:
-    """Run one case over the rule on its own and compare with the expectation."""
+    """Run one case over the rule on its own and compare with the expectation (facts built as the service
+    builds them, with the whole rule set's lab look-back)."""
     outcome = Outcome(test)
-    facts = build_facts(record_of(test.given, now), terminology, now)
+    facts = build_facts(record_of(test.given, now), terminology, now, FactWindows(lab_lookback=ruleset.lab_lookback))
     cards = evaluate(ruleset.only(test.rule_id), facts, hook_for(test, ruleset), max_cards=100)
     outcome.cards = cards
     for issued in cards:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .loader import (
     rule_files,
     shipped_rules_dir,
 )
-from .model import INDICATOR_RANK, Criterion, Rule, binding_name
+from .model import INDICATOR_RANK, Criterion, LabCriterion, Rule, binding_name
 
 log = logging.getLogger("cds_service.rules")
 CRAMP_CONCEPTS = frozenset({"cramp", "spasm"})  # the symptoms this service is about; nothing fires without one
@@ -47,6 +48,8 @@ class RuleSet:
     rules: tuple[Rule, ...]
     directory: Path | None = None
     by_id: dict[str, Rule] = field(default_factory=dict)
+    # The longest look-back of any lab criterion: no rule reads a lab result older than this (None: no lab rule).
+    lab_lookback: timedelta | None = None
 
     @classmethod
     def load(cls, directory: Path | None, terminology: Vocabulary | None) -> RuleSet:
@@ -71,7 +74,10 @@ class RuleSet:
         """The rule set of ``rules``; equal criteria across rules become one object, evaluated once per call."""
         pool: dict[Criterion, Criterion] = {}
         rules = tuple(replace(r, criteria=shared_criteria(r.criteria, pool)) for r in rules)
-        return cls(rules=rules, directory=directory, by_id={r.id: r for r in rules})
+        lookbacks = [c.within for c in pool if isinstance(c, LabCriterion)]  # the pool holds composites' children too
+        return cls(
+            rules=rules, directory=directory, by_id={r.id: r for r in rules}, lab_lookback=max(lookbacks, default=None)
+        )
 
     def only(self, rule_id: str) -> RuleSet:
         """The rule set reduced to one rule (the case runner tests each rule on its own)."""
