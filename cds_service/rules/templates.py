@@ -8,6 +8,7 @@ single-line plain text (summary, labels): no raw HTML or Markdown from a record 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -74,11 +75,15 @@ def analyte_name(analyte: str) -> str:
     return _NAMES.get(analyte, analyte.replace("_", " ").capitalize())
 
 
+# Card text repeats the same short strings call after call (labels, analyte and drug names, units, ranges): the
+# escaped form is kept for the most recent ones instead of running the regular expressions again.
+@lru_cache(maxsize=4096)
 def plain(text: str) -> str:
     """Patient-supplied text made single-line plain text."""
     return " ".join(_CONTROL.sub(" ", text).split())
 
 
+@lru_cache(maxsize=4096)
 def markdown(text: str) -> str:
     """Patient-supplied text made inert inside GitHub-flavoured Markdown (no HTML, links or emphasis)."""
     text = plain(text).replace("&", "&amp;").replace("<", "&lt;")
