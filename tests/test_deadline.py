@@ -1,6 +1,7 @@
 """The hard deadline: a FHIR server that hangs never makes a hook call hang, fail with 5xx, or fire on absence.
 
-The hanging server accepts every request and holds it (headers never sent, or a body trickled out byte by byte)
+The hanging server accepts every request and holds it (headers never sent, or the headers or the body trickled out
+byte by byte)
 until the test ends. The service must answer within its budget plus a small slack, with 412 when it got no data
 at all, or with the cards whose data is complete, never with a card that relies on data being absent.
 """
@@ -37,7 +38,8 @@ class _QuietServer(ThreadingHTTPServer):
 
 class HangingServer:
     """A FHIR server that holds every request until closed: ``mode`` "silent" sends nothing, "trickle" sends
-    200 headers and then one body byte every 0.2 s. Searches of the resource types in ``answers`` are answered
+    200 headers and then one body byte every 0.2 s, "trickle-headers" a status line and then one header byte
+    every 0.2 s (each read gets a byte well within the read timeout, so only a deadline stops it). Searches of the resource types in ``answers`` are answered
     at once with the Bundle given there."""
 
     def __init__(self, mode: str, answers: dict[str, dict[str, Any]] | None = None) -> None:
@@ -65,6 +67,12 @@ class HangingServer:
                     while not release.wait(0.2):
                         self.wfile.write(b" ")
                         self.wfile.flush()
+                elif mode == "trickle-headers":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    self.wfile.flush()
+                    while not release.wait(0.2):
+                        self.wfile.write(b"a")
+                        self.wfile.flush()
                 else:
                     release.wait(60)
 
@@ -86,7 +94,7 @@ class HangingServer:
         self._thread.join(timeout=5)
 
 
-@pytest.fixture(params=["silent", "trickle"])
+@pytest.fixture(params=["silent", "trickle", "trickle-headers"])
 def hanging(request: pytest.FixtureRequest) -> Iterator[HangingServer]:
     server = HangingServer(request.param)
     try:

@@ -3,7 +3,8 @@
 Searches longer than ``MAX_GET_URL`` are sent as ``POST [type]/_search`` with a form body (FHIR R4 3.1.0.8).
 Every request carries ``Accept: application/fhir+json`` and, when the EHR sent one, the bearer token (set per
 request, never on the shared session, never logged). Each request's connect and read timeouts are cut to the
-time left before the deadline; bodies are streamed and abandoned past the size cap or the deadline; redirects
+time left before the deadline, a response head still arriving at the deadline is hung up on (``hangup``), and
+bodies are streamed and abandoned past the size cap or the deadline; redirects
 are never followed (a FHIR base on the allowlist must not send the token elsewhere); connection errors and
 502/503/504 are retried a bounded number of times with a short backoff while time remains.
 """
@@ -22,12 +23,13 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from .. import metrics
+from . import hangup
 from .access import FhirEndpoint
+from .hangup import DeadlineAdapter
 from .settings import RecordSettings
 
 FHIR_JSON = "application/fhir+json"
@@ -125,7 +127,7 @@ def _process_state() -> _ProcessState:
         with _state_lock:
             if _state is None or _state.pid != pid:
                 session = requests.Session()
-                adapter = HTTPAdapter(pool_connections=8, pool_maxsize=POOL_THREADS, max_retries=0)
+                adapter = DeadlineAdapter(pool_connections=8, pool_maxsize=POOL_THREADS, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="fhir-fetch")
@@ -195,7 +197,7 @@ class FhirClient:
         session = _process_state().session
         try:
             method = "GET" if form is None else "POST"
-            with session.request(
+            with hangup.deadline(self.deadline), session.request(
                 method, url, data=form, headers=headers, timeout=timeout, stream=True, allow_redirects=False
             ) as resp:
                 status = resp.status_code
