@@ -22,11 +22,12 @@ from .errors import (
     CdsError,
 )
 from .facts.build import FactWindows, build_facts
+from .facts.labs import LOOKBACK_MARGIN
 from .facts.terminology import Terminology
 from .hooks import HookCall
 from .record.model import PatientRecord
 from .record.obtain import RecordSettings, obtain_record
-from .record.templates import build_prefetch_templates
+from .record.templates import LABS, build_prefetch_templates
 from .rules.engine import IssuedCard, RuleSet, evaluate
 from .services import Service, ServiceRegistry
 from .wire import card_problems, describe, first_violation
@@ -112,9 +113,10 @@ def answer_hook(
     settings = runtime.record_settings
     if allowed_fhir_servers is not None:
         settings = settings.for_issuer(allowed_fhir_servers)
-    record = obtain_record(call, service.prefetch, settings)
+    now = runtime.now()
+    record = obtain_record(call, service.prefetch, settings, narrowing=_narrowing(runtime.fact_windows, now))
     fetched = time.perf_counter()
-    facts = build_facts(record, runtime.terminology, runtime.now(), runtime.fact_windows)
+    facts = build_facts(record, runtime.terminology, now, runtime.fact_windows)
     built = time.perf_counter()
     issued = [
         card
@@ -133,6 +135,14 @@ def answer_hook(
             "rules_ms": (done - built) * 1000,
         },
     )
+
+
+def _narrowing(windows: FactWindows, now: datetime) -> dict[str, str]:
+    """What the FHIR server may leave out of the service's own queries: labs older than any rule looks back
+    (``date`` searches Observation.effective[x]; the facts layer drops the same labs from prefetched data)."""
+    if windows.lab_lookback is None:
+        return {}
+    return {LABS: f"date=ge{(now - windows.lab_lookback - LOOKBACK_MARGIN).date().isoformat()}"}
 
 
 def _well_formed(issued: IssuedCard) -> bool:

@@ -889,6 +889,22 @@ def test_long_record(cramp: bool, expected: Outcome, mode: str, service, ehr, fh
     assert outcome(service, exchange) == expected
 
 
+def test_a_history_longer_than_the_page_cap_is_read_within_the_rules_look_back(service, ehr, fhir_server) -> None:
+    """1,100 potassium results, all over a year old and none in the last 30 days, on furosemide with cramps.
+
+    Read whole, the history would pass the service's page cap (10 pages; this server gives 100 per page) and
+    leave the labs incomplete, so the rule that needs the absence of a recent potassium would stay silent. The
+    service asks only for labs inside its rules' longest look-back, so the key is complete and the rule fires,
+    as it does when the EHR prefetches the whole history.
+    """
+    resources = [patient(), condition(onset_days=7), med_request(FUROSEMIDE, days=700)]
+    resources += [lab("2823-3", 4.2, "mmol/L", days=400 + day) for day in range(1100)]
+    fhir_server.load(resources)
+    for mode in ({"prefetch": False}, {"follow_pages": True, "send_fhir_server": False}):
+        exchange = ehr.call("patient-view", CONTEXT, **mode)
+        assert outcome(service, exchange) == [("diuretic-no-recent-electrolytes", "info")], mode
+
+
 # --- what EHRs do when the FHIR server misbehaves or the patient is unknown ------------------------------------
 
 

@@ -59,11 +59,16 @@ def obtain_record(
     settings: RecordSettings,
     *,
     deadline: float | None = None,
+    narrowing: Mapping[str, str] | None = None,
 ) -> PatientRecord:
-    """The patient record for ``call``; ``deadline`` (``time.monotonic()``) defaults to now + the fetch budget."""
+    """The patient record for ``call``; ``deadline`` (``time.monotonic()``) defaults to now + the fetch budget.
+
+    ``narrowing`` adds search parameters to the queries the service makes itself, per prefetch key (such as a
+    date floor under which no rule reads a lab); prefetched data is taken as sent.
+    """
     started = time.monotonic()
     deadline = started + settings.fetch_budget_seconds if deadline is None else deadline
-    plan = _Plan.of(call, templates)
+    plan = _Plan.of(call, templates, narrowing or {})
     endpoint = _endpoint(call, settings, needed=bool(plan.to_query)) if plan.to_query or call.fhir_server else None
     client = FhirClient(endpoint, settings, deadline) if endpoint else None
     results = _fetch(plan, client, deadline)
@@ -100,7 +105,7 @@ class _Plan:
     to_continue: dict[str, dict[str, Any]]  # key -> prefetched Bundle with a next link
 
     @classmethod
-    def of(cls, call: HookCall, templates: Mapping[str, str]) -> _Plan:
+    def of(cls, call: HookCall, templates: Mapping[str, str], narrowing: Mapping[str, str]) -> _Plan:
         plan = cls({}, {}, {})
         for key, template in templates.items():
             value = call.prefetch.get(key) if key in call.prefetch else _ABSENT
@@ -113,7 +118,8 @@ class _Plan:
             elif (path := fill(template, call.context)) is None:
                 plan.results[key] = KeyResult(key, "server", problem="a template token has no value", got_data=False)
             else:
-                plan.to_query[key] = path
+                extra = narrowing.get(key)
+                plan.to_query[key] = f"{path}{'&' if '?' in path else '?'}{extra}" if extra else path
         return plan
 
 
