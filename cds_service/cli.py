@@ -30,7 +30,8 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int, log_level
         "accesslog": None,  # cds_service.requests logs one JSON line per request
         "loglevel": log_level.lower(),
         "logconfig_dict": logging_dict(log_level),
-        "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,  # heartbeats off slow disks
+        # heartbeats off slow disks; only where this user may write (a chroot or hardened image may not allow it)
+        "worker_tmp_dir": "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None,
         "control_socket_disable": True,  # one fixed path per user would clash between instances on one host
         "preload_app": True,
         "pre_fork": _tune_gc,
