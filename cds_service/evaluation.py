@@ -21,8 +21,7 @@ from .errors import (
     UNKNOWN_SERVICE,
     CdsError,
 )
-from .facts.build import FactWindows, build_facts
-from .facts.labs import LOOKBACK_MARGIN
+from .facts.build import LOOKBACK_MARGIN, FactWindows, build_facts
 from .facts.terminology import Terminology
 from .hooks import HookCall
 from .record.model import PatientRecord

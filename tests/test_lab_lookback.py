@@ -1,5 +1,6 @@
-"""Leaving out labs older than the rule set's look-back changes no card: the shipped examples and long random
-histories give the same cards with it as with every lab read."""
+"""Leaving out Observations older than the rule set's look-back changes no card: the shipped examples and long
+random histories (labs and symptom Observations over eight years) give the same cards with it as with every
+Observation read."""
 from __future__ import annotations
 
 import json
@@ -77,6 +78,10 @@ def _history(seed: int) -> PatientRecord:
     cramp = {"resourceType": "Condition", "id": "cramp", "code": {"coding": [{"system": "http://snomed.info/sct",
              "code": "55300003"}]}, "clinicalStatus": {"coding": [{"code": "active"}]},
              "onsetDateTime": (NOW - timedelta(days=10)).isoformat()}
+    symptoms = [{"resourceType": "Observation", "id": f"sym-{serial}", "status": "final",
+                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55300003"}]},
+                 "effectiveDateTime": (NOW - timedelta(days=rng.uniform(0, 500))).isoformat()}
+                for serial in range(3)]  # cramps recorded as Observations too, some older than any window
     drugs = [("617311", "atorvastatin 40 MG Oral Tablet"), ("313988", "furosemide 40 MG Oral Tablet")]
     orders = [{"resourceType": "MedicationRequest", "id": f"mr-{code}", "status": "active", "intent": "order",
                "authoredOn": (NOW - timedelta(days=200)).isoformat(),
@@ -84,7 +89,7 @@ def _history(seed: int) -> PatientRecord:
                                                          "code": code, "display": text}], "text": text}}
               for code, text in rng.sample(drugs, rng.randint(0, 2))]
     patient = {"resourceType": "Patient", "id": "p1", "gender": rng.choice(["male", "female"]), "birthDate": "1950-01-01"}
-    return PatientRecord("p1", {"Patient": [patient], "Observation": labs, "Condition": [cramp],
+    return PatientRecord("p1", {"Patient": [patient], "Observation": labs + symptoms, "Condition": [cramp],
                                 "MedicationRequest": orders})
 
 

@@ -1,6 +1,7 @@
 """PatientRecord → PatientFacts: pure, no I/O; lenient with every resource, never raising on content.
 
-Each Observation is routed once, by a dict read of its code: a lab code goes to the lab reader, a symptom
+An Observation older than every window the rules use is skipped on its date text (``FactWindows.lab_lookback``).
+Each other Observation is routed once, by a dict read of its code: a lab code goes to the lab reader, a symptom
 code to the finding reader, anything else is ignored without being parsed further. No fhir.resources model is
 built on this path: validating thousands of Observations costs many times the JSON parse (see
 ``bench/bench_facts.py``), while the readers here look only at the fields the rules use.
@@ -27,12 +28,28 @@ class FactWindows:
     statement_grace: timedelta = timedelta(days=30)  # MedicationStatement ended at most this long ago
     condition_grace: timedelta = timedelta(days=30)  # resolved/inactive Condition abated at most this long ago
     observation_window: timedelta = timedelta(days=90)  # symptom Observation at most this old
-    # Labs dated before this look-back are left out; None keeps every lab. The service sets it to the longest
-    # look-back of any lab criterion in its rule set (RuleSet.lab_lookback): no rule reads an older result.
+    # Labs dated before this look-back are left out (with symptom Observations older than observation_window,
+    # before either is read); None keeps every lab. The service sets it to the longest look-back of any lab
+    # criterion in its rule set (RuleSet.lab_lookback): no rule reads an older result.
     lab_lookback: timedelta | None = None
 
 
 DEFAULT_WINDOWS = FactWindows()
+
+
+LOOKBACK_MARGIN = timedelta(days=2)
+
+
+def _too_old_for_any_rule(windows: FactWindows, now: datetime) -> str:
+    """The day (``YYYY-MM-DD``) before which no Observation can matter: older than the labs' look-back and the
+    symptoms' window. An Observation is compared on its effectiveDateTime text alone, before anything else of it
+    is read, so the day is set ``LOOKBACK_MARGIN`` early: no time zone offset can drop one that is inside a window
+    by a few hours, and one kept a day too long is harmless (the rules apply their exact windows). Empty, so that
+    nothing is dropped, when labs have no look-back."""
+    if windows.lab_lookback is None:
+        return ""
+    horizon = max(windows.lab_lookback, windows.observation_window) + LOOKBACK_MARGIN
+    return (now - horizon).date().isoformat()
 
 
 def build_facts(
@@ -44,13 +61,17 @@ def build_facts(
     warnings: list[str] = []
     sex, birth_date = demographics(record.of_type("Patient"), record.patient_id)
 
-    labs = LabReader(terminology, sex, warnings, now - windows.lab_lookback if windows.lab_lookback else None)
+    labs = LabReader(terminology, sex, warnings)
     symptoms = FindingReader(terminology, now, windows.condition_grace, windows.observation_window, warnings)
     findings: list[Finding] = []
     take_lab = labs.take
+    drop_before = _too_old_for_any_rule(windows, now)
     for index, observation in enumerate(record.of_type("Observation")):
         if type(observation) is not dict:
             warnings.append(not_a_resource("Observation", index, observation))
+            continue
+        when = observation.get("effectiveDateTime")
+        if type(when) is str and when[:10] < drop_before:
             continue
         try:
             if not take_lab(observation) and symptoms.is_symptom_observation(observation):

@@ -3,15 +3,14 @@
 Selection is by LOINC code through one dict read before anything else is looked at. What decides whether a
 value is used (status, value, unit, time) is checked at once, and an Observation is skipped with a warning
 naming it when its value, unit or time cannot be used; ``entered-in-error``, ``cancelled`` and ``preliminary``
-results are skipped silently (clinical-reference.md §5), and so are results older than the look-back of every
-rule when one is given (``FactWindows.lab_lookback``), on their date text before anything else is parsed. The rest of a ``LabResult`` (reference range,
+results are skipped silently (clinical-reference.md §5). The rest of a ``LabResult`` (reference range,
 interpretation, display text) is built the first time the rules read that result (``LabSeries``), so a
 prefetch of thousands of labs costs little more than walking over it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from math import isfinite
 from operator import itemgetter
 from typing import Any, overload
@@ -28,7 +27,6 @@ CORRECTED_CALCIUM = "calcium_corrected"
 # vitamin D threshold from 8 up. "ad" (sufficient to achieve) is not a measurement and is not used.
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
 PAYNE_REFERENCE_ALBUMIN = 4.0  # g/dL: the albumin Payne's correction adjusts to (clinical-reference.md §1)
-LOOKBACK_MARGIN = timedelta(days=2)
 
 
 # What the hot path keeps of a usable lab Observation; the LabResult is built from it on demand. A plain tuple
@@ -82,14 +80,8 @@ class LabSeries(Sequence[LabResult]):
 class LabReader:
     """Reads lab Observations for one patient and builds each analyte's ``LabSeries``."""
 
-    def __init__(
-        self, terminology: Terminology, sex: str | None, warnings: list[str], not_before: datetime | None = None
-    ) -> None:
+    def __init__(self, terminology: Terminology, sex: str | None, warnings: list[str]) -> None:
         self._lab = terminology.lab_codes
-        # Labs dated before ``not_before`` are dropped on their date text alone, compared as a string with a day
-        # two days earlier (so no time zone offset can drop a lab that is inside the look-back by a few hours).
-        # A lab kept a day or two too long is harmless: the rules apply their exact look-back.
-        self._drop_before = (not_before - LOOKBACK_MARGIN).date().isoformat() if not_before else ""
         self._analytes = terminology.analytes
         self._units = {name: analyte.units for name, analyte in terminology.analytes.items()}
         self._sex = sex
@@ -119,9 +111,6 @@ class LabReader:
             return False
         if observation.get("status") in SKIPPED_STATUSES:
             return True
-        when = observation.get("effectiveDateTime")
-        if type(when) is str and when[:10] < self._drop_before:
-            return True  # older than any rule looks back
         quantity = observation.get("valueQuantity")
         if type(quantity) is not dict:
             self._warn(observation, f"no numeric value for {analyte}{_sent_text(observation)}")
