@@ -658,3 +658,13 @@ def test_the_lookback_is_the_longest_window_of_any_lab_criterion():
 
     every = [w for rule in ruleset.rules for w in windows(rule.criteria.values())]
     assert every and ruleset.lab_lookback == max(every)
+
+
+def test_a_finding_sent_as_a_bare_code_is_named_from_the_value_set(terminology):
+    bare = condition("c-bare", SNOMED, "55300003")  # no display, no text
+    named = {**condition("c-named", SNOMED, "55300003"),
+             "code": {"coding": [{"system": SNOMED, "code": "55300003"}], "text": "Night cramps"}}
+    [finding] = facts_of(terminology, bare).findings
+    assert finding.display == "Cramp (finding)"
+    [finding] = facts_of(terminology, named).findings
+    assert finding.display == "Night cramps"  # what the EHR wrote comes first

@@ -59,8 +59,8 @@ class FindingReader:
         name = reference_name(resource)
         text = concept_text(resource.get("code"))
         return [
-            Finding(concept, display or text or code, "Condition", Coding(system, code, display), status, onset,
-                    recorded, name)
+            Finding(concept, self._shown(system, code, display, text), "Condition", Coding(system, code, display),
+                    status, onset, recorded, name)
             for system, code, display, concept in concepts
         ]
 
@@ -92,7 +92,7 @@ class FindingReader:
         recorded = moment(resource.get("issued"))
         text = concept_text(source)
         return [
-            Finding(concept, display or text or code, "Observation", Coding(system, code, display),
+            Finding(concept, self._shown(system, code, display, text), "Observation", Coding(system, code, display),
                     status if isinstance(status, str) else "unknown", effective, recorded, reference_name(resource))
             for system, code, display, concept in found
         ]
@@ -119,6 +119,11 @@ class FindingReader:
                     if all(name != known[3] for known in found):
                         found.append((system, code, display, name))
         return found
+
+    def _shown(self, system: str, code: str, display: str, text: str) -> str:
+        """What a card calls the finding: the coding's display, the concept's text, the value set's display for
+        the code, or at last the bare code (an EHR may send a code with no words at all)."""
+        return display or text or self._terminology.display_of(system, code) or code
 
     def _means_symptom(self, system: str, code: str) -> bool:
         if system not in FINDING_SYSTEMS:

@@ -281,6 +281,11 @@ class Terminology:
     def is_negation_string(self, text: str) -> bool:
         return text.strip().casefold() in self._negation_strings
 
+    def display_of(self, system: str, code: str) -> str:
+        """The display a value set gives the code; empty for a code no value set defines."""
+        entry = self.entries.get((system, code))
+        return entry.display if entry else ""
+
     def certainty_of(self, system: str, code: str) -> str | None:
         """V, S or M for a code defined in a value set; None for a code no value set defines."""
         entry = self.entries.get((system, code))
