@@ -21,7 +21,7 @@ from .errors import (
     UNKNOWN_SERVICE,
     CdsError,
 )
-from .facts.build import LOOKBACK_MARGIN, FactWindows, build_facts
+from .facts.build import FactWindows, build_facts, first_day_within
 from .facts.terminology import Terminology
 from .hooks import HookCall
 from .record.model import PatientRecord
@@ -141,7 +141,7 @@ def _narrowing(windows: FactWindows, now: datetime) -> dict[str, str]:
     (``date`` searches Observation.effective[x]; the facts layer drops the same labs from prefetched data)."""
     if windows.lab_lookback is None:
         return {}
-    return {LABS: f"date=ge{(now - windows.lab_lookback - LOOKBACK_MARGIN).date().isoformat()}"}
+    return {LABS: f"date=ge{first_day_within(now, windows.lab_lookback).isoformat()}"}
 
 
 def _well_formed(issued: IssuedCard) -> bool:

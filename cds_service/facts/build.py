@@ -9,7 +9,7 @@ built on this path: validating thousands of Observations costs many times the JS
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from ..record.model import PatientRecord
 from .fhir import READ_ERRORS, guarded, not_a_resource, reference_name
@@ -40,16 +40,20 @@ DEFAULT_WINDOWS = FactWindows()
 LOOKBACK_MARGIN = timedelta(days=2)
 
 
+def first_day_within(now: datetime, window: timedelta) -> date:
+    """The earliest calendar day whose data can still lie within ``window`` before ``now``, when data is judged by
+    the date it names alone: ``LOOKBACK_MARGIN`` early, so that no time zone offset puts something inside the window
+    out of it by a few hours. Something kept a day too long is harmless: the rules apply their exact windows."""
+    return (now - window - LOOKBACK_MARGIN).date()
+
+
 def _too_old_for_any_rule(windows: FactWindows, now: datetime) -> str:
     """The day (``YYYY-MM-DD``) before which no Observation can matter: older than the labs' look-back and the
-    symptoms' window. An Observation is compared on its effectiveDateTime text alone, before anything else of it
-    is read, so the day is set ``LOOKBACK_MARGIN`` early: no time zone offset can drop one that is inside a window
-    by a few hours, and one kept a day too long is harmless (the rules apply their exact windows). Empty, so that
-    nothing is dropped, when labs have no look-back."""
+    symptoms' window. Observations are compared on their effectiveDateTime text, before anything else of them is
+    read. Empty, so that nothing is dropped, when labs have no look-back."""
     if windows.lab_lookback is None:
         return ""
-    horizon = max(windows.lab_lookback, windows.observation_window) + LOOKBACK_MARGIN
-    return (now - horizon).date().isoformat()
+    return first_day_within(now, max(windows.lab_lookback, windows.observation_window)).isoformat()
 
 
 def build_facts(
