@@ -45,6 +45,7 @@ class IssuedCardLog:
         self._timer_lock = threading.Lock()
         self._timer_pid: int | None = None  # the process with a write scheduled (gunicorn forks workers)
         self._exit_hook_pid: int | None = None
+        self._dropped = 0  # rows pushed out of a full queue since the last report (reported with each write attempt)
 
     def add(self, service_id: str, cards: Iterable[tuple[str, str, str]], at: datetime) -> None:
         """Queue one row per card (card uuid, rule id, indicator) issued by ``service_id`` at ``at``."""
@@ -54,8 +55,7 @@ class IssuedCardLog:
         ]
         if not rows:
             return
-        if len(self._pending) + len(rows) > MAX_PENDING:
-            log.error("issued-card queue full (database unreachable?): the oldest rows are dropped")
+        self._dropped += max(len(self._pending) + len(rows) - MAX_PENDING, 0)
         self._pending.extend(rows)
         if self._timer_pid != os.getpid():
             self._schedule()
@@ -68,6 +68,9 @@ class IssuedCardLog:
         """Write every queued row now, in one transaction; on a database error the rows stay queued and it raises."""
         with self._write_lock:
             batch = [self._pending.popleft() for _ in range(len(self._pending))]
+            if self._dropped:
+                log.error("%d issued-card rows were dropped from a full queue (database unreachable)", self._dropped)
+                self._dropped = 0
             if not batch:
                 return
             try:

@@ -1,7 +1,6 @@
 """Which rule issued each card: queued by the hook call, written in batches off its path (cds_service.issued)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -11,14 +10,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cds_service.store import issued_cards, make_engine
+from cds_service.store import issued_cards, make_engine, metadata
+from cds_service.viewer.examples import shipped_examples
 
-REPO = Path(__file__).resolve().parent.parent
 SERVICE = "muscle-cramps-patient-view"
-
-
-def _request(name: str) -> dict:
-    return json.loads((REPO / "fixtures" / "requests" / f"{name}.json").read_text())
 
 
 def _stored(engine) -> dict[str, str]:
@@ -27,7 +22,7 @@ def _stored(engine) -> dict[str, str]:
 
 
 def _issue_cards(app) -> list[str]:
-    response = app.test_client().post(f"/cds-services/{SERVICE}", json=_request("statin-ck-critical"))
+    response = app.test_client().post(f"/cds-services/{SERVICE}", json=shipped_examples()["statin-ck-critical"].request)
     assert response.status_code == 200, response.get_data(as_text=True)
     cards = [card["uuid"] for card in response.get_json()["cards"]]
     assert cards, "the fixture is expected to fire"
@@ -100,3 +95,28 @@ def test_queued_rows_are_written_when_the_process_exits(tmp_path: Path):
     )
     subprocess.run([sys.executable, "-c", script, url], check=True, timeout=60)
     assert _stored(make_engine(url)) == {"card-1": "rule-a", "card-2": "rule-b"}
+
+
+def test_a_full_queue_drops_the_oldest_rows_and_says_how_many(monkeypatch, tmp_path, caplog):
+    from sqlalchemy import create_engine
+
+    from cds_service import issued
+
+    monkeypatch.setattr(issued, "MAX_PENDING", 3)
+    unreachable = create_engine(f"sqlite:///{tmp_path / 'missing-folder' / 'x.sqlite3'}")
+    log = issued.IssuedCardLog(unreachable, 3600)
+    log.add(SERVICE, [(f"card-{n}", "rule-a", "info") for n in range(5)], datetime.now(UTC))
+    assert log.pending == 3
+    with caplog.at_level("WARNING", logger="cds_service.issued"):
+        try:
+            log.flush()
+        except Exception as exc:  # noqa: BLE001 - the driver's error, whichever it is
+            assert "OperationalError" in type(exc).__name__
+        else:
+            raise AssertionError("a write to a missing database succeeded")
+    assert "2 issued-card rows were dropped" in caplog.text
+    assert log.pending == 3  # kept for the next attempt
+    (tmp_path / "missing-folder").mkdir()
+    metadata.create_all(unreachable)
+    log.flush()
+    assert sorted(_stored(unreachable)) == ["card-2", "card-3", "card-4"]  # the newest three
