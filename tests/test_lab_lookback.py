@@ -6,20 +6,19 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cds_service.evaluation import Runtime
 from cds_service.config import load_config
+from cds_service.evaluation import Runtime
 from cds_service.facts.build import FactWindows, build_facts
 from cds_service.hooks import HookCall
 from cds_service.record.model import PatientRecord
 from cds_service.record.obtain import obtain_record
 from cds_service.rules.engine import evaluate
+from cds_service.viewer.examples import shipped_examples
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 # (LOINC, UCUM unit, low, high) around each analyte's usual range, so that some values fall outside it
 ANALYTES = [
@@ -54,9 +53,9 @@ def _without_uuids(found: list[dict[str, Any]]) -> str:
     return text
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (FIXTURES / "requests").glob("*.json")))
+@pytest.mark.parametrize("name", sorted(shipped_examples()))
 def test_each_example_gives_the_same_cards_with_the_lookback(runtime, name):
-    body = json.loads((FIXTURES / "requests" / f"{name}.json").read_text())
+    body = shipped_examples()[name].request
     service = runtime.registry.for_hook(body["hook"])
     record = obtain_record(HookCall.from_request(service.id, body), service.prefetch, runtime.record_settings)
     same_either_way(runtime, record, body["hook"])
