@@ -75,3 +75,4 @@ def client(app: Flask) -> Iterator[FlaskClient]:
 
 
 from support.fhir_server import *  # noqa: E402,F401,F403  (fhir_server, counting_server)
+from support.rule_files import rules_copy  # noqa: F401  (a fixture)

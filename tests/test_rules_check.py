@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 from pathlib import Path
 
-import pytest
-import yaml
-
 from cds_service.rules.check import run_check
-from cds_service.rules.loader import shipped_rules_dir
-
-RULES_DIR = shipped_rules_dir()
+from support.rule_files import edit_rule_file
 
 
 def check(directory: Path | None) -> tuple[int, str]:
     out = io.StringIO()
     code = run_check(directory, stream=out)
     return code, out.getvalue()
-
-
-@pytest.fixture
-def rules_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    return target
-
-
-def edit(path: Path, change) -> None:
-    data = yaml.safe_load(path.read_text("utf-8"))
-    change(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "utf-8")
 
 
 def test_shipped_rules_pass() -> None:
@@ -43,7 +24,7 @@ def test_shipped_rules_pass() -> None:
 
 def test_a_failing_case_is_reported(rules_copy: Path) -> None:
     cases = rules_copy / "diuretic" / "diuretic-hypokalemia.cases.yaml"
-    edit(cases, lambda d: d["cases"][0]["tests"][1].update(expect={"fires": {"indicator": "warning"}}))
+    edit_rule_file(cases, lambda d: d["cases"][0]["tests"][1].update(expect={"fires": {"indicator": "warning"}}))
     code, report = check(rules_copy)
     assert code == 1
     assert f"FAIL {cases}: case" in report and "'K 3.5 mmol/L is silent': expected a warning card" in report
@@ -51,14 +32,14 @@ def test_a_failing_case_is_reported(rules_copy: Path) -> None:
 
 def test_a_wrong_indicator_is_reported(rules_copy: Path) -> None:
     cases = rules_copy / "diuretic" / "diuretic-hypokalemia.cases.yaml"
-    edit(cases, lambda d: d["cases"][0]["tests"][3]["expect"]["fires"].update(indicator="warning"))
+    edit_rule_file(cases, lambda d: d["cases"][0]["tests"][3]["expect"]["fires"].update(indicator="warning"))
     code, report = check(rules_copy)
     assert code == 1 and "indicator 'critical', expected 'warning'" in report
 
 
 def test_an_invalid_rule_is_reported_with_its_path(rules_copy: Path) -> None:
     rule = rules_copy / "statin" / "statin-interaction.yaml"
-    edit(rule, lambda d: d["card"].update(indicator="urgent"))
+    edit_rule_file(rule, lambda d: d["card"].update(indicator="urgent"))
     code, report = check(rules_copy)
     assert code == 1 and f"FAIL {rule}: at card/indicator:" in report
 
@@ -73,21 +54,21 @@ def test_a_rule_without_cases_and_orphan_cases_fail(rules_copy: Path) -> None:
 
 def test_cases_need_a_silent_case_per_exclusion(rules_copy: Path) -> None:
     cases = rules_copy / "electrolytes" / "hyponatremia-no-diuretic.cases.yaml"
-    edit(cases, lambda d: d["cases"][0].update(tests=[t for t in d["cases"][0]["tests"] if t["expect"] != "silent"]))
+    edit_rule_file(cases, lambda d: d["cases"][0].update(tests=[t for t in d["cases"][0]["tests"] if t["expect"] != "silent"]))
     code, report = check(rules_copy)
     assert code == 1 and "needs a silent case for every exclude_* block" in report
 
 
 def test_a_passing_todo_case_fails_the_check(rules_copy: Path) -> None:
     cases = rules_copy / "metabolic" / "ckd.cases.yaml"
-    edit(cases, lambda d: d["cases"][0]["tests"][0].update(todo="eGFR should not count"))
+    edit_rule_file(cases, lambda d: d["cases"][0]["tests"][0].update(todo="eGFR should not count"))
     code, report = check(rules_copy)
     assert code == 1 and "todo case now passes" in report
 
 
 def test_case_descriptions_follow_the_style(rules_copy: Path) -> None:
     cases = rules_copy / "metabolic" / "ckd.cases.yaml"
-    edit(cases, lambda d: d["cases"][0]["tests"][0].update(description="eGFR 59 should fire"))
+    edit_rule_file(cases, lambda d: d["cases"][0]["tests"][0].update(description="eGFR 59 should fire"))
     code, report = check(rules_copy)
     assert code == 1 and f"FAIL {cases}: at cases/0/tests/0/description" in report
 

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
 from cds_service.rules.check import load_terminology
 from cds_service.rules.engine import RuleError, RuleSet, evaluate
 from cds_service.rules.expression import Expression, ExpressionError, parse
 from cds_service.rules.loader import parse_duration, shipped_rules_dir
+from support.rule_files import edit_rule_file
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 RULES_DIR = shipped_rules_dir()
@@ -174,19 +174,6 @@ def test_future_dated_results_are_ignored() -> None:
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def rules_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    return target
-
-
-def _edit(path: Path, change) -> None:
-    data = yaml.safe_load(path.read_text("utf-8"))
-    change(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "utf-8")
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -205,7 +192,7 @@ def _edit(path: Path, change) -> None:
 )
 def test_invalid_rules_name_file_and_path(rules_copy: Path, change, message: str) -> None:
     path = rules_copy / "diuretic" / "diuretic-hypokalemia.yaml"
-    _edit(path, change)
+    edit_rule_file(path, change)
     with pytest.raises(RuleError) as caught:
         RuleSet.load(rules_copy, TERMINOLOGY)
     assert str(path) in str(caught.value) and message in str(caught.value)
@@ -213,7 +200,7 @@ def test_invalid_rules_name_file_and_path(rules_copy: Path, change, message: str
 
 def test_field_order_is_enforced(rules_copy: Path) -> None:
     path = rules_copy / "diuretic" / "diuretic-hypokalemia.yaml"
-    _edit(path, lambda d: d.update({"title": d.pop("title")}))
+    edit_rule_file(path, lambda d: d.update({"title": d.pop("title")}))
     with pytest.raises(RuleError, match="fields must be in the order"):
         RuleSet.load(rules_copy, TERMINOLOGY)
 
@@ -226,7 +213,7 @@ def test_duplicate_ids_are_rejected(rules_copy: Path) -> None:
 
 
 def test_deprecated_rules_are_not_evaluated(rules_copy: Path) -> None:
-    _edit(rules_copy / "diuretic" / "diuretic-hypokalemia.yaml", lambda d: d.update(status="deprecated"))
+    edit_rule_file(rules_copy / "diuretic" / "diuretic-hypokalemia.yaml", lambda d: d.update(status="deprecated"))
     ids = {r.id for r in RuleSet.load(rules_copy, TERMINOLOGY).rules}
     assert "diuretic-hypokalemia" not in ids and "drug-hypokalemia" in ids
 
