@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from cds_service.record.client import POOL_THREADS
-from support.hookcalls import PATIENT_ID, SERVICE_IDS, empty_prefetch, hook_request, searchset
+from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, empty_prefetch, hook_request, searchset
 from support.live import serve
 
 PV = SERVICE_IDS["patient-view"]
@@ -108,13 +108,7 @@ def statin_interaction_patient() -> dict[str, Any]:
     while diuretic-no-recent-electrolytes fires on the absence of a recent potassium, which only a complete labs
     key can show."""
     prefetch = empty_prefetch()
-    prefetch["conditions"] = searchset({
-        "resourceType": "Condition", "id": "cramp-1", "subject": SUBJECT,
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                       "code": "active"}]},
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55300003", "display": "Cramp"}]},
-        "onsetDateTime": "2026-10-20",
-    })
+    prefetch["conditions"] = searchset(cramp_condition())
     prefetch["medrequests"] = searchset(
         {"resourceType": "MedicationRequest", "id": "atorvastatin-1", "status": "active", "intent": "order",
          "subject": SUBJECT, "authoredOn": "2026-01-10",

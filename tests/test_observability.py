@@ -16,7 +16,7 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from cds_service.logs import JsonFormatter
-from support.hookcalls import PATIENT_ID, SERVICE_IDS, empty_prefetch, hook_request, searchset
+from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, empty_prefetch, hook_request, searchset
 from support.live import serve
 
 PV = SERVICE_IDS["patient-view"]
@@ -35,13 +35,7 @@ def cramps_on_furosemide_with_low_potassium() -> dict[str, Any]:
         "effectiveDateTime": "2026-10-28T08:00:00Z",
         "valueQuantity": {"value": 3.1, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
     })
-    prefetch["conditions"] = searchset({
-        "resourceType": "Condition", "id": "cramp-1", "subject": SUBJECT,
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                       "code": "active"}]},
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55300003", "display": "Cramp"}]},
-        "onsetDateTime": "2026-10-20",
-    })
+    prefetch["conditions"] = searchset(cramp_condition())
     prefetch["medrequests"] = searchset({
         "resourceType": "MedicationRequest", "id": "furosemide-1", "status": "active", "intent": "order",
         "subject": SUBJECT, "authoredOn": "2026-06-01",

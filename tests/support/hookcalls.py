@@ -33,6 +33,17 @@ def empty_prefetch(patient_id: str = PATIENT_ID) -> dict[str, Any]:
     return prefetch
 
 
+def cramp_condition(patient_id: str = PATIENT_ID) -> dict[str, Any]:
+    """An active problem-list Condition of cramp (SNOMED CT 55300003), with onset 2026-10-20."""
+    return {
+        "resourceType": "Condition", "id": "cramp-1", "subject": {"reference": f"Patient/{patient_id}"},
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                       "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55300003", "display": "Cramp"}]},
+        "onsetDateTime": "2026-10-20",
+    }
+
+
 def sandbox_draft_orders(*, with_medication: bool = True) -> dict[str, Any]:
     """A draftOrders Bundle shaped like the public sandbox's: no Bundle.type, category as an object."""
     order: dict[str, Any] = {
