@@ -16,7 +16,7 @@ from typing import Any
 
 from ..cards import Firing, build_card
 from ..facts.model import PatientFacts
-from .criteria import Match, Memo, shared_criteria
+from .criteria import Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
 from .expression import Tri
 from .loader import (
@@ -88,31 +88,25 @@ class _LazyStates(Mapping[str, Tri]):
     """A rule's block states for its condition, each criterion evaluated the first time the condition reads it.
 
     The condition's ``all of`` / ``any of`` stop at the first False / True, so a rule whose first requirement
-    fails costs one criterion; the three-valued result is the same as with every state computed.
+    fails costs one criterion; the three-valued result is the same as with every state computed. Results live
+    in the call's ``Memo`` (by criterion), so a block read twice, or by another rule, is evaluated once.
     """
 
-    __slots__ = ("_facts", "_matches", "_memo", "_rule")
+    __slots__ = ("_criteria", "_facts", "_memo")
 
     def __init__(self, rule: Rule, facts: PatientFacts, memo: Memo) -> None:
-        self._rule = rule
+        self._criteria = rule.criteria
         self._facts = facts
         self._memo = memo
-        self._matches: dict[str, Match] = {}
-
-    def match(self, name: str) -> Match:
-        found = self._matches.get(name)
-        if found is None:
-            found = self._matches[name] = evaluate_criterion(self._rule.criteria[name], self._facts, self._memo)
-        return found
 
     def __getitem__(self, name: str) -> Tri:
-        return self.match(name).state
+        return evaluate_criterion(self._criteria[name], self._facts, self._memo).state
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._rule.criteria)
+        return iter(self._criteria)
 
     def __len__(self) -> int:
-        return len(self._rule.criteria)
+        return len(self._criteria)
 
 
 def fire(rule: Rule, facts: PatientFacts, memo: Memo | None = None) -> Firing | None:
@@ -122,10 +116,10 @@ def fire(rule: Rule, facts: PatientFacts, memo: Memo | None = None) -> Firing | 
     across the rule set). Only the criteria the condition needs are evaluated unless the rule fires; a firing
     has every block's match, for its card.
     """
-    lazy = _LazyStates(rule, facts, {} if memo is None else memo)
-    if rule.condition.evaluate(lazy) is not True:
+    memo = {} if memo is None else memo
+    if rule.condition.evaluate(_LazyStates(rule, facts, memo)) is not True:
         return None
-    matches = {name: lazy.match(name) for name in rule.criteria}
+    matches = {name: evaluate_criterion(criterion, facts, memo) for name, criterion in rule.criteria.items()}
     states = {name: match.state for name, match in matches.items()}
     escalation = next((e for e in rule.card.escalate if states.get(e.when) is True), None)
     return Firing(
