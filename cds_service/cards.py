@@ -84,7 +84,11 @@ def _section(firing: Firing, section: Section) -> str:
 
 
 def _evidence(firing: Firing) -> list[str]:
-    """One line per piece of evidence (the first block that matched it labels it), exclusions left out."""
+    """One line per piece of evidence (the first block that matched it labels it), exclusions left out.
+
+    A line is shown once even when two pieces of evidence read the same: one Condition coded with a code that
+    means both a cramp and a spasm (ICD-10-CM R25.2) is two findings, one per concept, but one entry in the chart.
+    """
     lines: list[str] = []
     seen: list[object] = []
     for name, criterion in firing.rule.criteria.items():
@@ -93,7 +97,9 @@ def _evidence(firing: Firing) -> list[str]:
         for item in firing.matches[binding_name(name)].evidence:
             if item not in seen:
                 seen.append(item)
-                lines.append(evidence_line(criterion, item))
+                line = evidence_line(criterion, item)
+                if line not in lines:
+                    lines.append(line)
     return lines
 
 

@@ -11,7 +11,9 @@ import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cds_service.cards import service_request
+from cds_service.facts.build import build_facts
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
+from cds_service.record.model import PatientRecord
 from cds_service.rules.cases import load_cases, run_case
 from cds_service.rules.check import load_terminology
 from cds_service.rules.engine import RuleSet, evaluate
@@ -74,6 +76,25 @@ def test_findings_list_values_units_ranges_dates_and_drugs() -> None:
     assert "Potassium **3.4 mmol/L**, reference 3.5–5.0 mmol/L, service default, 2026-10-27" in detail
     assert "Diuretic: **furosemide 40 MG Oral Tablet** (prescription, active since" in detail
     assert detail.index("**Findings**") < detail.index("**Why it matters.**") < detail.index("**Consider.**")
+
+
+def test_a_condition_coded_as_both_cramp_and_spasm_is_listed_once() -> None:
+    """ICD-10-CM R25.2 "Cramp and spasm" maps to both concepts: two findings, one line in the card."""
+    condition = {
+        "resourceType": "Condition", "id": "c1", "onsetDateTime": "2026-10-20",
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R25.2"}]},
+    }
+    potassium = {
+        "resourceType": "Observation", "id": "k1", "status": "final", "effectiveDateTime": "2026-10-30",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+        "valueQuantity": {"value": 3.0, "unit": "mmol/L"},
+    }
+    record = PatientRecord("p1", {"Condition": [condition], "Observation": [potassium]})
+    facts = build_facts(record, TERMINOLOGY, NOW)
+    assert sorted(f.concept for f in facts.findings) == ["cramp", "spasm"]
+    (issued,) = evaluate(RULESET, facts, "patient-view", max_cards=5)
+    assert issued.card["detail"].count("Condition, active since 2026-10-20") == 1
 
 
 def test_service_request_is_valid_r4() -> None:
