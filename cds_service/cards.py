@@ -51,10 +51,13 @@ def build_card(primary: Firing, related: list[Firing], facts: PatientFacts) -> d
     }
     suggestions = _suggestions(primary, facts, recommend=True)
     labels = {s["label"] for s in suggestions}
-    for other in related:
+    done = {_effect(a) for s in suggestions for a in s["actions"]}
+    for other in related:  # a related rule's suggestion joins unless the card already offers it or all it does
         for suggestion in _suggestions(other, facts, recommend=False):
-            if suggestion["label"] not in labels:
+            effects = {_effect(a) for a in suggestion["actions"]}
+            if suggestion["label"] not in labels and not effects <= done:
                 labels.add(suggestion["label"])
+                done |= effects
                 suggestions.append(suggestion)
     if suggestions:
         card["suggestions"] = suggestions
@@ -144,6 +147,13 @@ def _actions(action: Action, facts: PatientFacts) -> list[dict[str, Any]]:
         {"type": "delete", "description": f"Remove the draft order for {plain(m.name)}", "resourceId": m.reference}
         for m in _selected_drafts(facts, action.classes)
     ]
+
+
+def _effect(action: dict[str, Any]) -> tuple[str, ...]:
+    """What an action does, whatever its wording: the test it orders, or the draft order it removes."""
+    if action["type"] == "create":
+        return "create", *(f"{c['system']}|{c['code']}" for c in action["resource"]["code"]["coding"])
+    return action["type"], action["resourceId"]
 
 
 def _selected_drafts(facts: PatientFacts, classes: frozenset[str]) -> list[MedicationUse]:

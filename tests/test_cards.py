@@ -56,6 +56,8 @@ def test_card_invariants(index: int) -> None:
         assert link["type"] == "absolute" and link["url"].startswith("https://")
     if "suggestions" in card:
         assert card["selectionBehavior"] in ("any", "at-most-one")
+    ordered = [_ordered(a) for s in card.get("suggestions", ()) for a in s["actions"]]
+    assert len(ordered) == len(set(ordered)), "two suggestions of one card do the same thing"
     for suggestion in card.get("suggestions", ()):
         assert uuid.UUID(suggestion["uuid"]).version == 4 and suggestion["actions"]
         for action in suggestion["actions"]:
@@ -68,6 +70,14 @@ def test_card_invariants(index: int) -> None:
             else:
                 assert action["type"] == "delete" and "resource" not in action
                 assert re.fullmatch(r"MedicationRequest/[A-Za-z0-9\-.]{1,64}", action["resourceId"])
+
+
+def _ordered(action: dict[str, Any]) -> tuple[str, ...]:
+    """What an action does: the test it orders (system, code) or the draft it removes."""
+    if action["type"] == "create":
+        (coding,) = action["resource"]["code"]["coding"]
+        return "create", coding["system"], coding["code"]
+    return action["type"], action["resourceId"]
 
 
 def test_findings_list_values_units_ranges_dates_and_drugs() -> None:
@@ -95,6 +105,38 @@ def test_a_condition_coded_as_both_cramp_and_spasm_is_listed_once() -> None:
     assert sorted(f.concept for f in facts.findings) == ["cramp", "spasm"]
     (issued,) = evaluate(RULESET, facts, "patient-view", max_cards=5)
     assert issued.card["detail"].count("Condition, active since 2026-10-20") == 1
+
+
+def test_a_merged_card_does_not_suggest_the_same_order_twice() -> None:
+    """Statin myopathy (CK 12x) merges the interaction rule's card, whose "order CK" the primary already has."""
+    def resource(kind: str, rid: str, **fields: Any) -> dict[str, Any]:
+        return {"resourceType": kind, "id": rid, "status": "final", **fields}
+
+    rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    ck = resource(
+        "Observation", "ck", effectiveDateTime="2026-10-30",
+        code={"coding": [{"system": "http://loinc.org", "code": "2157-6"}]},
+        valueQuantity={"value": 2400, "unit": "U/L"}, referenceRange=[{"high": {"value": 200, "unit": "U/L"}}],
+    )
+    cramp = resource(
+        "Observation", "s1", effectiveDateTime="2026-10-29",
+        code={"coding": [{"system": "http://snomed.info/sct", "code": "55300003"}]},
+    )
+    def order(rid: str, status: str, rxcui: str) -> dict[str, Any]:
+        drug = {"coding": [{"system": rxnorm, "code": rxcui}]}
+        return {**resource("MedicationRequest", rid, medicationCodeableConcept=drug), "status": status,
+                "intent": "order"}
+
+    statin, draft = order("sim", "active", "36567"), order("d1", "draft", "21212")  # simvastatin; clarithromycin
+    record = PatientRecord(
+        "p1", {"Observation": [ck, cramp], "MedicationRequest": [statin]},
+        draft_orders=[draft], selections=frozenset({"MedicationRequest/d1"}),
+    )
+    (issued,) = evaluate(RULESET, build_facts(record, TERMINOLOGY, NOW), "order-sign", max_cards=5)
+    assert issued.rule_id == "statin-muscle-symptoms-ck" and "statin-interaction" in issued.related
+    ordered = [_ordered(a) for s in issued.card["suggestions"] for a in s["actions"]]
+    assert ("create", "http://loinc.org", "2157-6") in ordered
+    assert len(ordered) == len(set(ordered))
 
 
 def test_service_request_is_valid_r4() -> None:
