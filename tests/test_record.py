@@ -157,6 +157,17 @@ def test_bundles_are_read_leniently():
     record = obtain_record(hook_call({**full_prefetch(), LABS: bundle}), TEMPLATES, settings())
     assert [o["id"] for o in record.of_type("Observation")] == ["k-9", "cramp-1"]
     assert "OperationOutcome" not in record.resources
+    # what the three broken entries held is unknown, so nothing may be concluded from its absence
+    assert record.incomplete == {LABS}
+    assert record.warnings == [f"{LABS}: 3 of its Bundle entries hold no FHIR resource and were not read"]
+
+
+def test_a_lone_entry_sent_as_an_object_is_read():
+    k = lab("k-9", "2823-3", 3.0, "mmol/L", "2025-06-01")
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": {"resource": k}}
+    record = obtain_record(hook_call({**full_prefetch(), LABS: bundle}), TEMPLATES, settings())
+    assert [o["id"] for o in record.of_type("Observation")] == ["k-9", "cramp-1"]
+    assert record.incomplete == frozenset()
 
 
 def test_the_same_resource_in_two_keys_is_kept_once():

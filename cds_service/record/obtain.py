@@ -112,7 +112,8 @@ class _Plan:
             if value is None:
                 plan.results[key] = KeyResult(key, "null")
             elif _usable(value):
-                plan.results[key] = KeyResult(key, "prefetch", _resources_of(value))
+                resources, unreadable = _resources_of(value)
+                plan.results[key] = KeyResult(key, "prefetch", resources, problem=_unread(unreadable))
                 if _next_link(value):
                     plan.to_continue[key] = value
             elif (path := fill(template, call.context)) is None:
@@ -164,25 +165,41 @@ def _usable(value: Any) -> bool:
     )
 
 
-def _resources_of(value: dict[str, Any]) -> list[Resource]:
-    """The resources a prefetch value or server answer holds (Bundle entries leniently; outcome entries dropped).
+def _resources_of(value: dict[str, Any]) -> tuple[list[Resource], int]:
+    """The resources a prefetch value or server answer holds, and how many of its entries hold none.
 
+    Bundle entries are read leniently: a lone entry sent as an object instead of a list is read, and outcome
+    entries (OperationOutcome) are dropped. An entry with no resource that has a resourceType is counted, not
+    guessed at: the caller marks the key incomplete, so no rule concludes from the absence of what it held.
     The test of ``_usable`` is written out in the loop: this runs once per entry, thousands of times a call.
     """
     if value.get("resourceType") != "Bundle":
-        return [value]
+        return [value], 0
     entries = value.get("entry")
-    if not isinstance(entries, list):
-        return []
+    if entries is None:
+        return [], 0
+    if isinstance(entries, dict):
+        entries = [entries]
+    elif not isinstance(entries, list):
+        return [], 1
     kept = []
+    unreadable = 0
     for entry in entries:
         if isinstance(entry, dict):
             resource = entry.get("resource")
             if isinstance(resource, dict):
                 kind = resource.get("resourceType")
-                if isinstance(kind, str) and kind != "OperationOutcome":
-                    kept.append(resource)
-    return kept
+                if isinstance(kind, str):
+                    if kind != "OperationOutcome":
+                        kept.append(resource)
+                    continue
+        unreadable += 1
+    return kept, unreadable
+
+
+def _unread(count: int) -> str | None:
+    """The problem of a key some of whose Bundle entries held no readable resource."""
+    return f"{count} of its Bundle entries hold no FHIR resource and were not read" if count else None
 
 
 def _next_link(bundle: Mapping[str, Any]) -> str | None:
@@ -218,7 +235,7 @@ def _query(client: FhirClient, result: KeyResult, path: str) -> Callable[[], Key
         except FetchFailed as failure:
             result.problem, result.timed_out = failure.reason, failure.timed_out
             return result
-        result.resources.extend(_resources_of(answer))
+        _add_page(result, answer)
         result.got_data = True
         return _follow_pages(client, result, answer)
 
@@ -249,9 +266,15 @@ def _follow_pages(client: FhirClient, result: KeyResult, bundle: dict[str, Any])
         except FetchFailed as failure:
             result.problem, result.timed_out = f"page {pages + 1}: {failure.reason}", failure.timed_out
             break
-        result.resources.extend(_resources_of(bundle))
+        _add_page(result, bundle)
         pages += 1
     return result
+
+
+def _add_page(result: KeyResult, bundle: dict[str, Any]) -> None:
+    resources, unreadable = _resources_of(bundle)
+    result.resources.extend(resources)
+    result.problem = result.problem or _unread(unreadable)
 
 
 def _run_all(tasks: Mapping[str, Callable[[], T]], deadline: float) -> tuple[dict[str, T], list[str]]:
