@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -29,6 +30,29 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 def container() -> dict[str, Any]:
     return manifests()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+OLDEST_KUBERNETES = "1.25.0"  # the oldest API schemas kubernetes-validate ships; HPA v2 and PDB v1 are GA there
+
+
+@pytest.mark.parametrize("version", [OLDEST_KUBERNETES, kubernetes_validate.latest_version()])
+def test_manifests_are_valid_kubernetes_objects(version: str) -> None:
+    """Strict: a misspelt or misplaced field fails here, as it would fail ``kubectl apply``."""
+    checked = []
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document["kind"] != "Kustomization":  # kustomize's own file, not an API object
+                kubernetes_validate.validate(document, version, strict=True)
+                checked.append(document["kind"])
+    assert set(checked) >= {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "Secret"}
+
+
+def test_the_kubernetes_schema_check_catches_a_misspelt_field() -> None:
+    deployment = manifests()["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    pod["containers"][0]["readinessProbes"] = pod["containers"][0].pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinessProbes"):
+        kubernetes_validate.validate(deployment, OLDEST_KUBERNETES, strict=True)
 
 
 def test_the_kustomization_lists_every_manifest() -> None:
