@@ -4,8 +4,7 @@ Observation read."""
 from __future__ import annotations
 
 import json
-import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,13 +18,9 @@ from cds_service.record.obtain import obtain_record
 from cds_service.rules.engine import evaluate
 from cds_service.viewer.examples import shipped_examples
 
+from support.histories import long_history
+
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
-# (LOINC, UCUM unit, low, high) around each analyte's usual range, so that some values fall outside it
-ANALYTES = [
-    ("2823-3", "mmol/L", 2.6, 5.6), ("19123-9", "mg/dL", 1.0, 2.8), ("2157-6", "U/L", 30, 3000),
-    ("3016-3", "m[IU]/L", 0.1, 9.0), ("17861-6", "mg/dL", 7.2, 11.0), ("1751-7", "g/dL", 2.8, 5.2),
-    ("2951-2", "mmol/L", 126, 148), ("2160-0", "mg/dL", 0.6, 2.4), ("33914-3", "mL/min/{1.73_m2}", 20, 100),
-]
 
 
 @pytest.fixture(scope="module")
@@ -61,39 +56,8 @@ def test_each_example_gives_the_same_cards_with_the_lookback(runtime, name):
     same_either_way(runtime, record, body["hook"])
 
 
-def _history(seed: int) -> PatientRecord:
-    rng = random.Random(seed)
-    labs = []
-    for serial in range(400):
-        loinc, unit, low, high = rng.choice(ANALYTES)
-        when = NOW - timedelta(days=rng.uniform(0, 8 * 365))
-        labs.append({
-            "resourceType": "Observation", "id": f"lab-{serial}", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-            "effectiveDateTime": when.isoformat(),
-            "valueQuantity": {"value": round(rng.uniform(low, high), 2), "system": "http://unitsofmeasure.org",
-                              "code": unit, "unit": unit},
-        })
-    cramp = {"resourceType": "Condition", "id": "cramp", "code": {"coding": [{"system": "http://snomed.info/sct",
-             "code": "55300003"}]}, "clinicalStatus": {"coding": [{"code": "active"}]},
-             "onsetDateTime": (NOW - timedelta(days=10)).isoformat()}
-    symptoms = [{"resourceType": "Observation", "id": f"sym-{serial}", "status": "final",
-                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55300003"}]},
-                 "effectiveDateTime": (NOW - timedelta(days=rng.uniform(0, 500))).isoformat()}
-                for serial in range(3)]  # cramps recorded as Observations too, some older than any window
-    drugs = [("617311", "atorvastatin 40 MG Oral Tablet"), ("313988", "furosemide 40 MG Oral Tablet")]
-    orders = [{"resourceType": "MedicationRequest", "id": f"mr-{code}", "status": "active", "intent": "order",
-               "authoredOn": (NOW - timedelta(days=200)).isoformat(),
-               "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                                                         "code": code, "display": text}], "text": text}}
-              for code, text in rng.sample(drugs, rng.randint(0, 2))]
-    patient = {"resourceType": "Patient", "id": "p1", "gender": rng.choice(["male", "female"]), "birthDate": "1950-01-01"}
-    return PatientRecord("p1", {"Patient": [patient], "Observation": labs + symptoms, "Condition": [cramp],
-                                "MedicationRequest": orders})
-
-
 def test_long_random_histories_give_the_same_cards_with_the_lookback(runtime):
     fired = 0
     for seed in range(40):
-        fired += len(same_either_way(runtime, _history(seed), "patient-view"))
+        fired += len(same_either_way(runtime, long_history(seed, NOW), "patient-view"))
     assert fired > 20  # the histories are meant to fire rules, or the comparison says little
