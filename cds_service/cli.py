@@ -129,13 +129,12 @@ def _after_fork(_server: Any, worker: Any) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .errors import UNKNOWN_SERVICE, CdsError, operation_outcome
-    from .evaluation import Runtime, answer_hook, validate_envelope
-    from .jsonbody import parse_body
+    from .evaluation import Runtime, answer_hook, read_request, validate_envelope
 
     config = load_config(args.config, overrides={"now": args.now} if args.now else None)
     runtime = Runtime.load(config)
     try:
-        body = parse_body(Path(args.request).read_bytes(), max_depth=int(config["max_json_depth"]))
+        body = read_request(runtime, Path(args.request).read_bytes())
         validate_envelope(body)
         service = runtime.registry.for_hook(body["hook"])
         if service is None:

@@ -23,6 +23,7 @@ from .errors import (
 )
 from .facts.build import FactWindows, build_facts, first_day_within
 from .facts.terminology import Terminology
+from .hookbody import parse_hook_body
 from .hooks import HookCall
 from .record.model import PatientRecord
 from .record.obtain import RecordSettings, obtain_record
@@ -83,6 +84,18 @@ class HookAnswer:
     call: HookCall
     record: PatientRecord
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object within the configured limits (400, 413); prefetched Observations older
+    than anything the rules read may be left out while it is parsed (cds_service.hookbody)."""
+    config = runtime.config
+    return parse_hook_body(
+        raw,
+        max_depth=int(config["max_json_depth"]),
+        max_entries=int(config["max_prefetch_entries"]),
+        observations_from=runtime.fact_windows.observations_read_from(runtime.now()),
+    )
 
 
 def validate_envelope(body: Any) -> None:

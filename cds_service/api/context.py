@@ -34,12 +34,16 @@ def claims() -> Claims | None:
 
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object (415 for a non-JSON media type, 400 for bad JSON, 413 if too large)."""
+    return parse_body(json_bytes(), max_depth=int(components().config["max_json_depth"]))
+
+
+def json_bytes() -> bytes:
+    """The raw request body, once its media type says JSON (415 otherwise; 413 if too large)."""
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise CdsError(UNSUPPORTED_MEDIA_TYPE, f"Got {mimetype}; send application/json.")
-    config = components().config
     raw = request.get_data(cache=False)
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit:
         raise RequestEntityTooLarge()  # a chunked body is cut at the limit by werkzeug, not refused
-    return parse_body(raw, max_depth=int(config["max_json_depth"]))
+    return raw

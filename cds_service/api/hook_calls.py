@@ -6,9 +6,8 @@ from datetime import UTC, datetime
 from flask import Blueprint
 
 from .. import metrics
-from ..evaluation import answer_hook, service_for, validate_envelope
-from ..jsonbody import check_prefetch_size
-from .context import authenticate, claims, components, json_body
+from ..evaluation import answer_hook, read_request, service_for, validate_envelope
+from .context import authenticate, claims, components, json_bytes
 from .observability import annotate, patient_hash, record_summary
 
 bp = Blueprint("hook_calls", __name__)
@@ -19,8 +18,7 @@ bp.before_request(authenticate)
 def call_service(service_id: str):
     parts = components()
     service = service_for(parts.runtime, service_id)
-    body = json_body()
-    check_prefetch_size(body, int(parts.config["max_prefetch_entries"]))
+    body = read_request(parts.runtime, json_bytes())
     validate_envelope(body)
     annotate(hookInstance=body["hookInstance"])
     identity = claims()

@@ -33,6 +33,15 @@ class FactWindows:
     # criterion in its rule set (RuleSet.lab_lookback): no rule reads an older result.
     lab_lookback: timedelta | None = None
 
+    def observations_read_from(self, now: datetime) -> str:
+        """The day (``YYYY-MM-DD``) before which no Observation can matter: older than the labs' look-back and
+        the symptoms' window. Observations are judged on their effectiveDateTime text alone, before anything
+        else of them is read (here, and by the request parser, cds_service.hookbody). Empty, so that nothing
+        is left out, when labs have no look-back."""
+        if self.lab_lookback is None:
+            return ""
+        return first_day_within(now, max(self.lab_lookback, self.observation_window)).isoformat()
+
 
 DEFAULT_WINDOWS = FactWindows()
 
@@ -45,15 +54,6 @@ def first_day_within(now: datetime, window: timedelta) -> date:
     the date it names alone: ``LOOKBACK_MARGIN`` early, so that no time zone offset puts something inside the window
     out of it by a few hours. Something kept a day too long is harmless: the rules apply their exact windows."""
     return (now - window - LOOKBACK_MARGIN).date()
-
-
-def _too_old_for_any_rule(windows: FactWindows, now: datetime) -> str:
-    """The day (``YYYY-MM-DD``) before which no Observation can matter: older than the labs' look-back and the
-    symptoms' window. Observations are compared on their effectiveDateTime text, before anything else of them is
-    read. Empty, so that nothing is dropped, when labs have no look-back."""
-    if windows.lab_lookback is None:
-        return ""
-    return first_day_within(now, max(windows.lab_lookback, windows.observation_window)).isoformat()
 
 
 def build_facts(
@@ -69,7 +69,7 @@ def build_facts(
     symptoms = FindingReader(terminology, now, windows.condition_grace, windows.observation_window, warnings)
     findings: list[Finding] = []
     take_lab = labs.take
-    drop_before = _too_old_for_any_rule(windows, now)
+    drop_before = windows.observations_read_from(now)
     for index, observation in enumerate(record.of_type("Observation")):
         if type(observation) is not dict:
             warnings.append(not_a_resource("Observation", index, observation))

@@ -1,0 +1,106 @@
+"""Parse a hook request body, leaving out the prefetched Observations that are older than anything a rule reads.
+
+An EHR prefetches a patient's whole lab history (CDS Hooks 2.0.1 templates cannot ask for recent results only),
+while no rule looks back further than ``RuleSet.lab_lookback`` (12 months in the shipped rules). Building
+Python objects for years of old results is most of the parsing cost of such a call, so simdjson first checks the
+whole body (JSON syntax and UTF-8) and gives lazy access into it; then only what is kept is built.
+
+An Observation in a prefetch Bundle is left out when its ``effectiveDateTime`` text names a day before
+``observations_from``: the same test, on the same text, by which the facts layer skips it
+(``FactWindows.observations_read_from``), so the cards are the same either way.
+
+The body is parsed in full instead (``jsonbody.decode``) whenever leaving out is not clearly worth it or not
+certain to give the same document: simdjson refuses the body (the full parse then says why, or accepts what
+the standard library accepts; simdjson refuses unpaired surrogate escapes, which the full parse answers with
+400), an object the reader walks repeats a key, or fewer than half of the prefetched Bundle entries would be
+left out (building the kept entries from simdjson costs about twice what orjson takes).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import simdjson
+
+from .jsonbody import check_prefetch_size, check_text, decode, entry_limit_error
+
+_Object, _Array = simdjson.Object, simdjson.Array
+
+
+def parse_hook_body(raw: bytes, *, max_depth: int, max_entries: int, observations_from: str) -> dict[str, Any]:
+    """The request as a JSON object: 400 for bad JSON or nesting, 413 for more prefetch entries than allowed
+    (counting those left out). ``observations_from`` is a ``YYYY-MM-DD`` day, or "" to keep everything."""
+    check_text(raw, max_depth)
+    lean = _lean(raw, observations_from) if observations_from else None
+    if lean is None:
+        body = decode(raw, max_depth)
+        check_prefetch_size(body, max_entries)
+        return body
+    body, entries = lean
+    if entries > max_entries:
+        raise entry_limit_error(entries, max_entries)
+    return body
+
+
+def _lean(raw: bytes, observations_from: str) -> tuple[dict[str, Any], int] | None:
+    """The body without the old Observations, and the number of prefetch entries it had; None: parse in full."""
+    try:
+        document = simdjson.Parser().parse(raw)  # a parser per call: its lazy objects never outlive it
+    except (ValueError, RuntimeError):
+        return None
+    if type(document) is not _Object:
+        return None  # the full parse refuses it with its reason
+    keys = _distinct_keys(document)
+    prefetch = document.get("prefetch")
+    if keys is None or type(prefetch) is not _Object or (prefetch_keys := _distinct_keys(prefetch)) is None:
+        return None
+    kept: dict[str, Any] = {}  # prefetch key -> (Bundle, entries kept) or the value as it is
+    total = left_out = 0
+    for key in prefetch_keys:
+        value = prefetch[key]
+        entries = value.get("entry") if type(value) is _Object and value.get("resourceType") == "Bundle" else None
+        if type(entries) is not _Array:
+            kept[key] = value
+            continue
+        if _distinct_keys(value) is None:
+            return None
+        chosen = [entry for entry in entries if not _too_old(entry, observations_from)]
+        total += len(entries)
+        left_out += len(entries) - len(chosen)
+        kept[key] = (value, chosen)
+    if left_out * 2 < total:
+        return None
+    body = {key: _built(document[key]) for key in keys if key != "prefetch"}
+    body["prefetch"] = {key: _bundle(*value) if type(value) is tuple else _built(value) for key, value in kept.items()}
+    return body, total
+
+
+def _too_old(entry: Any, observations_from: str) -> bool:
+    if type(entry) is not _Object:
+        return False
+    resource = entry.get("resource")
+    if type(resource) is not _Object or resource.get("resourceType") != "Observation":
+        return False
+    when = resource.get("effectiveDateTime")
+    return type(when) is str and when[:10] < observations_from
+
+
+def _bundle(bundle: Any, entries: list[Any]) -> dict[str, Any]:
+    built = {key: _built(bundle[key]) for key in bundle.keys() if key != "entry"}
+    built["entry"] = [_built(entry) for entry in entries]
+    return built
+
+
+def _built(value: Any) -> Any:
+    """A lazy simdjson value as Python objects (scalars already are)."""
+    kind = type(value)
+    if kind is _Object:
+        return value.as_dict()
+    if kind is _Array:
+        return value.as_list()
+    return value
+
+
+def _distinct_keys(value: Any) -> list[str] | None:
+    """The object's keys, or None when one repeats (a lookup would find the first, a full parse keeps the last)."""
+    keys = list(value.keys())
+    return keys if len(set(keys)) == len(keys) else None

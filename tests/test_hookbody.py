@@ -1,0 +1,183 @@
+"""Parsing a hook request while leaving old prefetched Observations unbuilt (cds_service.hookbody): the result
+is the full parse less exactly the Observations no rule reads, the cards are the same, and whatever the lazy
+reader cannot do exactly (bad JSON, repeated keys, surrogate escapes, mostly recent data) is parsed in full."""
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from cds_service.config import load_config
+from cds_service.errors import MALFORMED_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_MANY_ENTRIES, CdsError
+from cds_service.evaluation import Runtime, answer_hook, read_request
+from cds_service.hookbody import parse_hook_body
+from cds_service.jsonbody import parse_body
+from cds_service.record.model import PatientRecord
+
+from support.histories import long_history
+from support.hookcalls import hook_request, searchset
+
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+DAY = "2025-10-01"  # a cut-off day for the parser-level tests
+LIMITS = {"max_depth": 64, "max_entries": 50_000}
+PREFETCH_OF = {"labs": "Observation", "conditions": "Condition", "medrequests": "MedicationRequest"}
+
+
+@pytest.fixture(scope="module")
+def runtime() -> Runtime:
+    return Runtime.load(load_config(overrides={"now": NOW.isoformat()}))
+
+
+def request_of(record: PatientRecord) -> dict[str, Any]:
+    """The patient-view request an EHR would send for ``record``, every prefetch key filled."""
+    prefetch = {key: searchset(*record.resources.get(kind, [])) for key, kind in PREFETCH_OF.items()}
+    prefetch |= {"patient": record.resources["Patient"][0], "symptoms": searchset(), "medstatements": searchset()}
+    return hook_request("patient-view", prefetch, context={"patientId": record.patient_id, "userId": "Practitioner/1"})
+
+
+def without_old_observations(body: dict[str, Any], day: str) -> dict[str, Any]:
+    """What the parser should give: ``body`` with the Observations dated before ``day`` taken out of its Bundles."""
+    expected = copy.deepcopy(body)
+    for value in expected["prefetch"].values():
+        if isinstance(value, dict) and isinstance(value.get("entry"), list):
+            value["entry"] = [e for e in value["entry"] if not _old(e.get("resource"), day)]
+    return expected
+
+
+def _old(resource: Any, day: str) -> bool:
+    when = resource.get("effectiveDateTime") if isinstance(resource, dict) else None
+    return resource.get("resourceType") == "Observation" and isinstance(when, str) and when[:10] < day
+
+
+def entry_count(body: dict[str, Any]) -> int:
+    return sum(len(v["entry"]) for v in body["prefetch"].values() if isinstance(v, dict) and "entry" in v)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_old_observations_are_left_out_and_the_rest_is_the_full_parse(seed: int) -> None:
+    raw = json.dumps(request_of(long_history(seed, NOW))).encode()
+    parsed = parse_hook_body(raw, **LIMITS, observations_from=DAY)
+    expected = without_old_observations(orjson.loads(raw), DAY)
+    assert parsed == expected
+    assert entry_count(parsed) < entry_count(orjson.loads(raw)) / 2  # the histories are mostly old
+
+
+def test_the_cards_are_those_of_the_full_parse(runtime: Runtime) -> None:
+    service = runtime.registry.for_hook("patient-view")
+    fired = 0
+    for seed in range(40):
+        raw = json.dumps(request_of(long_history(seed, NOW))).encode()
+        lean, full = read_request(runtime, raw), parse_body(raw, max_depth=64)
+        assert entry_count(lean) < entry_count(full)
+        lean_cards, full_cards = (_cards(answer_hook(runtime, service, body).response) for body in (lean, full))
+        assert lean_cards == full_cards
+        fired += len(full_cards)
+    assert fired > 20  # the histories are meant to fire rules, or the comparison says little
+
+
+def _cards(response: dict[str, Any]) -> list[dict[str, Any]]:
+    cards = []
+    for card in response["cards"]:  # uuids are fresh on every call
+        card = {k: v for k, v in card.items() if k != "uuid"}
+        card["suggestions"] = [{k: v for k, v in s.items() if k != "uuid"} for s in card.get("suggestions", [])]
+        cards.append(card)
+    return cards
+
+
+def test_what_is_not_a_dated_observation_is_kept() -> None:
+    old = "2019-05-01T10:00:00Z"
+    kept = [
+        {"resourceType": "Condition", "id": "c", "onsetDateTime": old},
+        {"resourceType": "Observation", "id": "period", "effectivePeriod": {"start": old, "end": old}},
+        {"resourceType": "Observation", "id": "undated"},
+        {"resourceType": "Observation", "id": "recent", "effectiveDateTime": "2026-10-30"},
+        {"resourceType": "Observation", "id": "odd-date", "effectiveDateTime": 20190501},
+    ]
+    dropped = [{"resourceType": "Observation", "id": f"old-{i}", "effectiveDateTime": old} for i in range(10)]
+    body = hook_request("patient-view", {"labs": searchset(*kept, *dropped), "symptoms": None})
+    body["prefetch"]["labs"]["entry"] += ["not an entry", {"fullUrl": "no resource"}]
+    parsed = parse_hook_body(json.dumps(body).encode(), **LIMITS, observations_from=DAY)
+    entries = parsed["prefetch"]["labs"]["entry"]
+    assert [e["resource"]["id"] for e in entries[:-2]] == [r["id"] for r in kept]
+    assert entries[-2:] == ["not an entry", {"fullUrl": "no resource"}]
+    assert parsed["prefetch"]["symptoms"] is None and parsed["context"] == body["context"]
+
+
+def test_mostly_recent_data_is_parsed_in_full() -> None:
+    recent = [{"resourceType": "Observation", "id": f"r{i}", "effectiveDateTime": "2026-10-01"} for i in range(6)]
+    old = [{"resourceType": "Observation", "id": f"o{i}", "effectiveDateTime": "2019-10-01"} for i in range(5)]
+    raw = json.dumps(hook_request("patient-view", {"labs": searchset(*recent, *old)})).encode()
+    assert parse_hook_body(raw, **LIMITS, observations_from=DAY) == orjson.loads(raw)
+
+
+def test_no_cut_off_day_keeps_everything() -> None:
+    raw = json.dumps(request_of(long_history(1, NOW))).encode()
+    assert parse_hook_body(raw, **LIMITS, observations_from="") == orjson.loads(raw)
+
+
+def test_entries_left_out_still_count_toward_the_limit() -> None:
+    raw = json.dumps(request_of(long_history(2, NOW))).encode()
+    total = entry_count(orjson.loads(raw))
+    with pytest.raises(CdsError) as refused:
+        parse_hook_body(raw, max_depth=64, max_entries=total - 1, observations_from=DAY)
+    assert refused.value.kind is TOO_MANY_ENTRIES and f"{total} entries" in refused.value.detail
+    assert entry_count(parse_hook_body(raw, max_depth=64, max_entries=total, observations_from=DAY)) < total
+
+
+OLD_LABS = [{"resourceType": "Observation", "id": f"o{i}", "effectiveDateTime": "2019-10-01"} for i in range(4)]
+
+
+def _text(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # a repeated key: a lookup finds the first value, a full parse keeps the last; the full parse decides
+        _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS)}))[:-1] + b', "hook": "order-sign"}',
+        _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS)})).replace(
+            b'"prefetch": {', b'"prefetch": {"labs": null, ', 1),
+        _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS)})).replace(
+            b'"type": "searchset"', b'"type": "searchset", "entry": []', 1),
+        # what simdjson refuses and the standard library accepts
+        _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS)}))[:-1] + b', "x": NaN}',
+    ],
+    ids=["repeated top-level key", "repeated prefetch key", "repeated Bundle key", "NaN"],
+)
+def test_what_the_lazy_reader_cannot_do_exactly_is_parsed_in_full(raw: bytes) -> None:
+    assert parse_hook_body(raw, **LIMITS, observations_from=DAY) == parse_body(raw, max_depth=64)
+
+
+def test_an_escaped_surrogate_pair_is_read_as_the_character_it_names() -> None:
+    emoji = {"resourceType": "Observation", "id": "e", "note": [{"text": "\U0001F600"}]}
+    raw = _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS, emoji)}))
+    assert b"\\ud83d\\ude00" in raw  # json.dumps writes ASCII only: the emoji as an escaped pair
+    parsed = parse_hook_body(raw, **LIMITS, observations_from=DAY)
+    assert parsed == without_old_observations(orjson.loads(raw), DAY)
+    assert parsed["prefetch"]["labs"]["entry"] == [{"fullUrl": "Observation/e", "resource": emoji}]
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b"", MALFORMED_JSON),
+        (b'{"hook": ', MALFORMED_JSON),
+        (b'{"a": "\xff"}', MALFORMED_JSON),
+        (b'{"a": "\\ud800"}', MALFORMED_JSON),
+        (b"[1, 2]", NOT_AN_OBJECT),
+        (b'"text"', NOT_AN_OBJECT),
+        (b"[" * 65 + b"]" * 65, TOO_DEEP),
+    ],
+    ids=["empty", "cut short", "not UTF-8", "unpaired surrogate", "array", "string", "too deep"],
+)
+def test_bad_bodies_are_refused_as_by_the_full_parse(raw: bytes, kind: Any) -> None:
+    with pytest.raises(CdsError) as lean:
+        parse_hook_body(raw, **LIMITS, observations_from=DAY)
+    with pytest.raises(CdsError) as full:
+        parse_body(raw, max_depth=64)
+    assert lean.value.kind is full.value.kind is kind and lean.value.detail == full.value.detail
