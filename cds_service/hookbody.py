@@ -7,7 +7,9 @@ whole body (JSON syntax and UTF-8) and gives lazy access into it; then only what
 
 An Observation in a prefetch Bundle is left out when its ``effectiveDateTime`` text names a day before
 ``observations_from``: the same test, on the same text, by which the facts layer skips it
-(``FactWindows.observations_read_from``), so the cards are the same either way.
+(``FactWindows.observations_read_from``), so the cards are the same either way. (An Observation that repeats
+``resourceType`` or ``effectiveDateTime``, which JSON leaves undefined, is judged by the first value here and by
+the last in a full parse.)
 
 The body is parsed in full instead (``jsonbody.decode``) whenever leaving out is not clearly worth it or not
 certain to give the same document: simdjson refuses the body (the full parse then says why, or accepts what
