@@ -211,7 +211,7 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
     if isinstance(evidence, LabResult):
         unit = unit_text(evidence.unit)
         text = f"{label}{markdown(analyte_name(evidence.analyte))} **{markdown(value_text(evidence))} {markdown(unit)}**"
-        if evidence.reported and not plain(evidence.reported).endswith(f" {evidence.unit}"):
+        if evidence.reported and not plain(evidence.reported).endswith((f" {evidence.unit}", f" {unit}")):
             text += f" (reported as {markdown(evidence.reported)})"
         reference = lab_range(evidence)
         text += f", {markdown(reference)}" if reference == NO_RANGE else f", reference {markdown(reference)}"
