@@ -14,6 +14,7 @@ import pytest
 from cds_service.config import load_config
 from cds_service.errors import MALFORMED_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_MANY_ENTRIES, CdsError
 from cds_service.evaluation import Runtime, answer_hook, read_request
+from cds_service import hookbody
 from cds_service.hookbody import parse_hook_body
 from cds_service.jsonbody import parse_body
 from cds_service.record.model import PatientRecord
@@ -112,6 +113,26 @@ def test_mostly_recent_data_is_parsed_in_full() -> None:
     old = [{"resourceType": "Observation", "id": f"o{i}", "effectiveDateTime": "2019-10-01"} for i in range(5)]
     raw = json.dumps(hook_request("patient-view", {"labs": searchset(*recent, *old)})).encode()
     assert parse_hook_body(raw, **LIMITS, observations_from=DAY) == orjson.loads(raw)
+
+
+def test_a_document_still_held_from_an_earlier_call_does_not_stop_the_next() -> None:
+    """A thread reuses its parser; lazy objects of its last document that are still alive (a traceback may hold
+    them) make simdjson refuse to reuse it, and a fresh parser takes over."""
+    raw = json.dumps(request_of(long_history(3, NOW))).encode()
+    held = hookbody._document(b'{"held": [1, 2]}')
+    assert parse_hook_body(raw, **LIMITS, observations_from=DAY) == without_old_observations(orjson.loads(raw), DAY)
+    assert held["held"].as_list() == [1, 2]
+
+
+def test_a_large_body_gets_a_parser_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread's parser keeps buffers for small bodies only (it is busy here: a new one would replace it)."""
+    raw = json.dumps(request_of(long_history(4, NOW))).encode()
+    held = hookbody._document(b'{"held": true}')
+    kept = hookbody._thread.parser
+    monkeypatch.setattr(hookbody, "REUSED_UP_TO", len(raw) - 1)
+    assert parse_hook_body(raw, **LIMITS, observations_from=DAY) == without_old_observations(orjson.loads(raw), DAY)
+    assert hookbody._thread.parser is kept
+    del held
 
 
 def test_no_cut_off_day_keeps_everything() -> None:
