@@ -54,6 +54,9 @@ class Match:
     evidence: tuple[Evidence, ...] = ()
 
 
+FALSE, UNKNOWN = Match(False), Match(None)  # shared: most evaluations end in one of these
+
+
 def evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None = None) -> Match:
     """The criterion's state over ``facts``, from ``memo`` when this criterion was already evaluated."""
     if memo is None:
@@ -65,24 +68,36 @@ def evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None = None
 
 
 def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> Match:
-    if isinstance(criterion, CompositeCriterion):
+    kind = type(criterion)
+    if kind is CompositeCriterion:
         return _composite(criterion, facts, memo)
-    incomplete = bool(DATA_GROUPS[type(criterion)] & facts.incomplete)
-    if isinstance(criterion, LabCriterion):
-        return _lab(criterion, facts, incomplete)
-    if isinstance(criterion, MedicationCriterion):
+    if kind is LabCriterion:
+        return _lab(criterion, facts)
+    if kind is MedicationCriterion:
         found: tuple[Evidence, ...] = tuple(
             m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
         )
     else:
-        found = tuple(f for f in facts.findings_of(criterion.concepts) if _finding_current(criterion, f, facts))
-    if found:
-        return Match(True, found)
-    return Match(None if incomplete else False)
+        found = _current_findings(criterion, facts)
+    return Match(True, found) if found else _not_found(criterion, facts)
+
+
+def _not_found(criterion: Criterion, facts: PatientFacts) -> Match:
+    """Nothing matched: False, or unknown (None) when the data the criterion reads is incomplete."""
+    return UNKNOWN if _incomplete(criterion, facts) else FALSE
+
+
+def _incomplete(criterion: Criterion, facts: PatientFacts) -> bool:
+    return bool(facts.incomplete) and not DATA_GROUPS[type(criterion)].isdisjoint(facts.incomplete)
 
 
 def _composite(criterion: CompositeCriterion, facts: PatientFacts, memo: Memo | None) -> Match:
-    matches = [evaluate(child, facts, memo) for child in criterion.children]
+    matches = []
+    for child in criterion.children:
+        match = evaluate(child, facts, memo)
+        if match.state is False and criterion.op == "all":
+            return FALSE  # Kleene: one False decides a conjunction, and a state that is not True has no evidence
+        matches.append(match)
     if criterion.op == "not":
         return Match(not_(matches[0].state))
     combine = all_of if criterion.op == "all" else any_of
@@ -110,14 +125,19 @@ def _use_matches(use: str, medication: MedicationUse) -> bool:
     return medication.kind != "draft"
 
 
-def _finding_current(criterion: FindingCriterion, finding: Finding, facts: PatientFacts) -> bool:
-    when = finding.date
-    if when is None:
-        return True
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    if when > facts.now + FUTURE_TOLERANCE:
-        return False
-    return criterion.within is None or when >= facts.now - criterion.within
+def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple[Finding, ...]:
+    """The findings of the criterion's concepts dated within its window (undated ones count), none in the future."""
+    latest = facts.now + FUTURE_TOLERANCE
+    earliest = None if criterion.within is None else facts.now - criterion.within
+    found = []
+    for finding in facts.findings_of(criterion.concepts):
+        when = finding.date
+        if when is not None:
+            when = when if when.tzinfo else when.replace(tzinfo=UTC)
+            if when > latest or (earliest is not None and when < earliest):
+                continue
+        found.append(finding)
+    return tuple(found)
 
 
 def latest_within(facts: PatientFacts, analyte: str, within: timedelta) -> LabResult | None:
@@ -129,14 +149,16 @@ def latest_within(facts: PatientFacts, analyte: str, within: timedelta) -> LabRe
     return None
 
 
-def _lab(criterion: LabCriterion, facts: PatientFacts, incomplete: bool) -> Match:
+def _lab(criterion: LabCriterion, facts: PatientFacts) -> Match:
     result = latest_within(facts, criterion.analyte, criterion.within)
     if criterion.missing:
         if result is not None:
-            return Match(False)
-        return Match(None) if incomplete else Match(True, (Absence(criterion.analyte, criterion.within_text),))
+            return FALSE
+        if _incomplete(criterion, facts):
+            return UNKNOWN
+        return Match(True, (Absence(criterion.analyte, criterion.within_text),))
     if result is None:
-        return Match(None if incomplete else False)
+        return _not_found(criterion, facts)
     states = [_compare(result, op, limit) for op, limit in criterion.comparisons]
     states += [_in_range(result, check) for check in criterion.range_checks]
     state = all_of(states)
@@ -148,12 +170,11 @@ def _compare(result: LabResult, op: str, limit: float) -> Tri:
         ratio = result.times_uln
         return None if ratio is None else ratio > limit
     value = result.value
-    return {
-        "below": value < limit,
-        "above": value > limit,
-        "at_least": value >= limit,
-        "at_most": value <= limit,
-    }[op]
+    if op == "below":
+        return value < limit
+    if op == "above":
+        return value > limit
+    return value >= limit if op == "at_least" else value <= limit
 
 
 def _in_range(result: LabResult, check: str) -> Tri:
