@@ -13,8 +13,8 @@ the last in a full parse.)
 
 The body is parsed in full instead (``jsonbody.decode``) whenever leaving out is not clearly worth it or not
 certain to give the same document: simdjson refuses the body (the full parse then says why, or accepts what
-the standard library accepts; simdjson refuses unpaired surrogate escapes, which the full parse answers with
-400), an object the reader walks repeats a key, or fewer than half of the prefetched Bundle entries would be
+the standard library accepts, such as integers over 64 bits; simdjson refuses unpaired surrogate escapes,
+which the full parse answers with 400), an object the reader walks repeats a key, or fewer than half of the prefetched Bundle entries would be
 left out (building the kept entries from simdjson costs about twice what orjson takes).
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _lean(raw: bytes, observations_from: str) -> tuple[dict[str, Any], int] | No
     """The body without the old Observations, and the number of prefetch entries it had; None: parse in full."""
     try:
         document = _document(raw)
-    except ValueError:
+    except (ValueError, RuntimeError):  # simdjson reports some refusals (an integer over 64 bits) as RuntimeError
         return None
     if type(document) is not _Object:
         return None  # the full parse refuses it with its reason
@@ -91,7 +91,9 @@ def _document(raw: bytes) -> Any:
         parser = simdjson.Parser()
     try:
         document = parser.parse(raw)
-    except RuntimeError:  # lazy objects of the parser's last document still exist (a traceback may hold them)
+    except RuntimeError:
+        # Either lazy objects of the parser's last document still exist (a traceback may hold them), or simdjson
+        # refuses the body and says so with a RuntimeError: a fresh parser tells which (and raises again if so).
         parser = simdjson.Parser()
         document = parser.parse(raw)
     _thread.parser = parser

@@ -167,8 +167,9 @@ def _text(body: dict[str, Any]) -> bytes:
             b'"type": "searchset"', b'"type": "searchset", "entry": []', 1),
         # what simdjson refuses and the standard library accepts
         _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS)}))[:-1] + b', "x": NaN}',
+        _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS)}))[:-1] + b', "x": 123456789012345678901}',
     ],
-    ids=["repeated top-level key", "repeated prefetch key", "repeated Bundle key", "NaN"],
+    ids=["repeated top-level key", "repeated prefetch key", "repeated Bundle key", "NaN", "integer over 64 bits"],
 )
 def test_what_the_lazy_reader_cannot_do_exactly_is_parsed_in_full(raw: bytes) -> None:
     assert parse_hook_body(raw, **LIMITS, observations_from=DAY) == parse_body(raw, max_depth=64)
