@@ -65,14 +65,17 @@ def _lean(raw: bytes, observations_from: str) -> tuple[dict[str, Any], int] | No
     total = left_out = 0
     for key in prefetch_keys:
         value = prefetch[key]
-        entries = value.get("entry") if type(value) is _Object and value.get("resourceType") == "Bundle" else None
+        entries = value.get("entry") if type(value) is _Object else None
         if type(entries) is not _Array:
             kept[key] = value
             continue
         if _distinct_keys(value) is None:
             return None
+        total += len(entries)  # every entry list counts toward the limit, as in check_prefetch_size
+        if value.get("resourceType") != "Bundle":
+            kept[key] = value
+            continue
         chosen = [entry for entry in entries if not _too_old(entry, observations_from)]
-        total += len(entries)
         left_out += len(entries) - len(chosen)
         kept[key] = (value, chosen)
     if left_out * 2 < total:

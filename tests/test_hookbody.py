@@ -149,6 +149,18 @@ def test_entries_left_out_still_count_toward_the_limit() -> None:
     assert entry_count(parse_hook_body(raw, max_depth=64, max_entries=total, observations_from=DAY)) < total
 
 
+def test_entries_of_a_value_that_is_not_typed_as_a_bundle_count_too() -> None:
+    """The limit counts every prefetch value's entry list, as the full parse does, Bundle or not."""
+    untyped = {"entry": [{"resource": {"resourceType": "Observation", "id": f"u{i}"}} for i in range(3)]}
+    old = [{"resourceType": "Observation", "id": f"o{i}", "effectiveDateTime": "2019-10-01"} for i in range(4)]
+    raw = json.dumps(hook_request("patient-view", {"labs": searchset(*old), "other": untyped})).encode()
+    with pytest.raises(CdsError) as full:
+        parse_hook_body(raw, max_depth=64, max_entries=6, observations_from="")  # no cut-off: the full parse
+    with pytest.raises(CdsError) as lean:
+        parse_hook_body(raw, max_depth=64, max_entries=6, observations_from=DAY)
+    assert lean.value.kind is full.value.kind is TOO_MANY_ENTRIES and lean.value.detail == full.value.detail
+
+
 OLD_LABS = [{"resourceType": "Observation", "id": f"o{i}", "effectiveDateTime": "2019-10-01"} for i in range(4)]
 
 
