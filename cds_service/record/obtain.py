@@ -112,8 +112,8 @@ class _Plan:
             if value is None:
                 plan.results[key] = KeyResult(key, "null")
             elif _usable(value):
-                resources, unreadable = _resources_of(value)
-                plan.results[key] = KeyResult(key, "prefetch", resources, problem=_unread(unreadable))
+                plan.results[key] = result = KeyResult(key, "prefetch")
+                _add_page(result, value)
                 if _next_link(value):
                     plan.to_continue[key] = value
             elif (path := fill(template, call.context)) is None:
@@ -272,6 +272,7 @@ def _follow_pages(client: FhirClient, result: KeyResult, bundle: dict[str, Any])
 
 
 def _add_page(result: KeyResult, bundle: dict[str, Any]) -> None:
+    """Add what a prefetch value or a server page holds to ``result``, noting entries that held no resource."""
     resources, unreadable = _resources_of(bundle)
     result.resources.extend(resources)
     result.problem = result.problem or _unread(unreadable)
