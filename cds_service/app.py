@@ -60,6 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         allow_headers=["Authorization", "Content-Type"],
         methods=["GET", "POST", "OPTIONS"],
         max_age=600,
+        always_send=False,  # CORS headers only for browsers (which send Origin), not for an EHR's server calls
     )
 
     from .api import analytics, discovery, errors, feedback, health, hook_calls, metrics, observability

@@ -248,6 +248,13 @@ def test_cors_refuses_other_origins(client):
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
+def test_cors_headers_are_only_for_requests_with_an_origin(client):
+    """An EHR's server-to-server call sends no Origin and needs no CORS headers; a browser always sends one."""
+    response = post(client, f"/cds-services/{PV}", b"{")
+    assert response.status_code == 400
+    assert not [name for name in response.headers.keys() if name.lower().startswith("access-control-")]
+
+
 def test_cors_origins_are_configurable(make_app):
     client = make_app(cors_origins=["https://ehr.example.org"]).test_client()
     assert client.get("/cds-services", headers={"Origin": "https://ehr.example.org"}).headers[
