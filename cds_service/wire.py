@@ -7,6 +7,7 @@ send it, and the tests check every response they produce with the same function.
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from functools import cache
@@ -44,6 +45,7 @@ def compile_schemas() -> None:
     for name in SCHEMA_NAMES:
         validator(name)
         fast_validator(name)
+    _sound_cards()
 
 
 def first_violation(name: str, document: Any) -> ValidationError | None:
@@ -84,15 +86,39 @@ def _is_empty(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
+# The response schema with every card also required to hold no null or empty element at any depth: one
+# jsonschema-rs call answers whether a card is sound, about ten times faster than walking it in Python. Only a
+# card it refuses is examined again, to name each problem.
+_FILLED = {
+    "not": {"enum": [None, "", [], {}]},
+    "items": {"$ref": "#/$defs/filled"},
+    "additionalProperties": {"$ref": "#/$defs/filled"},
+}
+
+
+@cache
+def _sound_cards() -> jsonschema_rs.Validator:
+    schema = copy.deepcopy(validator("response").schema)
+    schema["$defs"]["filled"] = _FILLED
+    schema["properties"]["cards"]["items"] = {"allOf": [schema["properties"]["cards"]["items"], {"$ref": "#/$defs/filled"}]}
+    return jsonschema_rs.validator_for(schema)
+
+
 def card_problems(card: dict[str, Any]) -> list[str]:
     """Every 2.0.1 rule a single card breaks (schema, emptiness, recommendation count)."""
+    if _sound_cards().is_valid({"cards": [card]}) and not _several_recommended(card):
+        return []
     problems = [f"{p}" for p in _schema_problems({"cards": [card]})]
     problems += [f"empty element at {p}" for p in empty_elements(card)]
-    if card.get("selectionBehavior") == "at-most-one":
-        recommended = [s for s in card.get("suggestions", []) if s.get("isRecommended")]
-        if len(recommended) > 1:
-            problems.append("more than one suggestion isRecommended with selectionBehavior at-most-one")
+    if _several_recommended(card):
+        problems.append("more than one suggestion isRecommended with selectionBehavior at-most-one")
     return problems
+
+
+def _several_recommended(card: dict[str, Any]) -> bool:
+    if card.get("selectionBehavior") != "at-most-one":
+        return False
+    return sum(1 for s in card.get("suggestions", []) if s.get("isRecommended")) > 1
 
 
 def response_problems(response: dict[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 resources (fhir.resources R4B models), and escaping of patient-supplied text."""
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,31 @@ def test_card_invariants(index: int) -> None:
             else:
                 assert action["type"] == "delete" and "resource" not in action
                 assert re.fullmatch(r"MedicationRequest/[A-Za-z0-9\-.]{1,64}", action["resourceId"])
+
+
+SUGGESTING = next(c for c in CARDS if len(c.get("suggestions", ())) > 1 and c["suggestions"][0]["actions"][0]["type"] == "create")
+
+
+@pytest.mark.parametrize("empty", [None, "", [], {}])
+@pytest.mark.parametrize("path", [("detail",), ("source", "label"), ("suggestions", 0, "actions", 0, "resource", "code", "text"),
+                                  ("suggestions", 0, "actions", 0, "resource", "subject"), ("overrideReasons", 0, "display")])
+def test_an_empty_element_anywhere_in_a_card_is_named(path: tuple[Any, ...], empty: Any) -> None:
+    card = copy.deepcopy(SUGGESTING)
+    parent = card
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = empty
+    assert f"empty element at /{'/'.join(map(str, path))}" in card_problems(card)
+
+
+def test_two_recommended_suggestions_with_at_most_one_are_refused() -> None:
+    card = copy.deepcopy(SUGGESTING)
+    card["selectionBehavior"] = "at-most-one"
+    for suggestion in card["suggestions"]:
+        suggestion["isRecommended"] = True
+    assert card_problems(card) == ["more than one suggestion isRecommended with selectionBehavior at-most-one"]
+    card["suggestions"][0]["isRecommended"] = False
+    assert card_problems(card) == []
 
 
 def _ordered(action: dict[str, Any]) -> tuple[str, ...]:
