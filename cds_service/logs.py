@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 # Attributes every LogRecord has; anything else on a record came from ``extra`` and is written as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -33,7 +35,10 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        try:
+            return orjson.dumps(line, default=str).decode()  # a tenth of json.dumps' cost on a request line
+        except orjson.JSONEncodeError:  # what orjson cannot write: a lone surrogate, an integer over 64 bits, a number key
+            return json.dumps(line, default=str)  # ASCII, so that even a lone surrogate can be written
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -7,6 +7,7 @@ import logging
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,18 @@ def sample(values: dict, name: str, **labels: str) -> float:
 def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO)
     return caplog
+
+
+@pytest.mark.parametrize("value", [
+    {"Observation": 3}, ["a", 1.5, None], datetime(2026, 11, 1, tzinfo=UTC), 2**70, {7: "number key"}, "lone \ud800",
+])
+def test_every_field_value_is_written_as_one_line_of_json(value: Any) -> None:
+    record = logging.makeLogRecord({"name": "cds_service.requests", "levelname": "INFO", "msg": "request", "field": value})
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    line.encode("utf-8")  # writable to any UTF-8 stream
+    parsed = json.loads(line)
+    assert parsed["msg"] == "request" and parsed["logger"] == "cds_service.requests" and "field" in parsed
 
 
 def test_a_hook_call_is_one_json_line_with_what_operators_need(client, logged) -> None:
