@@ -37,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = self.formatException(record.exc_info)
         try:
             return orjson.dumps(line, default=str).decode()  # a tenth of json.dumps' cost on a request line
-        except orjson.JSONEncodeError:  # what orjson cannot write: a lone surrogate, an integer over 64 bits, a number key
+        except orjson.JSONEncodeError:  # a lone surrogate, an integer over 64 bits or a number key
             return json.dumps(line, default=str)  # ASCII, so that even a lone surrogate can be written
 
 

@@ -100,7 +100,8 @@ _FILLED = {
 def _sound_cards() -> jsonschema_rs.Validator:
     schema = copy.deepcopy(validator("response").schema)
     schema["$defs"]["filled"] = _FILLED
-    schema["properties"]["cards"]["items"] = {"allOf": [schema["properties"]["cards"]["items"], {"$ref": "#/$defs/filled"}]}
+    cards = schema["properties"]["cards"]
+    cards["items"] = {"allOf": [cards["items"], {"$ref": "#/$defs/filled"}]}
     return jsonschema_rs.validator_for(schema)
 
 

@@ -73,12 +73,15 @@ def test_card_invariants(index: int) -> None:
                 assert re.fullmatch(r"MedicationRequest/[A-Za-z0-9\-.]{1,64}", action["resourceId"])
 
 
-SUGGESTING = next(c for c in CARDS if len(c.get("suggestions", ())) > 1 and c["suggestions"][0]["actions"][0]["type"] == "create")
+SUGGESTING = next(
+    c for c in CARDS if len(c.get("suggestions", ())) > 1 and c["suggestions"][0]["actions"][0]["type"] == "create"
+)
+ORDER = ("suggestions", 0, "actions", 0, "resource")
 
 
 @pytest.mark.parametrize("empty", [None, "", [], {}])
-@pytest.mark.parametrize("path", [("detail",), ("source", "label"), ("suggestions", 0, "actions", 0, "resource", "code", "text"),
-                                  ("suggestions", 0, "actions", 0, "resource", "subject"), ("overrideReasons", 0, "display")])
+@pytest.mark.parametrize("path", [("detail",), ("source", "label"), (*ORDER, "code", "text"), (*ORDER, "subject"),
+                                  ("overrideReasons", 0, "display")])
 def test_an_empty_element_anywhere_in_a_card_is_named(path: tuple[Any, ...], empty: Any) -> None:
     card = copy.deepcopy(SUGGESTING)
     parent = card

@@ -74,7 +74,9 @@ def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     {"Observation": 3}, ["a", 1.5, None], datetime(2026, 11, 1, tzinfo=UTC), 2**70, {7: "number key"}, "lone \ud800",
 ])
 def test_every_field_value_is_written_as_one_line_of_json(value: Any) -> None:
-    record = logging.makeLogRecord({"name": "cds_service.requests", "levelname": "INFO", "msg": "request", "field": value})
+    record = logging.makeLogRecord(
+        {"name": "cds_service.requests", "levelname": "INFO", "msg": "request", "field": value}
+    )
     line = JsonFormatter().format(record)
     assert "\n" not in line
     line.encode("utf-8")  # writable to any UTF-8 stream
