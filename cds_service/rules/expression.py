@@ -96,7 +96,7 @@ def parse(text: str, blocks: Iterable[str]) -> Expression:
             take("of")
             matched = names_for(take())
             combine = all_of if word == "all" else any_of
-            return lambda states: combine(states[name] for name in matched)
+            return lambda states: combine(map(states.__getitem__, matched))  # no generator frame per call
         if "*" in token:
             raise ExpressionError(f"a pattern needs 'all of' or 'any of' before it: {token!r}")
         (name,) = names_for(token)
