@@ -3,12 +3,12 @@ suggestions with FHIR R4 resources, coded override reasons. No null or empty ele
 """
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .facts.model import MedicationUse, PatientFacts
+from .identifiers import random_uuid
 from .rules.criteria import Match
 from .rules.expression import Tri
 from .rules.model import Action, Reference, Rule, Section, SuggestionTemplate, binding_name
@@ -43,7 +43,7 @@ def build_card(primary: Firing, related: list[Firing], facts: PatientFacts) -> d
     """The card for one underlying problem: ``primary`` decides it, ``related`` firings add their findings."""
     template = primary.rule.card
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
+        "uuid": random_uuid(),
         "summary": summary_text(primary),
         "indicator": primary.indicator,
         "detail": _detail(primary, related),
@@ -125,7 +125,7 @@ def _suggestion(
         return None
     suggestion: dict[str, Any] = {
         "label": render(template.label, firing.matches, plain),
-        "uuid": str(uuid.uuid4()),
+        "uuid": random_uuid(),
         "actions": actions,
     }
     if recommend and template.recommended:
