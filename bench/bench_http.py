@@ -12,8 +12,8 @@ and prints one Markdown table plus whether each goal is met. Patients are genera
 some with reference ranges and interpretations), documented cramps (Observation and Condition), atorvastatin and
 furosemide orders. Every request carries a fresh hookInstance and the full prefetch (no FHIR server involved).
 
-    /work/venv/bin/python bench/bench_http.py                # full run, about 3 minutes on 2 cores
-    /work/venv/bin/python bench/bench_http.py --quick        # fewer requests, for a smoke check
+    .venv/bin/python bench/bench_http.py                # full run, 1.5 to 3 minutes on 2 cores
+    .venv/bin/python bench/bench_http.py --quick        # fewer requests, for a smoke check
 """
 from __future__ import annotations
 
