@@ -37,8 +37,10 @@ def test_a_forked_worker_does_not_repeat_the_parents_uuids() -> None:
     reading, writing = os.pipe()
     child = os.fork()
     if child == 0:  # gunicorn forks its workers after the master has started
-        os.write(writing, "".join(random_uuid() for _ in range(3)).encode())
-        os._exit(0)
+        try:  # the child must never return into pytest, whatever happens
+            os.write(writing, "".join(random_uuid() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
     os.close(writing)
     os.waitpid(child, 0)
     with os.fdopen(reading) as pipe:
