@@ -280,6 +280,8 @@ def _add_page(result: KeyResult, bundle: dict[str, Any]) -> None:
 
 def _run_all(tasks: Mapping[str, Callable[[], T]], deadline: float) -> tuple[dict[str, T], list[str]]:
     """Run the tasks in parallel until the deadline: the results of those done, and the keys of those not."""
+    if not tasks:  # every key came with the prefetch (the usual call): no waiting machinery to set up
+        return {}, []
     futures: dict[str, Future[T]] = {key: submit(task) for key, task in tasks.items()}
     wait(futures.values(), timeout=max(deadline - time.monotonic(), 0.0))
     late = [key for key, future in futures.items() if not future.done()]
