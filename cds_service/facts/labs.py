@@ -63,8 +63,9 @@ class LabSeries(Sequence[LabResult]):
         return built
 
     def __iter__(self) -> Iterator[LabResult]:
-        for index in range(len(self._rows)):
-            yield self[index]
+        # A map, not a generator: the rules read the newest few results and stop, and closing a generator early
+        # costs more than reading one result.
+        return map(self.__getitem__, range(len(self._rows)))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, str):
