@@ -5,7 +5,8 @@ a bare Flask app that only parses the request and answers ``{"cards": []}``, und
 run side by side on loopback. For each prefetch size (200, 1000 and 5000 labs by default) the script measures
 
 * sequential latency: one client, requests alternating service / floor, one at a time;
-* 8 concurrent clients: windows of a few seconds alternating service / floor, several rounds each;
+* 8 concurrent clients, spread evenly over the workers: windows of a few seconds alternating service / floor,
+  several rounds each;
 
 and prints one Markdown table plus whether each goal is met. Patients are generated here: years of lab history
 (potassium, sodium, magnesium, calcium, creatinine, eGFR, glucose, CK, TSH, albumin; values in and out of range,
@@ -32,7 +33,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +51,7 @@ UCUM = "http://unitsofmeasure.org"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 HISTORY_YEARS = 8
 BODY_VARIANTS = 12  # distinct bodies per size (hookInstance, lab ids), cycled
+SPREAD_ATTEMPTS = 50  # reconnections allowed per window to even out the clients over the workers
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,40 @@ class Server:
             total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / ticks
 
+    def workers(self) -> list[int]:
+        return [int(pid) for pid in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+
+    def owners(self, client_ports: Iterable[int]) -> dict[int, int]:
+        """The worker pid holding each client connection, by the client's local port (Linux /proc).
+
+        Waits until a worker has accepted every one of them; after two seconds, gives those accepted by then.
+        """
+        local = f"0100007F:{self.port:04X}"  # 127.0.0.1:port as /proc/net/tcp writes it
+        ports = set(client_ports)
+        deadline = time.perf_counter() + 2
+        while True:
+            inode_port: dict[str, int] = {}
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+                fields = line.split()
+                remote = int(fields[2].rsplit(":", 1)[1], 16)
+                if fields[1] == local and fields[3] == "01" and remote in ports:  # ESTABLISHED, server side
+                    inode_port[f"socket:[{fields[9]}]"] = remote
+            found: dict[int, int] = {}
+            for pid in self.workers():
+                try:
+                    links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+                except OSError:  # the worker exited, or closed a descriptor while it was read
+                    continue
+                found.update((inode_port[link], pid) for link in links if link in inode_port)
+            if len(found) == len(ports) or time.perf_counter() > deadline:
+                return found
+            time.sleep(0.005)
+
+    def split(self, client_ports: Iterable[int]) -> tuple[int, ...]:
+        """How many of the clients' connections each worker holds, most first."""
+        held = Counter(self.owners(client_ports).values())
+        return tuple(sorted((held[pid] for pid in self.workers()), reverse=True))
+
 
 @contextmanager
 def running(command: list[str], env: dict[str, str], log: Path) -> Iterator[Server]:
@@ -302,6 +339,7 @@ class Sample:
     busy_seconds: float = 0.0  # wall time of the concurrent windows
     completed_in_windows: int = 0
     cpu_seconds: float = 0.0  # the server's CPU time spent on these requests
+    splits: list[tuple[int, ...]] = field(default_factory=list)  # connections per worker, mid-window
 
     def cpu_ms_per_request(self) -> float:
         return self.cpu_seconds / len(self.latencies) * 1000
@@ -323,6 +361,16 @@ class Client:
         self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
+    def local_port(self) -> int:
+        """The connection's own port (it connects now if it has not yet)."""
+        if self.conn.sock is None:
+            self.conn.connect()
+        return self.conn.sock.getsockname()[1]
+
+    def reconnect(self) -> None:
+        self.conn.close()
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
     def post(self, body: bytes) -> tuple[float, bool]:
         started = time.perf_counter()
         try:
@@ -331,8 +379,7 @@ class Client:
             payload = response.read()
             ok = response.status == 200 and b'"cards"' in payload
         except (OSError, http.client.HTTPException):
-            self.conn.close()
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.reconnect()
             ok = False
         return time.perf_counter() - started, ok
 
@@ -355,14 +402,41 @@ def sequential(servers: dict[str, Server], bodies: list[bytes], requests: int, r
         client.close()
 
 
-def concurrent_window(port: int, bodies: list[bytes], clients: int, seconds: float, sample: Sample) -> None:
+def spread_clients(server: Server, count: int) -> list[Client]:
+    """``count`` connected clients, spread as evenly as ``count`` allows over the server's workers.
+
+    A gthread worker serves the keep-alive connections it accepted, and which worker accepts a new connection is
+    a race. An uneven split (6 + 2, say) splits the latencies in two groups, fast for the clients of the less
+    loaded worker and slow for the others, with about as many requests in each, so the median falls anywhere
+    between them: over eight windows here one server's 8-client median ranged from 6.7 to 9.1 ms at about the
+    same CPU per request, by its split alone; and an 8 + 0 split leaves a worker, and a core, idle. A connection
+    on a worker holding more than its share is closed and opened again until the split is even, for the service
+    and the floor alike.
+    """
+    clients = [Client(server.port) for _ in range(count)]
+    for _ in range(SPREAD_ATTEMPTS):
+        owners = server.owners(client.local_port() for client in clients)
+        held = Counter(owners.values())
+        workers = server.workers()
+        if max(held[pid] for pid in workers) - min(held[pid] for pid in workers) <= 1:
+            break
+        busiest = max(workers, key=lambda pid: held[pid])
+        next(client for client in clients if owners.get(client.local_port()) == busiest).reconnect()
+    return clients
+
+
+def concurrent_window(
+    server: Server, bodies: list[bytes], clients: int, seconds: float, sample: Sample, *, spread: bool
+) -> None:
     """``clients`` threads, each posting back to back on its own connection, for ``seconds``."""
+    connections = spread_clients(server, clients) if spread else [Client(server.port) for _ in range(clients)]
+    ports = [client.local_port() for client in connections]
     stop_at = time.perf_counter() + seconds
     lock = threading.Lock()
     ends: list[float] = []
 
     def run(worker: int) -> None:
-        client = Client(port)
+        client = connections[worker]
         done: list[tuple[float, bool]] = []
         i = worker
         while time.perf_counter() < stop_at:
@@ -379,20 +453,21 @@ def concurrent_window(port: int, bodies: list[bytes], clients: int, seconds: flo
     threads = [threading.Thread(target=run, args=(w,)) for w in range(clients)]
     for thread in threads:
         thread.start()
+    time.sleep(seconds / 2)
+    sample.splits.append(server.split(ports))
     for thread in threads:
         thread.join()
     sample.busy_seconds += max(ends) - started
 
 
 def concurrent(
-    servers: dict[str, Server], bodies: list[bytes], clients: int, window: float, rounds: int,
-    results: dict[str, Sample],
+    servers: dict[str, Server], bodies: list[bytes], plan: Plan, results: dict[str, Sample]
 ) -> None:
-    for round_no in range(rounds):
+    for round_no in range(plan.rounds):
         names = list(servers) if round_no % 2 == 0 else list(reversed(servers))
         for name in names:
             cpu = servers[name].cpu_seconds()
-            concurrent_window(servers[name].port, bodies, clients, window, results[name])
+            concurrent_window(servers[name], bodies, plan.clients, plan.window, results[name], spread=plan.spread)
             results[name].cpu_seconds += servers[name].cpu_seconds() - cpu
 
 
@@ -406,6 +481,7 @@ class Plan:
     clients: int
     window: float
     rounds: int
+    spread: bool  # even out the concurrent clients over the workers (spread_clients)
 
 
 def machine() -> str:
@@ -422,9 +498,9 @@ def machine() -> str:
 
 def run(args: argparse.Namespace) -> int:
     plan = (
-        Plan(args.sizes, {200: 30, 1000: 20, 5000: 8}, args.clients, 2.0, 2)
+        Plan(args.sizes, {200: 30, 1000: 20, 5000: 8}, args.clients, 2.0, 2, not args.random_split)
         if args.quick
-        else Plan(args.sizes, {200: 200, 1000: 150, 5000: 50}, args.clients, 4.0, 3)
+        else Plan(args.sizes, {200: 200, 1000: 150, 5000: 50}, args.clients, 4.0, 3, not args.random_split)
     )
     work = Path(tempfile.mkdtemp(prefix="cds-bench-"))
     env = {**os.environ, "CDS_DATA_DIR": str(work / "data"), "CDS_LOG_LEVEL": "INFO"}
@@ -450,7 +526,7 @@ def run(args: argparse.Namespace) -> int:
                 seq = {name: Sample() for name in servers}
                 sequential(servers, bodies, plan.sequential_requests[size], seq)
                 conc = {name: Sample() for name in servers}
-                concurrent(servers, bodies, plan.clients, plan.window, plan.rounds, conc)
+                concurrent(servers, bodies, plan, conc)
                 rows.append((size, len(bodies[0]), seq, conc))
                 print(f"  {size} labs done", file=sys.stderr, flush=True)
     finally:
@@ -491,7 +567,14 @@ def print_table(rows: list[tuple[int, int, dict[str, Sample], dict[str, Sample]]
             f"| {errors} |"
         )
     print(f"\nsequential: {plan.sequential_requests} requests per target and size, alternating; concurrent: "
-          f"{plan.rounds} windows of {plan.window:.0f} s per target and size, alternating.")
+          f"{plan.rounds} windows of {plan.window:g} s per target and size, alternating.")
+    how = "spread evenly" if plan.spread else "as the workers accepted them"
+    print(f"{plan.clients} clients' connections per worker ({how}), in each window:")
+    for size, _, _, conc in rows:
+        print(f"  {size} labs: " + "; ".join(
+            f"{name} " + " ".join("+".join(map(str, split)) for split in sample.splits)
+            for name, sample in conc.items()
+        ))
 
 
 def goals_met(rows: list[tuple[int, int, dict[str, Sample], dict[str, Sample]]]) -> bool:
@@ -524,6 +607,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers for both servers (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker for both servers (default 4)")
+    parser.add_argument(
+        "--random-split", action="store_true",
+        help="leave the concurrent clients where the workers' accept race puts them (the method before round 7)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory with the server logs")
     return run(parser.parse_args())
 
