@@ -19,6 +19,8 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when i
 
 def gunicorn_options(host: str, port: int, workers: int, threads: int, log_level: str) -> dict[str, Any]:
     """The gunicorn settings of ``serve`` (the benchmark's floor app runs under the same ones)."""
+    from .gunicorn_logger import ServiceLogger
+
     return {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -28,6 +30,7 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int, log_level
         "graceful_timeout": 10,
         "keepalive": 5,
         "accesslog": None,  # cds_service.requests logs one JSON line per request
+        "logger_class": ServiceLogger,
         "loglevel": log_level.lower(),
         "logconfig_dict": logging_dict(log_level),
         # heartbeats off slow disks; only where this user may write (a chroot or hardened image may not allow it)

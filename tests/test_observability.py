@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
+from gunicorn import glogging
 from prometheus_client.parser import text_string_to_metric_families
 
+from cds_service.cli import gunicorn_options
 from cds_service.logs import JsonFormatter
 from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, empty_prefetch, hook_request, searchset
 from support.live import serve
@@ -235,6 +237,16 @@ def test_metrics_add_up_over_gunicorn_workers_and_every_log_line_is_json(tmp_pat
     assert len(hooks) == calls
     assert len({line["pid"] for line in hooks}) == 2, "both workers should have answered hook calls"
     assert any(line["logger"] == "gunicorn.error" for line in lines)
+
+
+def test_gunicorn_builds_no_access_lines_the_service_writes_its_own() -> None:
+    """With serve's logging configuration stock gunicorn builds every access line's fields, then drops the line."""
+    logger_class = gunicorn_options("127.0.0.1", 8080, 2, 4, "INFO")["logger_class"]
+    assert issubclass(logger_class, glogging.Logger)
+    logger = object.__new__(logger_class)  # without setup(), which would reconfigure this process's logging
+    logger.access(None, None, {}, 0.0)
+    with pytest.raises(AttributeError):  # the stock method reads its configuration and these arguments
+        glogging.Logger.access(logger, None, None, {}, 0.0)
 
 
 def _log_of(tmp_path: Path) -> str:
