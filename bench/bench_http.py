@@ -277,6 +277,17 @@ class Server:
             total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / ticks
 
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Wait until the server's CPU time stops growing: the requests of the last window have all been answered."""
+        deadline = time.perf_counter() + timeout
+        last = self.cpu_seconds()
+        while time.perf_counter() < deadline:
+            time.sleep(0.05)
+            now = self.cpu_seconds()
+            if now == last:
+                return
+            last = now
+
     def workers(self) -> list[int]:
         return [int(pid) for pid in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
 
@@ -410,9 +421,11 @@ def spread_clients(server: Server, count: int) -> list[Client]:
     loaded worker and slow for the others, with about as many requests in each, so the median falls anywhere
     between them: over eight windows here one server's 8-client median ranged from 6.7 to 9.1 ms at about the
     same CPU per request, by its split alone; and an 8 + 0 split leaves a worker, and a core, idle. An idle
-    server's accepts mostly go to one worker, so connections are opened in batches and each worker keeps at most
-    its share of them; the rest are closed. The service and the floor are treated alike.
+    server's accepts mostly go to one worker, and a busy one (still answering the last window) hardly ever accepts,
+    so once the server is idle connections are opened in batches and each worker keeps at most its share of them;
+    the rest are closed. The service and the floor are treated alike.
     """
+    server.wait_idle()
     workers = server.workers()
     share = -(-count // len(workers))  # the larger share, when count does not divide evenly
     kept: dict[int, list[Client]] = {pid: [] for pid in workers}
