@@ -267,9 +267,8 @@ class Server:
     def cpu_seconds(self) -> float:
         """User + system CPU time of the master and its live workers so far (Linux /proc)."""
         ticks = os.sysconf("SC_CLK_TCK")
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
         total = 0
-        for pid in [self.pid, *map(int, children)]:
+        for pid in [self.pid, *self.workers()]:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except FileNotFoundError:
@@ -289,6 +288,7 @@ class Server:
             last = now
 
     def workers(self) -> list[int]:
+        """The pids of the master's live children, the workers (Linux /proc)."""
         return [int(pid) for pid in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
 
     def owners(self, client_ports: Iterable[int]) -> dict[int, int]:
@@ -429,18 +429,19 @@ def spread_clients(server: Server, count: int) -> list[Client]:
     workers = server.workers()
     share = -(-count // len(workers))  # the larger share, when count does not divide evenly
     kept: dict[int, list[Client]] = {pid: [] for pid in workers}
+    clients: list[Client] = []
     for _ in range(SPREAD_ATTEMPTS):
-        batch = [Client(server.port) for _ in range(count)]
-        owners = server.owners(client.local_port() for client in batch)
-        for client in batch:
-            held = kept.get(owners.get(client.local_port(), -1))
-            if held is not None and len(held) < share and sum(map(len, kept.values())) < count:
+        batch = {client.local_port(): client for client in (Client(server.port) for _ in range(count))}
+        owners = server.owners(batch)
+        for port, client in batch.items():
+            held = kept.get(owners.get(port, -1))
+            if held is not None and len(held) < share and len(clients) < count:
                 held.append(client)
+                clients.append(client)
             else:
                 client.close()
-        if sum(map(len, kept.values())) == count:
+        if len(clients) == count:
             break
-    clients = [client for held in kept.values() for client in held]
     return clients + [Client(server.port) for _ in range(count - len(clients))]
 
 

@@ -30,7 +30,7 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int, log_level
         "graceful_timeout": 10,
         "keepalive": 5,
         "accesslog": None,  # cds_service.requests logs one JSON line per request
-        "logger_class": ServiceLogger,
+        "logger_class": ServiceLogger,  # which does not build access lines either (accesslog alone does not stop it)
         "loglevel": log_level.lower(),
         "logconfig_dict": logging_dict(log_level),
         # heartbeats off slow disks; only where this user may write (a chroot or hardened image may not allow it)
