@@ -487,7 +487,9 @@ def concurrent(
         names = list(servers) if round_no % 2 == 0 else list(reversed(servers))
         for name in names:
             cpu = servers[name].cpu_seconds()
-            concurrent_window(servers[name], bodies, plan.clients, plan.window, results[name], spread=plan.spread)
+            concurrent_window(
+                servers[name], bodies, plan.clients, plan.window, results[name], spread=plan.spread
+            )
             results[name].cpu_seconds += servers[name].cpu_seconds() - cpu
 
 
