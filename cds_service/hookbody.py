@@ -58,29 +58,46 @@ def parse_hook_body(raw: bytes, *, max_depth: int, max_entries: int, observation
 
 
 def _within_depth(raw: bytes, max_depth: int) -> Any:
-    """simdjson's lazy document for ``raw`` when it is JSON nested at most ``max_depth`` levels; None when that is
-    not shown (bad JSON, too deep, nested close to the limit, or a limit beyond simdjson's own).
+    """simdjson's lazy value for ``raw`` when it is one JSON value nested at most ``max_depth`` levels; None when
+    that is not shown (bad JSON, too deep, nested close to the limit, a limit beyond simdjson's own, or a body
+    that writes the end marker below).
 
     simdjson refuses a document whose values, scalars included, nest deeper than its fixed limit. Parsed inside
     enough single-element arrays to leave ``max_depth`` levels below that limit, ``raw`` is accepted only when its
     arrays and objects nest at most ``max_depth`` levels: a check at the speed of the parse, where measuring the
-    nesting on the text costs four parses. ``raw`` alone is then parsed for the lazy reader, which also shows it
-    is one JSON value (text that closes the wrapping arrays and opens new ones would be accepted inside them).
+    nesting on the text costs four parses. That one parse also gives the lazy reader (a second parse of ``raw``
+    alone cost as much again, and evicted from the CPU caches what the rules read next).
+
+    Text that closes the wrapping arrays and opens new ones (``{}],[{}``), or holds several values (``{},{}``),
+    would be accepted inside them too, so an end marker follows ``raw`` inside the innermost wrapping array: the
+    string "\\u0001". ``raw`` is one value exactly when that array holds its first value and the marker and nothing
+    else: text that went on after its first value would have closed that array before the marker (``]``) or put
+    more elements into it (``,``), unless the next element were that same string; a string holding U+0001 must be
+    written with the escape ``\\u0001`` (JSON forbids raw control characters), so a body with that escape is left
+    to the exact checks. The marker starts with a comma, so no string of ``raw`` can run on into it.
     """
     padding = SIMDJSON_DEPTH_LIMIT - max_depth
-    if padding < 1:
+    if padding < 1 or (b"\\" in raw and _END_MARKER_ESCAPE in raw):
         return None
-    opening, closing = _padding(padding)
+    opening, closing, innermost = _padding(padding)
     try:
-        parser = _parse(b"".join((opening, raw, closing)), _parser(len(raw)))[1]  # that document is dropped at once
-        return _parse(raw, parser)[0]
+        wrapped = _parse(b"".join((opening, raw, _END_MARKER, closing)), _parser(len(raw)))[0]
+        values = wrapped.at_pointer(innermost)
     except (ValueError, RuntimeError):  # simdjson reports some refusals (too deep, a 65-bit integer) as RuntimeError
         return None
+    if len(values) != 2 or values[1] != "\x01":
+        return None
+    return values[0]
+
+
+_END_MARKER_ESCAPE = b"\\u0001"
+_END_MARKER = b',"' + _END_MARKER_ESCAPE + b'"'
 
 
 @cache
-def _padding(levels: int) -> tuple[bytes, bytes]:
-    return b"[" * levels, b"]" * levels
+def _padding(levels: int) -> tuple[bytes, bytes, str]:
+    """The text that opens and closes ``levels`` wrapping arrays, and the JSON pointer to the innermost one."""
+    return b"[" * levels, b"]" * levels, "/0" * (levels - 1)
 
 
 def _lean(document: Any, observations_from: str) -> tuple[dict[str, Any], int] | None:

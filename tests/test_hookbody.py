@@ -248,9 +248,13 @@ def test_a_limit_beyond_simdjsons_is_checked_on_the_text() -> None:
         (b"   ", MALFORMED_JSON),
         (b'{"a": 1}], [{"b": 2}', MALFORMED_JSON),
         (b'{"a": 1}' + b"]" * 960 + b", [" * 960 + b"{}", MALFORMED_JSON),
+        (b'{"a": 1}, {"b": 2}', MALFORMED_JSON),
+        (_text(hook_request("patient-view", {"labs": searchset(*OLD_LABS)})) + b', "\\u0001"], [{"b": 2}',
+         MALFORMED_JSON),
     ],
     ids=["empty", "cut short", "not UTF-8", "unpaired surrogate", "array", "string", "too deep", "blank",
-         "closes an array it did not open", "closes every padding array"],
+         "closes an array it did not open", "closes every padding array", "two values",
+         "writes the end marker, then closes an array it did not open"],
 )
 def test_bad_bodies_are_refused_as_by_the_full_parse(raw: bytes, kind: Any) -> None:
     with pytest.raises(CdsError) as lean:
@@ -258,3 +262,18 @@ def test_bad_bodies_are_refused_as_by_the_full_parse(raw: bytes, kind: Any) -> N
     with pytest.raises(CdsError) as full:
         parse_body(raw, max_depth=64)
     assert lean.value.kind is full.value.kind is kind and lean.value.detail == full.value.detail
+
+
+def test_a_body_that_writes_the_end_marker_is_left_to_the_exact_checks() -> None:
+    """U+0001 in a string can only be written as the marker's escape: such a body is not read through the wrapping
+    (it could end one value and start another, as in the case above), and is still read in full and correctly."""
+    odd = {"resourceType": "Observation", "id": "c", "note": [{"text": "a\x01b"}]}
+    raw = _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS, odd)}))
+    assert b"\\u0001" in raw
+    assert hookbody._within_depth(raw, 64) is None
+    assert parse_hook_body(raw, **LIMITS, observations_from=DAY) == orjson.loads(raw)
+
+
+def test_one_value_is_read_from_the_wrapped_parse() -> None:
+    raw = _text(hook_request("patient-view", {"labs": searchset(*OLD_LABS)}))
+    assert hookbody._within_depth(b" \n" + raw + b"\t ", 64).as_dict() == orjson.loads(raw)
