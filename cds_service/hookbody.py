@@ -14,9 +14,9 @@ the last in a full parse.)
 The body is parsed in full instead (``jsonbody.decode``) whenever leaving out is not clearly worth it or not
 certain to give the same document: simdjson refuses the body (the full parse then says why, or accepts what
 the standard library accepts, such as integers over 64 bits; simdjson refuses unpaired surrogate escapes,
-which the full parse answers with 400), an object the reader walks repeats a key, or fewer than half of the
-prefetched Bundle entries would be left out (building the kept entries from simdjson costs about twice what
-orjson takes).
+which the full parse answers with 400), the body writes the escape ``\\u0001`` (``_within_depth`` says why), an
+object the reader walks repeats a key, or fewer than half of the prefetched Bundle entries would be left out
+(building the kept entries from simdjson costs about twice what orjson takes).
 """
 from __future__ import annotations
 
