@@ -55,7 +55,7 @@ class Runtime:
             ruleset=ruleset,
             registry=registry,
             record_settings=RecordSettings.from_config(config),
-            fact_windows=FactWindows(lab_lookback=ruleset.lab_lookback),
+            fact_windows=FactWindows.for_rules(ruleset.lab_lookbacks, terminology.lab_codes),
         )
 
     def now(self) -> datetime:
@@ -89,12 +89,13 @@ class HookAnswer:
 def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object within the configured limits (400, 413); prefetched Observations older
     than anything the rules read may be left out while it is parsed (cds_service.hookbody)."""
-    config = runtime.config
+    config, now = runtime.config, runtime.now()
     return parse_hook_body(
         raw,
         max_depth=int(config["max_json_depth"]),
         max_entries=int(config["max_prefetch_entries"]),
-        observations_from=runtime.fact_windows.observations_read_from(runtime.now()),
+        observations_from=runtime.fact_windows.observations_read_from(now),
+        lab_results_from=runtime.fact_windows.lab_results_read_from(now),
     )
 
 

@@ -7,9 +7,13 @@ whole body (JSON syntax, UTF-8 and nesting depth) and gives lazy access into it;
 
 An Observation in a prefetch Bundle is left out when its ``effectiveDateTime`` text names a day before
 ``observations_from``: the same test, on the same text, by which the facts layer skips it
-(``FactWindows.observations_read_from``), so the cards are the same either way. (An Observation that repeats
-``resourceType`` or ``effectiveDateTime``, which JSON leaves undefined, is judged by the first value here and by
-the last in a full parse.)
+(``FactWindows.observations_read_from``). A lab result is also left out when that day is before its own
+analyte's (``FactWindows.lab_results_read_from``: most rules read a lab 14 or 30 days back, only a few 12
+months), the analyte being the one ``LabReader.take`` reads it as; the facts layer reads such a result when the
+body is parsed in full, but no rule does. The cards are the same either way (tests/test_hookbody.py compares
+them over long random histories). (An Observation that repeats ``resourceType``, ``effectiveDateTime``, ``code``
+or a coding's ``code`` or ``system``, which JSON leaves undefined, is judged by the first value here and by the
+last in a full parse.)
 
 The body is parsed in full instead (``jsonbody.decode``) whenever leaving out is not clearly worth it or not
 certain to give the same document: simdjson refuses the body (the full parse then says why, or accepts what
@@ -21,11 +25,14 @@ object the reader walks repeats a key, or fewer than half of the prefetched Bund
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 import simdjson
 
+from .facts.build import LabReadFrom
+from .facts.terminology import LOINC
 from .jsonbody import check_prefetch_size, check_text, decode, entry_limit_error
 
 _Object, _Array = simdjson.Object, simdjson.Array
@@ -38,14 +45,22 @@ _thread = threading.local()
 SIMDJSON_DEPTH_LIMIT = 1024
 
 
-def parse_hook_body(raw: bytes, *, max_depth: int, max_entries: int, observations_from: str) -> dict[str, Any]:
+def parse_hook_body(
+    raw: bytes,
+    *,
+    max_depth: int,
+    max_entries: int,
+    observations_from: str,
+    lab_results_from: LabReadFrom | None = None,
+) -> dict[str, Any]:
     """The request as a JSON object: 400 for bad JSON or nesting, 413 for more prefetch entries than allowed
-    (counting those left out). ``observations_from`` is a ``YYYY-MM-DD`` day, or "" to keep everything."""
+    (counting those left out). ``observations_from`` is a ``YYYY-MM-DD`` day, or "" to keep everything;
+    ``lab_results_from`` leaves out more lab results, each by its own analyte's day."""
     document = _within_depth(raw, max_depth)
     if document is None:  # not shown to be JSON within the depth limit: the exact checks say what is wrong, if any
         check_text(raw, max_depth)
     else:
-        lean = _lean(document, observations_from) if observations_from else None
+        lean = _lean(document, observations_from, lab_results_from) if observations_from else None
         del document
         if lean is not None:
             body, entries = lean
@@ -100,7 +115,9 @@ def _padding(levels: int) -> tuple[bytes, bytes, str]:
     return b"[" * levels, b"]" * levels, "/0" * (levels - 1)
 
 
-def _lean(document: Any, observations_from: str) -> tuple[dict[str, Any], int] | None:
+def _lean(
+    document: Any, observations_from: str, lab_results_from: LabReadFrom | None
+) -> tuple[dict[str, Any], int] | None:
     """The body without the old Observations, and the number of prefetch entries it had; None: parse in full."""
     if type(document) is not _Object:
         return None  # the full parse refuses it with its reason
@@ -122,7 +139,7 @@ def _lean(document: Any, observations_from: str) -> tuple[dict[str, Any], int] |
         if value.get("resourceType") != "Bundle":
             kept[key] = value
             continue
-        chosen = [entry for entry in entries if not _too_old(entry, observations_from)]
+        chosen = [entry for entry in entries if not _too_old(entry, observations_from, lab_results_from)]
         left_out += len(entries) - len(chosen)
         kept[key] = (value, chosen)
     if left_out * 2 < total:
@@ -156,14 +173,38 @@ def _parse(text: bytes, parser: simdjson.Parser) -> tuple[Any, simdjson.Parser]:
         return document, fresh
 
 
-def _too_old(entry: Any, observations_from: str) -> bool:
+def _too_old(entry: Any, observations_from: str, lab_results_from: LabReadFrom | None) -> bool:
     if type(entry) is not _Object:
         return False
     resource = entry.get("resource")
     if type(resource) is not _Object or resource.get("resourceType") != "Observation":
         return False
     when = resource.get("effectiveDateTime")
-    return type(when) is str and when[:10] < observations_from
+    if type(when) is not str:
+        return False
+    day = when[:10]
+    if day < observations_from:
+        return True
+    if lab_results_from is None or day >= lab_results_from.latest:
+        return False
+    index = _lab_window(resource, lab_results_from.window_of)
+    return index is not None and day < lab_results_from.days[index]
+
+
+def _lab_window(observation: Any, window_of: Mapping[str, int]) -> int | None:
+    """The look-back index of the analyte ``LabReader.take`` reads the Observation as: that of its first coding
+    whose code is a lab code, in LOINC or with no system; None when it is not a lab."""
+    code = observation.get("code")
+    if type(code) is not _Object:
+        return None
+    codings = code.get("coding")
+    for coding in codings if type(codings) is _Array else (codings,):
+        if type(coding) is _Object:
+            loinc = coding.get("code")
+            index = window_of.get(loinc) if type(loinc) is str else None
+            if index is not None and coding.get("system", LOINC) == LOINC:
+                return index
+    return None
 
 
 def _bundle(bundle: Any, entries: list[Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -87,6 +87,43 @@ def _cards(response: dict[str, Any]) -> list[dict[str, Any]]:
         card["suggestions"] = [{k: v for k, v in s.items() if k != "uuid"} for s in card.get("suggestions", [])]
         cards.append(card)
     return cards
+
+
+def _lab(ident: str, days_ago: float, *codings: tuple[str | None, str]) -> dict[str, Any]:
+    coding = [{"code": code} | ({"system": system} if system else {}) for system, code in codings]
+    when = (NOW - timedelta(days=days_ago)).astimezone(timezone(timedelta(hours=-10)))
+    return {"resourceType": "Observation", "id": ident, "code": {"coding": coding}, "effectiveDateTime": when.isoformat()}
+
+
+LOINC = "http://loinc.org"
+
+
+def test_each_lab_result_is_kept_as_far_back_as_a_rule_reads_its_analyte(runtime: Runtime) -> None:
+    """The shipped rules read CK 14 days back, potassium, calcium and albumin (corrected calcium) 30 days, TSH and
+    eGFR 12 months, symptom Observations 90 days: an Observation is left out only past its own analyte's day."""
+    kept = [
+        _lab("ck-10d", 10, (LOINC, "2157-6")),
+        _lab("potassium-20d", 20, (LOINC, "2823-3")),
+        _lab("potassium-no-system-29d", 29, (None, "2823-3")),
+        _lab("calcium-29d", 29, (LOINC, "17861-6")),
+        _lab("albumin-29d", 29, (LOINC, "1751-7")),
+        _lab("tsh-200d", 200, (LOINC, "3016-3")),
+        _lab("tsh-then-potassium-200d", 200, (LOINC, "3016-3"), (LOINC, "2823-3")),
+        _lab("local-then-tsh-200d", 200, ("urn:local", "2823-3"), (LOINC, "3016-3")),
+        _lab("unknown-code-200d", 200, (LOINC, "0000-0")),
+        _lab("cramp-60d", 60, ("http://snomed.info/sct", "55300003")),
+    ]
+    left_out = [
+        _lab("ck-20d", 20, (LOINC, "2157-6")),
+        _lab("potassium-40d", 40, (LOINC, "2823-3")),
+        _lab("albumin-40d", 40, (LOINC, "1751-7")),
+        _lab("potassium-then-tsh-200d", 200, (LOINC, "2823-3"), (LOINC, "3016-3")),
+        _lab("local-then-potassium-200d", 200, ("urn:local", "3016-3"), (LOINC, "2823-3")),
+        *(_lab(f"tsh-{i}-400d", 400, (LOINC, "3016-3")) for i in range(10)),
+    ]
+    raw = json.dumps(hook_request("patient-view", {"labs": searchset(*kept, *left_out)})).encode()
+    parsed = read_request(runtime, raw)
+    assert [e["resource"]["id"] for e in parsed["prefetch"]["labs"]["entry"]] == [r["id"] for r in kept]
 
 
 def test_what_is_not_a_dated_observation_is_kept() -> None:

@@ -1,6 +1,7 @@
 """PatientRecord → PatientFacts: pure, no I/O; lenient with every resource, never raising on content.
 
-An Observation older than every window the rules use is skipped on its date text (``FactWindows.lab_lookback``).
+An Observation older than every window the rules use is skipped on its date text (``FactWindows.lab_lookback``;
+the request parser also leaves out each lab result older than its own analyte's window, ``lab_windows``).
 Each other Observation is routed once, by a dict read of its code: a lab code goes to the lab reader, a symptom
 code to the finding reader, anything else is ignored without being parsed further. No fhir.resources model is
 built on this path: validating thousands of Observations costs many times the JSON parse (see
@@ -8,13 +9,14 @@ built on this path: validating thousands of Observations costs many times the JS
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from ..record.model import PatientRecord
 from .fhir import READ_ERRORS, guarded, not_a_resource, reference_name
 from .findings import FindingReader
-from .labs import LabReader
+from .labs import DERIVED_FROM, LabReader
 from .medications import MedicationReader, current_medications
 from .model import Finding, PatientFacts
 from .patient import demographics
@@ -32,6 +34,30 @@ class FactWindows:
     # before either is read); None keeps every lab. The service sets it to the longest look-back of any lab
     # criterion in its rule set (RuleSet.lab_lookback): no rule reads an older result.
     lab_lookback: timedelta | None = None
+    # Set by ``for_rules``: the distinct look-backs of the analytes, and for every lab LOINC code the index of its
+    # analyte's look-back (the longest of the rules reading it or a result derived from it; the rule set's longest
+    # for an analyte no rule reads). The request parser leaves out each lab result older than its own look-back.
+    lab_windows: tuple[timedelta, ...] = ()
+    lab_window_of: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def for_rules(cls, lab_lookbacks: Mapping[str, timedelta], lab_codes: Mapping[str, str]) -> FactWindows:
+        """The windows for a rule set that reads each analyte ``lab_lookbacks[analyte]`` back
+        (``RuleSet.lab_lookbacks``); ``lab_codes`` names each LOINC code's analyte (``Terminology.lab_codes``)."""
+        if not lab_lookbacks:
+            return cls()
+        longest = max(lab_lookbacks.values())
+        reads = dict(lab_lookbacks)
+        for derived, inputs in DERIVED_FROM.items():
+            if derived in lab_lookbacks:
+                for analyte in inputs:
+                    reads[analyte] = max(reads.get(analyte, lab_lookbacks[derived]), lab_lookbacks[derived])
+        windows = sorted({longest, *reads.values()})
+        return cls(
+            lab_lookback=longest,
+            lab_windows=tuple(windows),
+            lab_window_of={code: windows.index(reads.get(analyte, longest)) for code, analyte in lab_codes.items()},
+        )
 
     def observations_read_from(self, now: datetime) -> str:
         """The day (``YYYY-MM-DD``) before which no Observation can matter: older than the labs' look-back and
@@ -41,6 +67,23 @@ class FactWindows:
         if self.lab_lookback is None:
             return ""
         return first_day_within(now, max(self.lab_lookback, self.observation_window)).isoformat()
+
+    def lab_results_read_from(self, now: datetime) -> LabReadFrom | None:
+        """Per lab LOINC code, the day before which no rule reads a result it names; None without lab windows."""
+        if not self.lab_windows:
+            return None
+        days = tuple(first_day_within(now, window).isoformat() for window in self.lab_windows)
+        return LabReadFrom(self.lab_window_of, days, max(days))
+
+
+@dataclass(frozen=True, slots=True)
+class LabReadFrom:
+    """For one evaluation time: the day (``YYYY-MM-DD``) before which no rule reads a lab result, by the LOINC code
+    that makes an Observation a lab (``LabReader.take`` reads it as the analyte of its first lab coding)."""
+
+    window_of: Mapping[str, int]  # every lab LOINC code -> the index of its day in ``days``
+    days: tuple[str, ...]
+    latest: str  # the latest of ``days``: a result dated on it or after is read whatever its code
 
 
 DEFAULT_WINDOWS = FactWindows()

@@ -22,6 +22,8 @@ from .units import Conversion
 
 SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "preliminary"})
 CORRECTED_CALCIUM = "calcium_corrected"
+# Analytes computed from others: reading one back some time reads its inputs back as far.
+DERIVED_FROM: Mapping[str, tuple[str, str]] = {CORRECTED_CALCIUM: ("calcium", "albumin")}
 # A value reported as a bound ("<8", ">5000": below a detection limit, above an analyser's range) is used as the
 # bound itself, with its comparator kept: ">5000 U/L" is above any CK threshold up to 5000, "<8 ng/mL" below any
 # vitamin D threshold from 8 up. "ad" (sufficient to achieve) is not a measurement and is not used.
@@ -151,7 +153,8 @@ class LabReader:
         for name, rows in self._rows.items():
             rows.sort(key=itemgetter(0), reverse=True)
             series[name] = LabSeries(rows, self._result)
-        pairs = same_day_pairs(self._rows.get("calcium", ()), self._rows.get("albumin", ()))
+        calcium, albumin = DERIVED_FROM[CORRECTED_CALCIUM]
+        pairs = same_day_pairs(self._rows.get(calcium, ()), self._rows.get(albumin, ()))
         if pairs:
             series[CORRECTED_CALCIUM] = LabSeries(pairs, self._corrected)
         return series

@@ -50,6 +50,8 @@ class RuleSet:
     by_id: dict[str, Rule] = field(default_factory=dict)
     # The longest look-back of any lab criterion: no rule reads a lab result older than this (None: no lab rule).
     lab_lookback: timedelta | None = None
+    # The longest look-back of the lab criteria on each analyte: no rule reads an older result of that analyte.
+    lab_lookbacks: Mapping[str, timedelta] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: Path | None, terminology: Vocabulary | None) -> RuleSet:
@@ -74,9 +76,16 @@ class RuleSet:
         """The rule set of ``rules``; equal criteria across rules become one object, evaluated once per call."""
         pool: dict[Criterion, Criterion] = {}
         rules = tuple(replace(r, criteria=shared_criteria(r.criteria, pool)) for r in rules)
-        lookbacks = [c.within for c in pool if isinstance(c, LabCriterion)]  # the pool holds composites' children too
+        lookbacks: dict[str, timedelta] = {}
+        for criterion in pool:  # the pool holds composites' children too
+            if isinstance(criterion, LabCriterion):
+                lookbacks[criterion.analyte] = max(criterion.within, lookbacks.get(criterion.analyte, criterion.within))
         return cls(
-            rules=rules, directory=directory, by_id={r.id: r for r in rules}, lab_lookback=max(lookbacks, default=None)
+            rules=rules,
+            directory=directory,
+            by_id={r.id: r for r in rules},
+            lab_lookback=max(lookbacks.values(), default=None),
+            lab_lookbacks=lookbacks,
         )
 
     def only(self, rule_id: str) -> RuleSet:
