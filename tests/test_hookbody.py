@@ -14,6 +14,7 @@ import pytest
 from cds_service.config import load_config
 from cds_service.errors import MALFORMED_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_MANY_ENTRIES, CdsError
 from cds_service.evaluation import Runtime, answer_hook, read_request
+from cds_service.facts.terminology import LOINC
 from cds_service import hookbody
 from cds_service.hookbody import parse_hook_body
 from cds_service.jsonbody import parse_body
@@ -94,8 +95,6 @@ def _lab(ident: str, days_ago: float, *codings: tuple[str | None, str]) -> dict[
     when = (NOW - timedelta(days=days_ago)).astimezone(timezone(timedelta(hours=-10)))
     return {"resourceType": "Observation", "id": ident, "code": {"coding": coding}, "effectiveDateTime": when.isoformat()}
 
-
-LOINC = "http://loinc.org"
 
 
 def test_each_lab_result_is_kept_as_far_back_as_a_rule_reads_its_analyte(runtime: Runtime) -> None:

@@ -101,7 +101,8 @@ def run_case(ruleset: RuleSet, test: CaseTest, terminology: Any, now: datetime =
     """Run one case over the rule on its own and compare with the expectation (facts built as the service
     builds them, with the whole rule set's lab look-back)."""
     outcome = Outcome(test)
-    facts = build_facts(record_of(test.given, now), terminology, now, FactWindows(lab_lookback=ruleset.lab_lookback))
+    windows = FactWindows.for_rules(ruleset.lab_lookbacks, terminology.lab_codes)
+    facts = build_facts(record_of(test.given, now), terminology, now, windows)
     cards = evaluate(ruleset.only(test.rule_id), facts, hook_for(test, ruleset), max_cards=100)
     outcome.cards = cards
     for issued in cards:

@@ -48,10 +48,13 @@ class RuleSet:
     rules: tuple[Rule, ...]
     directory: Path | None = None
     by_id: dict[str, Rule] = field(default_factory=dict)
-    # The longest look-back of any lab criterion: no rule reads a lab result older than this (None: no lab rule).
-    lab_lookback: timedelta | None = None
     # The longest look-back of the lab criteria on each analyte: no rule reads an older result of that analyte.
     lab_lookbacks: Mapping[str, timedelta] = field(default_factory=dict)
+
+    @property
+    def lab_lookback(self) -> timedelta | None:
+        """The longest look-back of any lab criterion: no rule reads an older lab result (None: no lab rule)."""
+        return max(self.lab_lookbacks.values(), default=None)
 
     @classmethod
     def load(cls, directory: Path | None, terminology: Vocabulary | None) -> RuleSet:
@@ -84,7 +87,6 @@ class RuleSet:
             rules=rules,
             directory=directory,
             by_id={r.id: r for r in rules},
-            lab_lookback=max(lookbacks.values(), default=None),
             lab_lookbacks=lookbacks,
         )
 
