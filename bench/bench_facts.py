@@ -28,7 +28,7 @@ from typing import Any
 from cds_service.config import DEFAULTS
 from cds_service.facts.build import build_facts
 from cds_service.facts.terminology import Terminology
-from cds_service.hooks import HookCall
+from cds_service.wire.hook_request import HookCall
 from cds_service.record.obtain import obtain_record
 from cds_service.record.settings import RecordSettings
 from cds_service.record.templates import build_prefetch_templates

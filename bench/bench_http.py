@@ -528,7 +528,7 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "CDS_DATA_DIR": str(work / "data"), "CDS_LOG_LEVEL": "INFO"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     common = ["--workers", str(args.workers), "--threads", str(args.threads)]
-    service_cmd = [sys.executable, "-m", "cds_service.cli", "serve", *common]
+    service_cmd = [sys.executable, "-m", "cds_service.server.cli", "serve", *common]
     floor_cmd = [sys.executable, str(Path(__file__).with_name("floor_app.py")), *common]
     print(f"machine: {machine()}", flush=True)
     print(f"gunicorn: {args.workers} workers x {args.threads} threads (gthread), keep-alive clients", flush=True)

@@ -1,6 +1,6 @@
 """The benchmark's floor: a bare Flask app that parses a CDS Hooks request and answers ``{"cards": []}``.
 
-It runs under exactly the gunicorn settings of ``cds-service serve`` (cds_service.cli.gunicorn_options), so the
+It runs under exactly the gunicorn settings of ``cds-service serve`` (cds_service.server.cli.gunicorn_options), so the
 difference between it and the service is the service's own work: validation, the record, facts, rules, cards,
 the feedback bookkeeping, logs and metrics.
 
@@ -12,7 +12,7 @@ import argparse
 
 from flask import Flask, request
 
-from cds_service.cli import gunicorn_options, run_gunicorn
+from cds_service.server.cli import gunicorn_options, run_gunicorn
 
 app = Flask(__name__)
 

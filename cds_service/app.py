@@ -9,14 +9,12 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 
-from .config import database_url, load_config
-from .evaluation import Runtime
-from .feedback import FeedbackStore
-from .issued import IssuedCardLog
-from .logs import configure_logging
-from .security.auth import Authenticator
-from .store import make_engine
-from .wire import compile_schemas
+from .api import analytics, discovery, errors, feedback, health, hook_calls, metrics, observability
+from .api.state import EXTENSION_KEY, ServiceState
+from .config import load_config
+from .server.logs import configure_logging
+from .viewer.blueprint import bp as viewer
+from .wire.validation import compile_schemas
 
 
 class OrjsonProvider(DefaultJSONProvider):
@@ -30,18 +28,6 @@ class OrjsonProvider(DefaultJSONProvider):
         return orjson.loads(s)
 
 
-class Components:
-    """What the blueprints share, attached to the app as ``app.extensions["cds_service"]``."""
-
-    def __init__(self, config: Mapping[str, Any]):
-        self.config = config
-        self.runtime = Runtime.load(config)
-        self.engine = make_engine(database_url(config))
-        self.issued = IssuedCardLog(self.engine, float(config["issued_cards_flush_seconds"]))
-        self.feedback = FeedbackStore(self.engine, self.issued)
-        self.authenticator = Authenticator(config, self.engine)
-
-
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the service. ``config`` overrides the defaults, the TOML file named by ``CDS_CONFIG`` and ``CDS_*``
     environment variables (see cds_service.config)."""
@@ -50,8 +36,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(settings["max_body_bytes"])
     app.json = OrjsonProvider(app)  # keeps the wire order of cards and their fields
-    components = Components(settings)
-    app.extensions["cds_service"] = components
+    state = ServiceState.build(settings)
+    app.extensions[EXTENSION_KEY] = state
     compile_schemas()
 
     CORS(
@@ -63,16 +49,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         always_send=False,  # CORS headers only for browsers (which send Origin), not for an EHR's server calls
     )
 
-    from .api import analytics, discovery, errors, feedback, health, hook_calls, metrics, observability
-
     observability.register(app)
     errors.register(app)
     for blueprint in (health.bp, discovery.bp, hook_calls.bp, feedback.bp, analytics.bp):
         app.register_blueprint(blueprint)
-    if settings["viewer_enabled"] and not components.authenticator.enabled:
+    if settings["viewer_enabled"] and not state.authenticator.enabled:
         # The viewer's pages call the service without a token: development and demo deployments only.
-        from .viewer.blueprint import bp as viewer
-
         app.register_blueprint(viewer)
     if settings["metrics_enabled"]:
         app.register_blueprint(metrics.bp)

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from .wire.errors import (
     AUTHORIZATION_WITHOUT_SERVER,
     HOOK_MISMATCH,
     INVALID_CONTEXT,
@@ -23,14 +23,14 @@ from .errors import (
 )
 from .facts.build import FactWindows, build_facts, first_day_within
 from .facts.terminology import Terminology
-from .hookbody import parse_hook_body
-from .hooks import HookCall
+from .wire.request_body import parse_hook_body
+from .wire.hook_request import HookCall
 from .record.model import PatientRecord
 from .record.obtain import RecordSettings, obtain_record
 from .record.templates import LABS, build_prefetch_templates
 from .rules.engine import IssuedCard, RuleSet, evaluate
-from .services import Service, ServiceRegistry
-from .wire import card_problems, describe, first_violation
+from .wire.services import Service, ServiceRegistry
+from .wire.validation import card_problems, describe, first_violation
 
 log = logging.getLogger("cds_service.evaluation")
 
@@ -88,7 +88,7 @@ class HookAnswer:
 
 def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object within the configured limits (400, 413); prefetched Observations older
-    than anything the rules read may be left out while it is parsed (cds_service.hookbody)."""
+    than anything the rules read may be left out while it is parsed (cds_service.wire.request_body)."""
     config, now = runtime.config, runtime.now()
     return parse_hook_body(
         raw,

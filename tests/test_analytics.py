@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from cds_service.analytics import Period, feedback_report
-from cds_service.feedback import FeedbackStore
-from cds_service.issued import IssuedCardLog
-from cds_service.store import make_engine
+from cds_service.storage.analytics import Period, feedback_report
+from cds_service.storage.feedback import FeedbackStore
+from cds_service.storage.issued_cards import IssuedCardLog
+from cds_service.storage.database import make_engine
 from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 from support.tokens import claims, jwks, make_key, sign
 from support.viewer_requests import RULE_ID, critical_request

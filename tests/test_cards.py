@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from cds_service.cards import service_request
+from cds_service.rules.cards import service_request
 from cds_service.facts.build import build_facts
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
 from cds_service.record.model import PatientRecord
@@ -20,7 +20,7 @@ from cds_service.rules.check import load_terminology
 from cds_service.rules.engine import RuleSet, evaluate
 from cds_service.rules.loader import case_files, shipped_rules_dir
 from cds_service.rules.templates import markdown, plain
-from cds_service.wire import card_problems
+from cds_service.wire.validation import card_problems
 
 RULES_DIR = shipped_rules_dir()
 TERMINOLOGY = load_terminology(RULES_DIR)

@@ -16,7 +16,7 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
     import os
 
     environment = {**os.environ, "CDS_DATA_DIR": str(cwd / "data"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cds_service.cli", *args], cwd=cwd, env=environment,
+    return subprocess.run([sys.executable, "-m", "cds_service.server.cli", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cds_service.cli import build_parser
+from cds_service.server.cli import build_parser
 from cds_service.config import DEFAULTS, ENV_PREFIX, load_config
 from cds_service.security.issuers import load_issuers
 

@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from sqlalchemy import Engine, create_engine, select
 
-from cds_service.store import issued_cards
+from cds_service.storage.database import issued_cards
 from support.ehr import EhrSimulator, HookExchange, fill_template
 from support.fhir_server import FhirTestServer
 from support.hookcalls import assert_operation_outcome, assert_valid_response

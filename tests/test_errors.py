@@ -1,7 +1,7 @@
 """Error codes are unique and every error body is an OperationOutcome."""
 from __future__ import annotations
 
-from cds_service.errors import ALL_KINDS, operation_outcome
+from cds_service.wire.errors import ALL_KINDS, operation_outcome
 
 
 def test_error_codes_are_unique_and_well_formed():

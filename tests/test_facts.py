@@ -15,7 +15,7 @@ from cds_service.facts.build import FactWindows, build_facts
 from cds_service.facts.labs import LabSeries
 from cds_service.facts.model import PatientFacts
 from cds_service.facts.terminology import Terminology
-from cds_service.hooks import HookCall
+from cds_service.wire.hook_request import HookCall
 from cds_service.record.model import PatientRecord
 from cds_service.record.obtain import obtain_record
 from cds_service.record.settings import RecordSettings

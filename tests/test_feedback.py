@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from cds_service.store import feedback as feedback_table
+from cds_service.storage.database import feedback as feedback_table
 from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 
 PV = SERVICE_IDS["patient-view"]

@@ -1,4 +1,4 @@
-"""Parsing a hook request while leaving old prefetched Observations unbuilt (cds_service.hookbody): the result
+"""Parsing a hook request while leaving old prefetched Observations unbuilt (cds_service.wire.request_body): the result
 is the full parse less exactly the Observations no rule reads, the cards are the same, and whatever the lazy
 reader cannot do exactly (bad JSON, repeated keys, surrogate escapes, mostly recent data) is parsed in full."""
 from __future__ import annotations
@@ -12,12 +12,12 @@ import orjson
 import pytest
 
 from cds_service.config import load_config
-from cds_service.errors import MALFORMED_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_MANY_ENTRIES, CdsError
+from cds_service.wire.errors import MALFORMED_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_MANY_ENTRIES, CdsError
 from cds_service.evaluation import Runtime, answer_hook, read_request
 from cds_service.facts.terminology import LOINC
-from cds_service import hookbody
-from cds_service.hookbody import parse_hook_body
-from cds_service.jsonbody import parse_body
+from cds_service.wire import request_body as hookbody
+from cds_service.wire.request_body import parse_hook_body
+from cds_service.wire.json_body import parse_body
 from cds_service.record.model import PatientRecord
 
 from support.histories import long_history

@@ -5,7 +5,7 @@ import os
 import threading
 import uuid
 
-from cds_service.identifiers import random_uuid
+from cds_service.rules.uuids import random_uuid
 
 
 def test_uuids_are_version_4_and_distinct_across_blocks() -> None:

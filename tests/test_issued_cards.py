@@ -1,4 +1,4 @@
-"""Which rule issued each card: queued by the hook call, written in batches off its path (cds_service.issued)."""
+"""Which rule issued each card: queued by the hook call, written in batches off its path (cds_service.storage.issued_cards)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cds_service.store import issued_cards, make_engine, metadata
+from cds_service.storage.database import issued_cards, make_engine, metadata
 from cds_service.viewer.examples import shipped_examples
 
 SERVICE = "muscle-cramps-patient-view"
@@ -87,8 +87,8 @@ def test_queued_rows_are_written_when_the_process_exits(tmp_path: Path):
     script = (
         "import sys\n"
         "from datetime import UTC, datetime\n"
-        "from cds_service.issued import IssuedCardLog\n"
-        "from cds_service.store import make_engine\n"
+        "from cds_service.storage.issued_cards import IssuedCardLog\n"
+        "from cds_service.storage.database import make_engine\n"
         "log = IssuedCardLog(make_engine(sys.argv[1]), 3600)\n"
         "log.add('muscle-cramps-patient-view', [('card-1', 'rule-a', 'warning'), ('card-2', 'rule-b', 'info')],"
         " datetime.now(UTC))\n"
@@ -100,14 +100,14 @@ def test_queued_rows_are_written_when_the_process_exits(tmp_path: Path):
 def test_a_full_queue_drops_the_oldest_rows_and_says_how_many(monkeypatch, tmp_path, caplog):
     from sqlalchemy import create_engine
 
-    from cds_service import issued
+    from cds_service.storage import issued_cards as issued
 
     monkeypatch.setattr(issued, "MAX_PENDING", 3)
     unreachable = create_engine(f"sqlite:///{tmp_path / 'missing-folder' / 'x.sqlite3'}")
     log = issued.IssuedCardLog(unreachable, 3600)
     log.add(SERVICE, [(f"card-{n}", "rule-a", "info") for n in range(5)], datetime.now(UTC))
     assert log.pending == 3
-    with caplog.at_level("WARNING", logger="cds_service.issued"):
+    with caplog.at_level("WARNING", logger="cds_service.storage.issued_cards"):
         try:
             log.flush()
         except Exception as exc:  # noqa: BLE001 - the driver's error, whichever it is

@@ -12,7 +12,7 @@ import pytest
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime
 from cds_service.facts.build import FactWindows, build_facts
-from cds_service.hooks import HookCall
+from cds_service.wire.hook_request import HookCall
 from cds_service.record.model import PatientRecord
 from cds_service.record.obtain import obtain_record
 from cds_service.rules.engine import evaluate

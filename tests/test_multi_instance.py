@@ -17,7 +17,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, select
 
-from cds_service.store import feedback as feedback_table
+from cds_service.storage.database import feedback as feedback_table
 from support.hookcalls import SERVICE_IDS, hook_request
 from support.infra import ServiceInstance, missing_binaries, nginx_proxy, postgres_cluster, service_instances
 from support.tokens import claims, jwks, make_key, sign

@@ -17,8 +17,8 @@ from flask import Flask
 from gunicorn import glogging
 from prometheus_client.parser import text_string_to_metric_families
 
-from cds_service.cli import gunicorn_options
-from cds_service.logs import JsonFormatter
+from cds_service.server.cli import gunicorn_options
+from cds_service.server.logs import JsonFormatter
 from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, empty_prefetch, hook_request, searchset
 from support.live import serve
 

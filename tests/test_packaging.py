@@ -34,7 +34,7 @@ def installed(tmp_path_factory) -> Path:
 
 def run_installed(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(target), "CDS_DATA_DIR": str(cwd / "data")}
-    return subprocess.run([sys.executable, "-m", "cds_service.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "cds_service.server.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

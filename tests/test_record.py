@@ -8,9 +8,9 @@ import time
 import pytest
 
 from cds_service.config import DEFAULTS
-from cds_service.errors import FHIR_SERVER_NOT_ALLOWED, RECORD_UNAVAILABLE, CdsError
+from cds_service.wire.errors import FHIR_SERVER_NOT_ALLOWED, RECORD_UNAVAILABLE, CdsError
 from cds_service.facts.terminology import Terminology
-from cds_service.hooks import HookCall
+from cds_service.wire.hook_request import HookCall
 from cds_service.record import RecordSettings, build_prefetch_templates, client, obtain_record
 from cds_service.record.access import FhirEndpoint, is_absolute, normalize_base
 from cds_service.record.templates import (

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from cds_service.config import DEFAULTS
 from cds_service.facts.build import build_facts
 from cds_service.facts.terminology import Terminology
-from cds_service.errors import DEADLINE, RECORD_UNAVAILABLE, CdsError
-from cds_service.hooks import HookCall
+from cds_service.wire.errors import DEADLINE, RECORD_UNAVAILABLE, CdsError
+from cds_service.wire.hook_request import HookCall
 from cds_service.record import RecordSettings, build_prefetch_templates, obtain_record
 from cds_service.record.templates import CONDITIONS, LABS, MEDREQUESTS, MEDSTATEMENTS, PATIENT, fill
 from support.record_scenario import (

@@ -12,7 +12,7 @@ from fhir.resources.R4B.patient import Patient
 
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime, answer_hook
-from cds_service.wire import empty_elements, first_error, response_problems
+from cds_service.wire.validation import empty_elements, first_error, response_problems
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EXPECTATIONS = json.loads((FIXTURES / "expectations.json").read_text("utf-8"))

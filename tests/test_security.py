@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from cds_service.config import DEFAULTS, ConfigError, load_config
-from cds_service.errors import UNAUTHORIZED, CdsError
+from cds_service.wire.errors import UNAUTHORIZED, CdsError
 from cds_service.security.auth import Authenticator, Claims
 from cds_service.security.issuers import SANDBOX_ISSUER, SANDBOX_JKU
 from cds_service.security.modes import check_bind_safety
-from cds_service.store import make_engine, seen_jti
+from cds_service.storage.database import make_engine, seen_jti
 from support.tokens import ATTACKS, Attack, JsonServer, Scenario, claims, jwks, make_key, sign, signed_as_is
 
 ISS = "https://ehr.example.org"

@@ -68,7 +68,7 @@ def test_serve_refuses_an_open_public_bind(tmp_path: Path) -> None:
     environment.pop("CDS_TRUSTED_ISSUERS", None)
     environment.pop("CDS_ALLOW_SANDBOX_ISSUER", None)
     done = subprocess.run(
-        [sys.executable, "-m", "cds_service.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        [sys.executable, "-m", "cds_service.server.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
         env=environment,
         cwd=tmp_path,
         capture_output=True,

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select
 from support.live import free_port
 
 from cds_service.security.replay import ReplayGuard
-from cds_service.store import make_engine, seen_jti
+from cds_service.storage.database import make_engine, seen_jti
 
 pytestmark = pytest.mark.slow
 

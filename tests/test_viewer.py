@@ -11,7 +11,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from cds_service import create_app
-from cds_service.store import issued_cards
+from cds_service.storage.database import issued_cards
 from cds_service.viewer.examples import WRITTEN_FOR, shift_days, shifted, shipped_examples
 from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 from support.tokens import jwks, make_key

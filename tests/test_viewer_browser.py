@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from cds_service.store import feedback, make_engine
+from cds_service.storage.database import feedback, make_engine
 from cds_service.viewer.examples import shift_days, shifted
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
 from support.hookcalls import SERVICE_IDS

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, request
 
-from ..analytics import Period, feedback_report
-from ..errors import INVALID_PERIOD, CdsError
+from ..storage.analytics import Period, feedback_report
+from ..wire.errors import INVALID_PERIOD, CdsError
 from .context import authenticate, components
 
 DEFAULT_DAYS = 30

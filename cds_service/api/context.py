@@ -6,14 +6,16 @@ from typing import Any
 from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..app import Components
-from ..errors import UNSUPPORTED_MEDIA_TYPE, CdsError
-from ..jsonbody import parse_body
+from ..wire.errors import UNSUPPORTED_MEDIA_TYPE, CdsError
+from ..wire.json_body import parse_body
 from ..security.auth import Claims
+from .state import EXTENSION_KEY, ServiceState
 
 
-def components() -> Components:
-    return current_app.extensions["cds_service"]
+def components() -> ServiceState:
+    """The shared state of the app serving this request."""
+    state: ServiceState = current_app.extensions[EXTENSION_KEY]
+    return state
 
 
 def authenticate() -> None:
@@ -34,7 +36,7 @@ def claims() -> Claims | None:
 
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object (415 for a non-JSON media type, 400 for bad JSON, 413 if too large)."""
-    return parse_body(json_bytes(), max_depth=int(components().config["max_json_depth"]))
+    return parse_body(json_bytes(), max_depth=int(components().runtime.config["max_json_depth"]))
 
 
 def json_bytes() -> bytes:

@@ -9,7 +9,7 @@ from gunicorn.http.errors import ParseException
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from ..errors import (
+from ..wire.errors import (
     HTTP_ERROR,
     INTERNAL,
     METHOD_NOT_ALLOWED,

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from .. import metrics
-from ..errors import INVALID_FEEDBACK, CdsError
+from ..server import metrics
+from ..wire.errors import INVALID_FEEDBACK, CdsError
 from ..evaluation import service_for
-from ..feedback import timestamp_problem
-from ..wire import first_error
+from ..storage.feedback import timestamp_problem
+from ..wire.validation import first_error
 from .context import authenticate, components, json_body
 from .observability import annotate
 

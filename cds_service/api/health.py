@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from ..store import is_reachable
+from ..storage.database import is_reachable
 from .context import components
 
 bp = Blueprint("health", __name__)

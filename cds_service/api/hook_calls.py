@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint
 
-from .. import metrics
+from ..server import metrics
 from ..evaluation import answer_hook, read_request, service_for, validate_envelope
 from .context import authenticate, claims, components, json_bytes
 from .observability import annotate, patient_hash, record_summary

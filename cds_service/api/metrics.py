@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from ..metrics import exposition
+from ..server.metrics import exposition
 
 bp = Blueprint("metrics", __name__)
 

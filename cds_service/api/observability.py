@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from .. import metrics
+from ..server import metrics
 from ..record.client import start_recording, stop_recording
 from ..record.model import PatientRecord
 from .context import components
@@ -70,9 +70,11 @@ def register(app: Flask) -> None:
             "duration_ms": round(seconds * 1000, 1),
             **g.get("log_fields", {}),
         }
-        calls = g.get("fhir_calls")
+        calls = list(g.get("fhir_calls") or ())
+        for call in calls:
+            metrics.observe_fhir(call.resource, call.outcome, call.ms / 1000)
         if calls:
-            fields["fhir_calls"] = [asdict(call) for call in list(calls)]
+            fields["fhir_calls"] = [asdict(call) for call in calls]
         log.log(logging.DEBUG if endpoint in QUIET_ENDPOINTS else logging.INFO, "request", extra=fields)
         return response
 

@@ -62,7 +62,7 @@ class FactWindows:
     def observations_read_from(self, now: datetime) -> str:
         """The day (``YYYY-MM-DD``) before which no Observation can matter: older than the labs' look-back and
         the symptoms' window. Observations are judged on their effectiveDateTime text alone, before anything
-        else of them is read (here, and by the request parser, cds_service.hookbody). Empty, so that nothing
+        else of them is read (here, and by the request parser, cds_service.wire.request_body). Empty, so that nothing
         is left out, when labs have no look-back."""
         if self.lab_lookback is None:
             return ""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 
-from ..wire import validator as schema_validator
+from ..schemas import validator as schema_validator
 from .units import UnitTable
 
 LOINC = "http://loinc.org"

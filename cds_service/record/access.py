@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..errors import FHIR_SERVER_NOT_ALLOWED, RECORD_UNAVAILABLE, CdsError
-from ..hooks import HookCall
+from ..wire.errors import FHIR_SERVER_NOT_ALLOWED, RECORD_UNAVAILABLE, CdsError
+from ..wire.hook_request import HookCall
 from .settings import RecordSettings
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -26,7 +26,6 @@ import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
-from .. import metrics
 from . import hangup
 from .access import FhirEndpoint
 from .hangup import DeadlineAdapter
@@ -102,7 +101,6 @@ def _resource_of(endpoint: FhirEndpoint, url: str) -> str:
 
 def _note(endpoint: FhirEndpoint, url: str, outcome: str, seconds: float) -> None:
     call = FhirCall(_resource_of(endpoint, url), outcome, round(seconds * 1000, 1))
-    metrics.observe_fhir(call.resource, outcome, seconds)
     calls = _calls.get()
     if calls is not None:
         calls.append(call)

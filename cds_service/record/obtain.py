@@ -21,8 +21,8 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import DEADLINE, RECORD_UNAVAILABLE, CdsError
-from ..hooks import HookCall
+from ..wire.errors import DEADLINE, RECORD_UNAVAILABLE, CdsError
+from ..wire.hook_request import HookCall
 from .access import FhirEndpoint, endpoint_for, is_absolute
 from .client import FetchFailed, FhirClient, submit
 from .model import PatientRecord, Resource

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..facts.build import FactWindows, build_facts
-from ..wire import card_problems
+from ..wire.validation import card_problems
 from .engine import IssuedCard, RuleSet, evaluate
 from .loader import RuleError, read_yaml, schema_error
-from .records import merge, record_of
+from .case_records import merge, record_of
 
 FROZEN_NOW = datetime(2026, 11, 1, tzinfo=UTC)
 HOOK_PREFERENCE = ("patient-view", "encounter-start", "order-select", "order-sign")

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ..cards import Firing, build_card
+from .cards import Firing, build_card
 from ..facts.model import PatientFacts
 from .criteria import Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion

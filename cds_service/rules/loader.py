@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import yaml
 from jsonschema.exceptions import ValidationError, best_match
 
-from ..wire import validator as schema_validator
+from ..schemas import validator as schema_validator
 from .expression import ExpressionError, parse
 from .model import (
     Action,

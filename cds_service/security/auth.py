@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from ..config import ConfigError
-from ..errors import UNAUTHORIZED, CdsError
+from ..wire.errors import UNAUTHORIZED, CdsError
 from .issuers import load_issuers
 from .jwt import Claims, InvalidToken, TokenVerifier
 from .modes import auth_enabled

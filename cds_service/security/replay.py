@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, delete, insert
 from sqlalchemy.exc import IntegrityError
 
-from ..store import seen_jti
+from ..storage.database import seen_jti
 
 PURGE_INTERVAL_SECONDS = 60.0
 

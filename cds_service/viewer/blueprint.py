@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from ..api.context import components
-from ..errors import NOT_FOUND, CdsError
+from ..wire.errors import NOT_FOUND, CdsError
 from .examples import shift_days, shifted, shipped_examples
 
 SECURITY_HEADERS = {

@@ -5,7 +5,7 @@ import copy
 import uuid
 from typing import Any
 
-from cds_service.wire import first_error, response_problems
+from cds_service.wire.validation import first_error, response_problems
 
 SERVICE_IDS = {
     "patient-view": "muscle-cramps-patient-view",

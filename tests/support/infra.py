@@ -96,7 +96,7 @@ class ServiceInstance:
         home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
+            [sys.executable, "-m", "cds_service.server.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
             env={**os.environ, "CDS_DATA_DIR": str(home / f"data-{self.port}"), **env},
             cwd=home,
             stdout=self._log,

@@ -54,7 +54,7 @@ def serve(
     environment = {**os.environ, "CDS_DATA_DIR": str(tmp / "data"), **(env or {})}
     log = open(tmp / f"serve-{port}.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", str(workers), *args],
+        [sys.executable, "-m", "cds_service.server.cli", "serve", "--port", str(port), "--workers", str(workers), *args],
         env=environment,
         cwd=tmp,  # an unrelated working directory: the installed package must carry its rules and schemas
         stdout=log,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cds_service.facts.terminology import SystemCode
-from cds_service.hooks import HookCall
+from cds_service.wire.hook_request import HookCall
 
 PATIENT_ID = "scenario-1"
 OTHER_PATIENT_ID = "scenario-2"

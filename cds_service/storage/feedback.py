@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from .issued import IssuedCardLog
-from .store import feedback, insert_ignoring_duplicates, issued_cards
+from .issued_cards import IssuedCardLog
+from .database import feedback, insert_ignoring_duplicates, issued_cards
 
-log = logging.getLogger("cds_service.feedback")
+log = logging.getLogger("cds_service.storage.feedback")
 
 
 @dataclass(frozen=True, slots=True)

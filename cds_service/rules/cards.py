@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .facts.model import MedicationUse, PatientFacts
-from .identifiers import random_uuid
-from .rules.criteria import Match
-from .rules.expression import Tri
-from .rules.model import Action, Reference, Rule, Section, SuggestionTemplate, binding_name
-from .rules.templates import evidence_line, markdown, plain, render
+from ..facts.model import MedicationUse, PatientFacts
+from .uuids import random_uuid
+from .criteria import Match
+from .expression import Tri
+from .model import Action, Reference, Rule, Section, SuggestionTemplate, binding_name
+from .templates import evidence_line, markdown, plain, render
 
 SUMMARY_LIMIT = 139  # CDS Hooks: "fewer than 140 characters"
 

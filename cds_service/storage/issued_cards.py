@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from .store import insert_ignoring_duplicates, issued_cards
+from .database import insert_ignoring_duplicates, issued_cards
 
-log = logging.getLogger("cds_service.issued")
+log = logging.getLogger("cds_service.storage.issued_cards")
 
 MAX_PENDING = 100_000  # rows held while the database is unreachable (a few MB); older ones are dropped beyond it
 RETRY_SECONDS = 5.0  # after a failed write

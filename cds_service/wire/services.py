@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .hooks import ENCOUNTER_START, ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW
+from .hook_request import ENCOUNTER_START, ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW
 
 _COMMON = (
     "Flags treatable causes of documented muscle cramps or spasms: statin-associated muscle symptoms graded by "

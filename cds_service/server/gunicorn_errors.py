@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from gunicorn import util
 
-from .errors import HTTP_ERROR, INTERNAL, operation_outcome
+from ..wire.errors import HTTP_ERROR, INTERNAL, operation_outcome
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, _mesg: str) -> None:

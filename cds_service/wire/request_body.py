@@ -31,9 +31,9 @@ from typing import Any
 
 import simdjson
 
-from .facts.build import LabReadFrom
-from .facts.terminology import LOINC
-from .jsonbody import check_prefetch_size, check_text, decode, entry_limit_error
+from ..facts.build import LabReadFrom
+from ..facts.terminology import LOINC
+from .json_body import check_prefetch_size, check_text, decode, entry_limit_error
 
 _Object, _Array = simdjson.Object, simdjson.Array
 # A thread reuses its parser, and the parser its buffers, for bodies up to this size: allocating them afresh on

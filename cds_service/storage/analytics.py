@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, distinct, func, select
 
-from .store import feedback, issued_cards
+from .database import feedback, issued_cards
 
 INDICATORS = ("critical", "warning", "info")
 OUTCOMES = ("accepted", "overridden")

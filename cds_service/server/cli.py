@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
 from .logs import configure_logging, logging_dict
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is first imported
@@ -78,7 +78,7 @@ def run_gunicorn(app: Any, options: dict[str, Any]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .security.modes import check_bind_safety
+    from ..security.modes import check_bind_safety
 
     if args.config:
         os.environ["CDS_CONFIG"] = str(Path(args.config).resolve())
@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cds-service: {refusal}", file=sys.stderr)
         return 2
     own_metrics_dir = _prepare_metrics_dir()
-    from .app import create_app
+    from ..app import create_app
 
     app = create_app()  # loads and checks rules, value sets and the database before any worker starts
 
@@ -131,8 +131,8 @@ def _after_fork(_server: Any, worker: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .errors import UNKNOWN_SERVICE, CdsError, operation_outcome
-    from .evaluation import Runtime, answer_hook, read_request, validate_envelope
+    from ..wire.errors import UNKNOWN_SERVICE, CdsError, operation_outcome
+    from ..evaluation import Runtime, answer_hook, read_request, validate_envelope
 
     config = load_config(args.config, overrides={"now": args.now} if args.now else None)
     runtime = Runtime.load(config)
@@ -151,7 +151,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _rules_check(args: argparse.Namespace) -> int:
-    from .rules.check import run_check
+    from ..rules.check import run_check
 
     return run_check(Path(args.rules_dir) if args.rules_dir else None)
 

@@ -8,26 +8,16 @@ send it, and the tests check every response they produce with the same function.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
 from functools import cache
-from importlib import resources
 from typing import Any
 
 import jsonschema_rs
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from ..schemas import validator
+
 SCHEMA_NAMES = ("request", "response", "discovery", "feedback")
-
-
-@cache
-def validator(name: str) -> Draft202012Validator:
-    """The compiled validator for ``schemas/<name>.schema.json``."""
-    text = resources.files("cds_service.schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
-    schema = json.loads(text)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
 
 
 @cache

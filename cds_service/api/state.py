@@ -1,0 +1,40 @@
+"""What every endpoint shares, built once by the application factory and attached to the Flask app."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from ..config import database_url
+from ..evaluation import Runtime
+from ..security.auth import Authenticator
+from ..storage.database import make_engine
+from ..storage.feedback import FeedbackStore
+from ..storage.issued_cards import IssuedCardLog
+
+EXTENSION_KEY = "cds_service"  # app.extensions[EXTENSION_KEY] holds the ServiceState
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """The evaluation runtime (rules, terminology, settings) plus storage and authentication."""
+
+    runtime: Runtime
+    engine: Engine
+    issued: IssuedCardLog
+    feedback: FeedbackStore
+    authenticator: Authenticator
+
+    @classmethod
+    def build(cls, config: Mapping[str, Any]) -> ServiceState:
+        engine = make_engine(database_url(config))
+        issued = IssuedCardLog(engine, float(config["issued_cards_flush_seconds"]))
+        return cls(
+            runtime=Runtime.load(config),
+            engine=engine,
+            issued=issued,
+            feedback=FeedbackStore(engine, issued),
+            authenticator=Authenticator(config, engine),
+        )
