@@ -37,7 +37,7 @@ pytestmark = pytest.mark.fhir
 TERMINOLOGY = Terminology.load()
 TEMPLATES = build_prefetch_templates(TERMINOLOGY)  # the templates the services publish
 NOW = datetime(2025, 7, 1, tzinfo=UTC)
-SANDBOX_REQUEST = Path(__file__).resolve().parents[2] / "shared" / "docs" / "sandbox-hook-request.json"
+SANDBOX_REQUEST = Path(__file__).resolve().parent / "data" / "requests" / "sandbox-hook-request.json"  # as sent
 TOKEN = "test-token-7f3a9c"  # the bearer token the EHR hands over; must never show up in logs
 
 

@@ -1,9 +1,8 @@
 """Random (version 4) UUIDs for cards and suggestions, from the operating system's random source.
 
-``uuid.uuid4`` makes one ``getrandom`` system call per UUID. On the virtual machines measured here such a call,
-made right after a stretch of request work, took 15 to 22 µs (against 0.4 µs back to back): with two cards and
-their suggestions, about 0.08 ms or 5 % of a 200-lab patient-view call. Each thread therefore reads the same
-source 4 KiB at a time and cuts its UUIDs from that block. A forked child starts with fresh blocks, so no two
+``uuid.uuid4`` makes one ``getrandom`` system call per UUID, which on virtual machines is slow right after a
+stretch of request work (figures in bench/README.md, fifth round). Each thread therefore reads the same source
+4 KiB at a time and cuts its UUIDs from that block. A forked child starts with fresh blocks, so no two
 processes hand out the same UUIDs.
 """
 from __future__ import annotations

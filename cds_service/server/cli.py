@@ -50,8 +50,7 @@ def _tune_gc(_server: Any, _worker: Any) -> None:
     A hook call with 1000 labs allocates tens of thousands of objects; with the defaults the collector runs
     dozens of times per call and its full passes walk every object loaded at start (rules, terminology, schemas).
     ``gc.freeze`` moves those out of its reach (which also keeps the workers' copy-on-write pages shared) and a
-    higher young-generation threshold makes it run less often; together they cut CPU per 5000-lab call by about
-    a third (bench/README.md).
+    higher young-generation threshold makes it run less often (measured in bench/README.md).
     """
     gc.collect()
     gc.freeze()

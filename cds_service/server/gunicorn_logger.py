@@ -3,8 +3,8 @@
 The service writes one JSON line per request itself (cds_service/api/observability.py). gunicorn's access log
 is switched off by ``accesslog = None`` only when no logging configuration is given either; with the
 ``logconfig_dict`` that makes its lines JSON, gunicorn built every access line's fields (all request headers,
-a formatted time, the status) and then dropped the line on a silent logger: about 5 % of a worker's
-interpreter time under load (bench/README.md, seventh round).
+a formatted time, the status) and then dropped the line on a silent logger (its cost: bench/README.md,
+seventh round).
 """
 from __future__ import annotations
 

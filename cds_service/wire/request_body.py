@@ -20,7 +20,7 @@ certain to give the same document: simdjson refuses the body (the full parse the
 the standard library accepts, such as integers over 64 bits; simdjson refuses unpaired surrogate escapes,
 which the full parse answers with 400), the body writes the escape ``\\u0001`` (``_within_depth`` says why), an
 object the reader walks repeats a key, or fewer than half of the prefetched Bundle entries would be left out
-(building the kept entries from simdjson costs about twice what orjson takes).
+(building the kept entries from simdjson costs more per entry than orjson's parse).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from .json_body import check_prefetch_size, check_text, decode, entry_limit_erro
 
 _Object, _Array = simdjson.Object, simdjson.Array
 # A thread reuses its parser, and the parser its buffers, for bodies up to this size: allocating them afresh on
-# every call cost more in page faults (0.6 ms of system time per 200-lab call under load) than the parse itself.
+# every call cost more in page faults than the parse itself (bench/README.md, third round).
 # A larger body gets a parser of its own, so that no thread keeps buffers sized for the largest body it saw.
 REUSED_UP_TO = 1 << 20
 _thread = threading.local()
