@@ -29,3 +29,14 @@ def test_readme_example_response_matches_the_service(tmp_path):
                            content_type="application/json")
     assert response.status_code == 200
     assert _without_uuids(response.get_json()) == _without_uuids(documented)
+
+
+def test_layout_section_names_every_package_and_only_those():
+    section = README.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"^\| `(\w+)/` \|", section, re.M))
+    top_row = re.search(r"^\| (`\w+\.py`.*?) \|", section, re.M).group(1)
+    modules = set(re.findall(r"`(\w+)\.py`", top_row))
+    packages = {p.parent.name for p in (REPO / "cds_service").glob("*/__init__.py")}
+    top_modules = {p.stem for p in (REPO / "cds_service").glob("*.py")} - {"__init__"}
+    assert named == packages
+    assert modules == top_modules
