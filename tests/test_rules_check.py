@@ -83,3 +83,19 @@ def test_cases_without_a_rule_fail(rules_copy: Path) -> None:
     (rules_copy / "metabolic" / "dehydration.yaml").unlink()
     code, report = check(rules_copy)
     assert code == 1 and "dehydration.cases.yaml: no rule has the id 'dehydration'" in report
+
+
+def test_a_threshold_without_its_basis_fails(rules_copy: Path) -> None:
+    rule = rules_copy / "diuretic" / "diuretic-hypokalemia.yaml"
+    edit_rule_file(rule, lambda d: d["criteria"]["require_low_potassium"].pop("basis"))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert f"FAIL {rule}: at criteria/require_low_potassium: the threshold (below 3.5) needs a basis" in report
+
+
+def test_a_basis_must_be_one_of_the_rules_references(rules_copy: Path) -> None:
+    rule = rules_copy / "electrolytes" / "hypocalcemia.yaml"
+    edit_rule_file(rule, lambda d: d["criteria"]["require_low_calcium"]["any"][0].update(basis="someone-2020"))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert f"FAIL {rule}: at criteria/require_low_calcium/any/0/basis: 'someone-2020' is not one of" in report

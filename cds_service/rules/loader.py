@@ -143,6 +143,7 @@ def load_rule(path: Path, order: int, vocabulary: Vocabulary | None, reasons: Ma
         raise ctx.fail("(top level)", f"fields must be in the order {', '.join(FIELD_ORDER)}")
     references = tuple(Reference(r["id"], r["label"], r["url"], r.get("citation", "")) for r in data["references"])
     criteria = {name: _criterion(ctx, f"criteria/{name}", spec) for name, spec in data["criteria"].items()}
+    _check_bases(ctx, criteria, {r.id for r in references})
     try:
         expression = parse(data["condition"], criteria)
     except ExpressionError as exc:
@@ -215,7 +216,26 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         unit=spec.get("unit"),
         missing=bool(spec.get("missing")),
         label=label,
+        basis=spec.get("basis", ""),
     )
+
+
+def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids: set[str]) -> None:
+    """Every numeric threshold names the reference that supports it, and that reference is the rule's own."""
+
+    def walk(where: str, criterion: Criterion) -> None:
+        if isinstance(criterion, CompositeCriterion):
+            for index, child in enumerate(criterion.children):
+                walk(f"{where}/{criterion.op}/{index}", child)
+        elif isinstance(criterion, LabCriterion) and criterion.comparisons:
+            if not criterion.basis:
+                numbers = ", ".join(f"{op} {value:g}" for op, value in criterion.comparisons)
+                raise ctx.fail(where, f"the threshold ({numbers}) needs a basis: the id of the reference behind it")
+            if criterion.basis not in reference_ids:
+                raise ctx.fail(f"{where}/basis", f"{criterion.basis!r} is not one of the rule's references")
+
+    for name, criterion in criteria.items():
+        walk(f"criteria/{name}", criterion)
 
 
 def _uses_ordering(criteria: Iterable[Criterion]) -> bool:

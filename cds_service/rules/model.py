@@ -54,6 +54,7 @@ class LabCriterion:
     unit: str | None = None
     missing: bool = False
     label: str = ""
+    basis: str = ""  # the id of the reference that supports the comparisons' numbers
 
 
 @dataclass(frozen=True, slots=True)
