@@ -1,6 +1,7 @@
 """deploy/ and the Dockerfile agree with the code: commands parse, probes hit real routes, configuration loads."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import tomllib
@@ -10,6 +11,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from cds_service.cli import build_parser
 from cds_service.config import DEFAULTS, ENV_PREFIX, load_config
@@ -81,6 +85,56 @@ def test_every_command_is_one_the_cli_accepts() -> None:
         args = build_parser().parse_args(argv[1:])
         assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 8080)
     assert "--insecure" not in container()["args"] and "--insecure" not in cmd
+
+
+def locked_versions() -> dict[str, Version]:
+    """requirements.lock's pins, by normalised name."""
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if match := re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line):
+            pins[canonicalize_name(match[1])] = Version(match[2])
+    return pins
+
+
+def with_extras(requirement: Requirement) -> list[Requirement]:
+    """The requirement and what its extras add (from the installed distribution's metadata)."""
+    added = []
+    for extra in requirement.extras:
+        for line in importlib.metadata.requires(requirement.name) or []:
+            dependency = Requirement(line)
+            if dependency.marker and dependency.marker.evaluate({"extra": extra}):
+                if not dependency.marker.evaluate({"extra": ""}):
+                    added.append(dependency)
+    return [requirement, *added]
+
+
+def lock_problems(requirements: list[str], pins: dict[str, Version]) -> list[str]:
+    problems = []
+    for requirement in (r for line in requirements for r in with_extras(Requirement(line))):
+        pin = pins.get(canonicalize_name(requirement.name))
+        if pin is None:
+            problems.append(f"{requirement.name} is not in requirements.lock")
+        elif not requirement.specifier.contains(pin, prereleases=True):
+            problems.append(f"requirements.lock has {requirement.name}=={pin}, pyproject wants {requirement}")
+    return problems
+
+
+def test_the_lock_pins_every_dependency_pyproject_names() -> None:
+    """The image installs exactly requirements.lock (with --require-hashes), so it must keep up with pyproject."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = pyproject["project"]["dependencies"] + pyproject["build-system"]["requires"]
+    problems = lock_problems(wanted, locked_versions())
+    assert not problems, "regenerate it with scripts/lock: " + "; ".join(problems)
+
+
+def test_the_lock_check_catches_a_missing_or_outdated_pin() -> None:
+    pins = locked_versions()
+    assert lock_problems(["psycopg[binary]>=3.1"], pins) == []
+    del pins["psycopg-binary"]
+    assert lock_problems(["psycopg[binary]>=3.1"], pins) == ["psycopg-binary is not in requirements.lock"]
+    outdated = f"requirements.lock has flask=={pins['flask']}, pyproject wants flask>=99"
+    assert lock_problems(["flask>=99"], pins) == [outdated]
+    assert lock_problems(["pydantic-settings>=2"], {}) == ["pydantic-settings is not in requirements.lock"]
 
 
 def test_the_config_map_and_secret_are_valid_configuration(tmp_path: Path) -> None:
