@@ -76,15 +76,60 @@ def test_readiness_is_the_database_aware_probe() -> None:
     assert container()["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def instruction(name: str) -> list[str]:
+    """The exec-form (JSON) argument of the Dockerfile's one ``name`` instruction."""
+    (found,) = re.findall(rf"^{name} (\[.*\])$", dockerfile(), re.MULTILINE)
+    return json.loads(found)
+
+
+def cli(argv: list[str]) -> Any:
+    assert argv[0] == "cds-service"
+    return build_parser().parse_args(argv[1:])
+
+
 def test_every_command_is_one_the_cli_accepts() -> None:
-    compose = yaml.safe_load((REPO / "deploy" / "compose" / "docker-compose.yml").read_text())
-    dockerfile = (REPO / "Dockerfile").read_text()
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))
-    for argv in (container()["args"], compose["x-instance"]["command"], cmd):
-        assert argv[0] == "cds-service"
-        args = build_parser().parse_args(argv[1:])
-        assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 8080)
-    assert "--insecure" not in container()["args"] and "--insecure" not in cmd
+    """Kubernetes ``args`` and compose ``command`` replace the image's CMD: all follow its ENTRYPOINT."""
+    compose = yaml.safe_load((REPO / "deploy" / "compose" / "docker-compose.yml").read_text())["x-instance"]
+    entrypoint, cmd = instruction("ENTRYPOINT"), instruction("CMD")
+    assert "command" not in container() and "entrypoint" not in compose  # either would replace the ENTRYPOINT
+    for args in (cmd, container()["args"], compose["command"]):
+        parsed = cli(entrypoint + args)
+        assert (parsed.command, parsed.host, parsed.port) == ("serve", "0.0.0.0", 8080)
+    assert "--insecure" not in entrypoint + cmd + container()["args"]
+    assert cli(entrypoint + compose["command"]).insecure
+
+
+def test_insecure_after_the_image_name_serves_on_all_interfaces() -> None:
+    """As the Dockerfile says: ``docker run IMAGE --insecure`` appends to the ENTRYPOINT (replacing CMD)."""
+    parsed = cli(instruction("ENTRYPOINT") + ["--insecure"])
+    assert parsed.insecure and (parsed.host, parsed.port) == ("0.0.0.0", 8080)
+
+
+def test_the_data_dir_is_made_in_the_image_for_its_user() -> None:
+    """A named volume takes the owner of the image's directory; a missing one comes up owned by root."""
+    data_dir = re.search(r"CDS_DATA_DIR=(\S+)", dockerfile()).group(1)
+    uid, gid = re.search(r"^USER (\d+):(\d+)$", dockerfile(), re.MULTILINE).groups()
+    made = rf"install --directory --owner={uid} --group={gid} --mode=0700 {re.escape(data_dir)}$"
+    assert re.search(made, dockerfile(), re.MULTILINE)
+
+
+def test_the_final_stage_takes_only_the_virtual_environment() -> None:
+    """No wheels or source reach the final stage; the venv's python links to the base's, so both stages match."""
+    assert re.findall(r"^COPY --from=(.*)$", dockerfile(), re.MULTILINE) == ["build /opt/venv /opt/venv"]
+    assert "PATH=/opt/venv/bin:$PATH" in dockerfile()
+    bases = re.findall(r"^FROM (\S+)", dockerfile(), re.MULTILINE)
+    assert len(bases) == 2 and bases[0] == bases[1] and bases[0].startswith("python:3.11-slim-bookworm")
+    assert "pip install --require-hashes -r requirements.lock" in dockerfile()
+
+
+def test_the_build_context_holds_every_file_the_dockerfile_copies() -> None:
+    allowed = {line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line[:1] == "!"}
+    for sources in re.findall(r"^COPY (?!--from)(.*) \S+$", dockerfile(), re.MULTILINE):
+        assert {source.rstrip("/") for source in sources.split()} <= allowed, sources
 
 
 def locked_versions() -> dict[str, Version]:
