@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from cds_service.cli import build_parser
+from cds_service.cli import build_parser, gunicorn_options
 from cds_service.config import DEFAULTS, ENV_PREFIX, load_config
 from cds_service.security.issuers import load_issuers
 
@@ -107,6 +107,15 @@ def test_insecure_after_the_image_name_serves_on_all_interfaces() -> None:
     """As the Dockerfile says: ``docker run IMAGE --insecure`` appends to the ENTRYPOINT (replacing CMD)."""
     parsed = cli(instruction("ENTRYPOINT") + ["--insecure"])
     assert parsed.insecure and (parsed.host, parsed.port) == ("0.0.0.0", 8080)
+
+
+def test_the_pod_drains_before_gunicorn_stops() -> None:
+    """preStop pauses while the endpoint removal spreads; the grace period covers it and gunicorn's drain."""
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    command = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    drain = gunicorn_options("0.0.0.0", 8080, 2, 4, "INFO")["graceful_timeout"]
+    assert 0 < int(command[1]) and int(command[1]) + drain < pod["terminationGracePeriodSeconds"]
 
 
 def test_the_data_dir_is_made_in_the_image_for_its_user() -> None:
