@@ -6,7 +6,7 @@ best practices ask); the reason goes to the ``cds_service.security`` log. The to
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -67,8 +67,10 @@ class Authenticator:
     def enabled(self) -> bool:
         return self._verifier is not None
 
-    def authenticate(self, authorization_header: str | None, audience: str) -> Claims | None:
-        """The verified claims, or None when authentication is off; raises a 401 CdsError on any failure."""
+    def authenticate(self, authorization_header: str | None, audience: str | Sequence[str]) -> Claims | None:
+        """The verified claims, or None when authentication is off; raises a 401 CdsError on any failure.
+
+        ``audience`` is the endpoint's URL, or its spellings: the token's ``aud`` must name one of them."""
         if self._verifier is None:
             return None
         try:
