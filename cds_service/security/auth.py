@@ -73,15 +73,16 @@ class Authenticator:
         ``audience`` is the endpoint's URL, or its spellings: the token's ``aud`` must name one of them."""
         if self._verifier is None:
             return None
+        endpoint = audience if isinstance(audience, str) else " or ".join(audience)  # for the log
         try:
             claims = self._verifier.verify(_bearer_token(authorization_header), audience)
         except InvalidToken as exc:
-            logger.warning("JWT refused for %s: %s", audience, exc)
+            logger.warning("JWT refused for %s: %s", endpoint, exc)
             raise CdsError(UNAUTHORIZED, headers=dict(CHALLENGE)) from None
         except OperationalError:
             raise  # the replay store is unreachable: the web layer answers 503, the request is not served
         except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
-            logger.error("JWT verification failed for %s: %s", audience, type(exc).__name__, exc_info=True)
+            logger.error("JWT verification failed for %s: %s", endpoint, type(exc).__name__, exc_info=True)
             raise CdsError(UNAUTHORIZED, headers=dict(CHALLENGE)) from None
         logger.debug("JWT accepted: iss=%s tenant=%s jti=%s", claims.iss, claims.tenant, claims.jti)
         return claims
