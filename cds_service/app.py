@@ -10,6 +10,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 
 from .api import analytics, discovery, errors, feedback, health, hook_calls, metrics, observability
+from .api.paths import MergedSlashes
 from .api.state import EXTENSION_KEY, ServiceState
 from .config import load_config
 from .server.logs import configure_logging
@@ -33,7 +34,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     environment variables (see cds_service.config)."""
     settings = load_config(overrides=config)
     configure_logging(settings)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
+    # No spelling of a path is ever redirected (browsers drop a redirected CORS preflight without a word):
+    # repeated slashes are merged before routing, and a trailing slash is accepted (see api/paths.py).
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.wsgi_app = MergedSlashes(app.wsgi_app)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = int(settings["max_body_bytes"])
     app.json = OrjsonProvider(app)  # keeps the wire order of cards and their fields
     state = ServiceState.build(settings)

@@ -65,15 +65,23 @@ def test_feedback_over_http_is_idempotent(server):
     assert second.json() == {"received": 1, "stored": 0, "duplicates": 1}
 
 
-def test_preflight_over_http(server):
+@pytest.mark.parametrize("path", ["/cds-services/", "/cds-services//", "//cds-services/"])
+def test_preflight_over_http(server, path):
+    """Also on the paths a client builds from a discovery URL typed with a trailing slash: never a redirect,
+    which a browser would drop without a visible error."""
     response = requests.options(
-        f"{server}/cds-services/{SERVICE_IDS['patient-view']}",
+        f"{server}{path}{SERVICE_IDS['patient-view']}",
         headers={"Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization,content-type"},
+        allow_redirects=False,
         timeout=5,
     )
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
+    answered = requests.post(f"{server}{path}{SERVICE_IDS['patient-view']}", json=hook_request("patient-view"),
+                             allow_redirects=False, timeout=5)
+    assert answered.status_code == 200, answered.text
+    assert_valid_response(answered.json())
 
 
 def test_readiness_over_http(server):

@@ -9,6 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..wire.errors import UNSUPPORTED_MEDIA_TYPE, CdsError
 from ..wire.json_body import parse_body
 from ..security.auth import Claims
+from .paths import endpoint_paths
 from .state import EXTENSION_KEY, ServiceState
 
 
@@ -21,13 +22,14 @@ def components() -> ServiceState:
 def authenticate() -> None:
     """``before_request`` for the CDS Hooks routes: verify the client's JWT when authentication is on.
 
-    CORS preflights (OPTIONS) carry no token and are answered without one.
+    CORS preflights (OPTIONS) carry no token and are answered without one. The token's ``aud`` may name the URL
+    as the client called it or the route's own spelling of it (``api/paths.py``), never another endpoint.
     """
     auth = components().authenticator
     if request.method == "OPTIONS" or not auth.enabled:
         return
-    audience = auth.audience_for(request.path, request.host_url)
-    g.claims = auth.authenticate(request.headers.get("Authorization"), audience)
+    audiences = [auth.audience_for(path, request.host_url) for path in endpoint_paths()]
+    g.claims = auth.authenticate(request.headers.get("Authorization"), audiences)
 
 
 def claims() -> Claims | None:

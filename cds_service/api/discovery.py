@@ -9,6 +9,6 @@ bp = Blueprint("discovery", __name__)
 bp.before_request(authenticate)
 
 
-@bp.get("/cds-services", strict_slashes=False)  # a discovery URL typed with a trailing slash works too
+@bp.get("/cds-services")
 def discovery():
     return components().runtime.registry.discovery()

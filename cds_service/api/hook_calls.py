@@ -32,6 +32,9 @@ def call_service(service_id: str):
     )
     record = answer.record
     metrics.count_cards(service.id, ((i.rule_id, i.indicator) for i in answer.issued), bool(record.incomplete))
+    if record.unread:
+        metrics.count_unread(record.unread)
+        annotate(unread=record.unread)
     annotate(
         patient=patient_hash(answer.call.patient_id),
         cards=len(answer.issued),

@@ -19,6 +19,7 @@ from ..server import metrics
 from ..record.client import start_recording, stop_recording
 from ..record.model import PatientRecord
 from .context import components
+from .paths import path_as_called
 
 log = logging.getLogger("cds_service.requests")
 QUIET_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics.metrics"})
@@ -70,6 +71,9 @@ def register(app: Flask) -> None:
             "duration_ms": round(seconds * 1000, 1),
             **g.get("log_fields", {}),
         }
+        called = path_as_called()
+        if called is not None:
+            fields["path_as_called"] = called  # repeated slashes: the client's URL is worth fixing
         calls = list(g.get("fhir_calls") or ())
         for call in calls:
             metrics.observe_fhir(call.resource, call.outcome, call.ms / 1000)

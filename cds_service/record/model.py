@@ -21,6 +21,8 @@ class PatientRecord:
     ``incomplete`` names the prefetch keys whose data could not be obtained in full (a page cap, the time budget,
     a server error): rules that rely on the absence of data must not fire on them. ``sources`` says where each
     prefetch key's data came from: ``prefetch``, ``server``, or ``null`` (the EHR said there is none).
+    ``unread`` counts, by where they came (``draftOrders`` or a prefetch key) and type, the resources of types
+    FHIR R4 does not have (``record/versions.py``); they are not read, and where they came is ``incomplete``.
     """
 
     patient_id: str
@@ -30,6 +32,7 @@ class PatientRecord:
     incomplete: frozenset[str] = frozenset()
     warnings: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    unread: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def of_type(self, resource_type: str) -> list[Resource]:
         """The resources of one type (an empty list when none were obtained)."""

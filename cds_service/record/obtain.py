@@ -8,8 +8,9 @@ All queries of one call run in parallel and stop at one deadline (the hook budge
 
 Outcomes: when a key must be queried and there is no usable fhirServer, ``CdsError`` (412) says why. When keys
 were queried and none of them gave any data, ``CdsError`` DEADLINE (timeouts) or RECORD_UNAVAILABLE (errors).
-Otherwise the record lists in ``incomplete`` every key whose data is partial or missing, and a warning on
-``cds_service.record`` says which and why. The access token is never logged.
+Otherwise the record lists in ``incomplete`` every key whose data is partial or missing, or holds resources of
+an earlier FHIR version (counted in ``unread``, see ``versions.py``), and a warning on ``cds_service.record``
+says which and why. The access token is never logged.
 """
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ from .client import FetchFailed, FhirClient, submit
 from .model import PatientRecord, Resource
 from .settings import RecordSettings
 from .templates import fill, resource_type_of
+from .versions import NOT_IN_R4, described, not_in_r4
 
 log = logging.getLogger("cds_service.record")
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MEDICATION_HOLDERS = ("MedicationRequest", "MedicationStatement")
-DRAFT_ORDERS = "draftOrders"  # named in ``incomplete`` when a draft order's Medication could not be read
+DRAFT_ORDERS = "draftOrders"  # named in ``incomplete`` when a draft order or its Medication could not be read
 T = TypeVar("T")
 
 
@@ -77,6 +79,7 @@ def obtain_record(
         _refuse_empty(call, queried)
     resources = _merge(results[key].resources for key in templates)
     _resolve_medications(call, templates, results, resources, client, deadline)
+    unread = _not_in_r4(call, results, resources)
     record = PatientRecord(
         patient_id=call.patient_id,
         resources=resources,
@@ -85,6 +88,7 @@ def obtain_record(
         incomplete=frozenset(key for key, r in results.items() if not r.complete),
         warnings=[f"{key}: {r.problem}" for key, r in results.items() if r.problem],
         sources={key: r.source for key, r in results.items()},
+        unread=unread,
     )
     if record.incomplete:
         log.warning(
@@ -358,6 +362,24 @@ def _resolve_medications(
         for key, template in templates.items():
             if resource_type_of(template) in wanted[med_id]:
                 results[key].problem = results[key].problem or problem
+
+
+def _not_in_r4(
+    call: HookCall, results: dict[str, KeyResult], resources: Mapping[str, list[Resource]]
+) -> dict[str, dict[str, int]]:
+    """The resources of types FHIR R4 does not have, counted by where they came; each such place is incomplete:
+    what it holds is unknown to the rules."""
+    found: dict[str, dict[str, int]] = {}
+    if drafts := not_in_r4(call.draft_orders):
+        found[DRAFT_ORDERS] = drafts
+    if not NOT_IN_R4.isdisjoint(resources):  # the usual record holds none: no second pass over its resources
+        for key, result in results.items():
+            if counts := not_in_r4(result.resources):
+                found[key] = counts
+    for where, counts in found.items():
+        result = results.setdefault(where, KeyResult(where, "context"))
+        result.problem = result.problem or described(counts)
+    return found
 
 
 def _medication_id(holder: Mapping[str, Any], endpoint: FhirEndpoint | None) -> str | None:

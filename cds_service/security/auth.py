@@ -6,7 +6,7 @@ best practices ask); the reason goes to the ``cds_service.security`` log. The to
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -67,19 +67,22 @@ class Authenticator:
     def enabled(self) -> bool:
         return self._verifier is not None
 
-    def authenticate(self, authorization_header: str | None, audience: str) -> Claims | None:
-        """The verified claims, or None when authentication is off; raises a 401 CdsError on any failure."""
+    def authenticate(self, authorization_header: str | None, audience: str | Sequence[str]) -> Claims | None:
+        """The verified claims, or None when authentication is off; raises a 401 CdsError on any failure.
+
+        ``audience`` is the endpoint's URL, or its spellings: the token's ``aud`` must name one of them."""
         if self._verifier is None:
             return None
+        endpoint = audience if isinstance(audience, str) else " or ".join(audience)  # for the log
         try:
             claims = self._verifier.verify(_bearer_token(authorization_header), audience)
         except InvalidToken as exc:
-            logger.warning("JWT refused for %s: %s", audience, exc)
+            logger.warning("JWT refused for %s: %s", endpoint, exc)
             raise CdsError(UNAUTHORIZED, headers=dict(CHALLENGE)) from None
         except OperationalError:
             raise  # the replay store is unreachable: the web layer answers 503, the request is not served
         except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
-            logger.error("JWT verification failed for %s: %s", audience, type(exc).__name__, exc_info=True)
+            logger.error("JWT verification failed for %s: %s", endpoint, type(exc).__name__, exc_info=True)
             raise CdsError(UNAUTHORIZED, headers=dict(CHALLENGE)) from None
         logger.debug("JWT accepted: iss=%s tenant=%s jti=%s", claims.iss, claims.tenant, claims.jti)
         return claims

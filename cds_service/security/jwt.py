@@ -8,7 +8,7 @@ reaches the replay store, so forged tokens cannot burn another client's jti.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -91,8 +91,9 @@ class TokenVerifier:
         self._max_lifetime = max_lifetime_seconds
         self._replay = replay
 
-    def verify(self, token: str, audience: str) -> Claims:
-        """The claims of a valid, first-seen token for ``audience``; raises InvalidToken otherwise."""
+    def verify(self, token: str, audience: str | Sequence[str]) -> Claims:
+        """The claims of a valid, first-seen token for ``audience`` (or one of its URLs); raises InvalidToken
+        otherwise."""
         alg, kid, jku = self._header(token)
         issuer = self._issuer(token)
         try:

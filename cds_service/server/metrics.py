@@ -5,13 +5,13 @@ Under ``cds-service serve`` several gunicorn workers each keep their own values;
 that :func:`exposition` adds up, so any worker answers ``/metrics`` for all of them. Without that variable (tests,
 ``cds-service evaluate``) the values live in this process.
 
-Label values come from small fixed sets (service ids, rule ids, indicators, FHIR resource types, outcome words),
-never from request data, so the number of series stays bounded.
+Label values come from small fixed sets (service ids, rule ids, indicators, FHIR resource types, outcome words,
+prefetch keys), never from request data, so the number of series stays bounded.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -41,6 +41,12 @@ FHIR_SECONDS = Histogram(
 FHIR_ERRORS = Counter(
     "cds_fhir_errors", "FHIR requests that gave no usable resource, by resource type and reason.", ["resource", "reason"]
 )
+UNREAD = Counter(
+    "cds_unread_resources",
+    "Resources of types FHIR R4 does not have (such as DSTU2 MedicationOrder), not read, by type and where they "
+    "came: draftOrders or a prefetch key.",
+    ["resource", "where"],
+)
 FEEDBACK = Counter("cds_feedback_entries", "Feedback entries received, by service and outcome.", ["service", "outcome"])
 FEEDBACK_REPEATS = Counter(
     "cds_feedback_repeats", "Feedback entries that repeated one already stored (not stored again).", ["service"]
@@ -57,6 +63,13 @@ def count_cards(service: str, cards: Iterable[tuple[str, str]], incomplete: bool
         CARDS.labels(rule, indicator).inc()
     if incomplete:
         INCOMPLETE.labels(service).inc()
+
+
+def count_unread(unread: Mapping[str, Mapping[str, int]]) -> None:
+    """Count the resources a hook call held but the service could not read, by where and type."""
+    for where, counts in unread.items():
+        for resource, count in counts.items():
+            UNREAD.labels(resource, where).inc(count)
 
 
 def observe_fhir(resource: str, outcome: str, seconds: float) -> None:

@@ -2,7 +2,9 @@
 
 The pages call the real endpoints (``/cds-services``, ``/cds-services/{id}``, ``.../feedback``, ``/analytics``)
 from the browser, with no token, so the viewer is registered only when authentication is off (see
-``cds_service.app``). Every answer carries a strict Content-Security-Policy: only this origin's scripts, styles
+``cds_service.app``). The pages link to their scripts, styles and the service relative to ``/viewer/``, so each
+page answers only at its own spelling (``strict_slashes``): ``/viewer`` answers a 404 that names ``/viewer/``,
+never a redirect (see ``api/paths.py``). Every answer carries a strict Content-Security-Policy: only this origin's scripts, styles
 and connections, so even a card that slipped markup past the Markdown renderer could not run a script.
 """
 from __future__ import annotations
@@ -32,12 +34,17 @@ def _secure(response: Response) -> Response:
     return response
 
 
-@bp.get("/")
+@bp.get("", strict_slashes=True)
+def without_slash() -> Response:
+    raise CdsError(NOT_FOUND, "The card viewer is at /viewer/ (with the trailing slash).")
+
+
+@bp.get("/", strict_slashes=True)
 def cards_page() -> Response:
     return bp.send_static_file("index.html")
 
 
-@bp.get("/analytics")
+@bp.get("/analytics", strict_slashes=True)
 def analytics_page() -> Response:
     return bp.send_static_file("analytics.html")
 

@@ -21,8 +21,10 @@ _COMMON = (
 
 _USAGE = (
     "Send the prefetch keys or a fhirServer the service may read (with fhirAuthorization, or an open server "
-    "allowed by configuration). Labs are matched by LOINC (Blood and Serum/Plasma codes), medications by "
-    "RxNorm ingredient, symptoms and conditions by SNOMED CT and ICD-10-CM."
+    "allowed by configuration). Reads FHIR R4 only: resources of types R4 does not have (such as DSTU2 "
+    "MedicationOrder) are not read, and the data they came in counts as incomplete. Labs are matched by LOINC "
+    "(Blood and Serum/Plasma codes), medications by RxNorm ingredient, symptoms and conditions by SNOMED CT and "
+    "ICD-10-CM."
 )
 
 
