@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cds_service.config import DEFAULTS
+from cds_service.config import load_config
 from cds_service.facts.build import build_facts
 from cds_service.facts.terminology import Terminology
 from cds_service.wire.hook_request import HookCall
@@ -155,7 +155,7 @@ def main() -> None:
     logging.getLogger("cds_service.record").setLevel(logging.WARNING)  # one summary line per record otherwise
     terminology = Terminology.load()
     templates = build_prefetch_templates(terminology)
-    settings = RecordSettings.from_config(DEFAULTS)
+    settings = RecordSettings.from_settings(load_config())
     header = f"{'labs':>6} {'body MB':>8} {'json.loads ms':>14} {'record ms':>10} {'build_facts ms':>15} {'ratio':>6}"
     print(header + (f" {'fhir.resources ms':>18}" if args.models else ""))
     for size in (200, 1000, 5000):

@@ -12,7 +12,7 @@ from flask_cors import CORS
 from .api import analytics, discovery, errors, feedback, health, hook_calls, metrics, observability
 from .api.paths import MergedSlashes
 from .api.state import EXTENSION_KEY, ServiceState
-from .config import load_config
+from .config import Settings, load_config
 from .server.logs import configure_logging
 from .viewer.blueprint import bp as viewer
 from .wire.validation import compile_schemas
@@ -29,18 +29,19 @@ class OrjsonProvider(DefaultJSONProvider):
         return orjson.loads(s)
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the service. ``config`` overrides the defaults, the TOML file named by ``CDS_CONFIG`` and ``CDS_*``
-    environment variables (see cds_service.config)."""
-    settings = load_config(overrides=config)
-    configure_logging(settings)
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """Build the service from ``config``: loaded settings, or a mapping that overrides the defaults, the TOML file
+    named by ``CDS_CONFIG`` and ``CDS_*`` environment variables (see cds_service.config). Raises ConfigError, with a
+    one-line message, for settings that cannot be used."""
+    settings = config if isinstance(config, Settings) else load_config(overrides=config)
+    configure_logging(settings.log_level)
     app = Flask(__name__, static_folder=None)
     # No spelling of a path is ever redirected (browsers drop a redirected CORS preflight without a word):
     # repeated slashes are merged before routing, and a trailing slash is accepted (see api/paths.py).
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.wsgi_app = MergedSlashes(app.wsgi_app)  # type: ignore[method-assign]
-    app.config["MAX_CONTENT_LENGTH"] = int(settings["max_body_bytes"])
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json = OrjsonProvider(app)  # keeps the wire order of cards and their fields
     state = ServiceState.build(settings)
     app.extensions[EXTENSION_KEY] = state
@@ -48,7 +49,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     CORS(
         app,
-        resources={r"/cds-services*": {"origins": list(settings["cors_origins"])}},
+        resources={r"/cds-services*": {"origins": settings.cors_origins}},
         allow_headers=["Authorization", "Content-Type"],
         methods=["GET", "POST", "OPTIONS"],
         max_age=600,
@@ -59,9 +60,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     errors.register(app)
     for blueprint in (health.bp, discovery.bp, hook_calls.bp, feedback.bp, analytics.bp):
         app.register_blueprint(blueprint)
-    if settings["viewer_enabled"] and not state.authenticator.enabled:
+    if settings.viewer_enabled and not state.authenticator.enabled:
         # The viewer's pages call the service without a token: development and demo deployments only.
         app.register_blueprint(viewer)
-    if settings["metrics_enabled"]:
+    if settings.metrics_enabled:
         app.register_blueprint(metrics.bp)
     return app

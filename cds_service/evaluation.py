@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .config import Settings
 from .wire.errors import (
     AUTHORIZATION_WITHOUT_SERVER,
     HOOK_MISMATCH,
@@ -39,7 +40,7 @@ log = logging.getLogger("cds_service.evaluation")
 class Runtime:
     """What a process loads once and every hook call shares: terminology, rules, services, settings."""
 
-    config: Mapping[str, Any]
+    settings: Settings
     terminology: Terminology
     ruleset: RuleSet
     registry: ServiceRegistry
@@ -47,31 +48,27 @@ class Runtime:
     fact_windows: FactWindows
 
     @classmethod
-    def load(cls, config: Mapping[str, Any]) -> Runtime:
-        terminology, ruleset, registry = _knowledge(str(config.get("rules_dir") or ""))
+    def load(cls, settings: Settings) -> Runtime:
+        terminology, ruleset, registry = _knowledge(settings.rules_dir)
         return cls(
-            config=config,
+            settings=settings,
             terminology=terminology,
             ruleset=ruleset,
             registry=registry,
-            record_settings=RecordSettings.from_config(config),
+            record_settings=RecordSettings.from_settings(settings),
             fact_windows=FactWindows.for_rules(ruleset.lab_lookbacks, terminology.lab_codes),
         )
 
     def now(self) -> datetime:
         """The evaluation time: the configured ``now`` (for reproducible runs over old data) or the clock."""
-        fixed = self.config.get("now")
-        if not fixed:
-            return datetime.now(UTC)
-        moment = datetime.fromisoformat(str(fixed).replace("Z", "+00:00"))
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return self.settings.now or datetime.now(UTC)
 
 
 @cache
-def _knowledge(rules_dir: str) -> tuple[Terminology, RuleSet, ServiceRegistry]:
+def _knowledge(rules_dir: Path | None) -> tuple[Terminology, RuleSet, ServiceRegistry]:
     """Value sets, rules and services: read and checked once per process (they never change while it runs)."""
     terminology = Terminology.load()
-    ruleset = RuleSet.load(Path(rules_dir) if rules_dir else None, terminology)
+    ruleset = RuleSet.load(rules_dir, terminology)
     return terminology, ruleset, ServiceRegistry(build_prefetch_templates(terminology))
 
 
@@ -89,11 +86,11 @@ class HookAnswer:
 def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object within the configured limits (400, 413); prefetched Observations older
     than anything the rules read may be left out while it is parsed (cds_service.wire.request_body)."""
-    config, now = runtime.config, runtime.now()
+    settings, now = runtime.settings, runtime.now()
     return parse_hook_body(
         raw,
-        max_depth=int(config["max_json_depth"]),
-        max_entries=int(config["max_prefetch_entries"]),
+        max_depth=settings.max_json_depth,
+        max_entries=settings.max_prefetch_entries,
         observations_from=runtime.fact_windows.observations_read_from(now),
         lab_results_from=runtime.fact_windows.lab_results_read_from(now),
     )
@@ -133,7 +130,7 @@ def answer_hook(
     built = time.perf_counter()
     issued = [
         card
-        for card in evaluate(runtime.ruleset, facts, call.hook, max_cards=int(runtime.config["max_cards"]))
+        for card in evaluate(runtime.ruleset, facts, call.hook, max_cards=runtime.settings.max_cards)
         if _well_formed(card)
     ]
     done = time.perf_counter()

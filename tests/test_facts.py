@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds_service.config import DEFAULTS
+from cds_service.config import load_config
 from cds_service.facts.build import FactWindows, build_facts
 from cds_service.facts.labs import LabSeries
 from cds_service.facts.model import PatientFacts
@@ -571,7 +571,7 @@ def test_a_sandbox_request_becomes_facts(terminology: Terminology) -> None:
     templates = {"patient": "Patient/{{context.patientId}}",
                  "hba1c": "Observation?patient={{context.patientId}}&code=4548-4",
                  "meds": "MedicationRequest?patient={{context.patientId}}&status=active"}
-    source = obtain_record(call, templates, RecordSettings.from_config(DEFAULTS))
+    source = obtain_record(call, templates, RecordSettings.from_settings(load_config()))
     facts = build_facts(source, terminology, datetime(2020, 7, 1, tzinfo=UTC))
     assert (facts.patient_id, facts.sex, facts.birth_date) == ("sbx-patient-1", "male", date(1957, 7, 20))
     a1c = facts.labs["hba1c"]

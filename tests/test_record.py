@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import replace
 
 import pytest
 
-from cds_service.config import DEFAULTS
+from cds_service.config import Settings, load_config
 from cds_service.wire.errors import FHIR_SERVER_NOT_ALLOWED, RECORD_UNAVAILABLE, CdsError
 from cds_service.facts.terminology import Terminology
 from cds_service.wire.hook_request import HookCall
@@ -41,7 +42,7 @@ TOKEN = "unit-token-0d9e"
 
 
 def settings(**overrides) -> RecordSettings:
-    return RecordSettings.from_config({**DEFAULTS, **overrides})
+    return RecordSettings.from_settings(load_config(overrides=overrides))
 
 
 def full_prefetch() -> dict:
@@ -260,7 +261,8 @@ def test_issuer_servers_replace_the_allowlist(counting_server):
 def test_unsafe_server_urls_are_refused(server, overrides):
     call = hook_call(_missing_conditions(), fhir_server=server, token=TOKEN)
     with pytest.raises(CdsError) as raised:
-        obtain_record(call, TEMPLATES, settings(fhir_allowlist=[server], **overrides))
+        # on the allowlist anyway (the settings would refuse an ftp entry; the record layer must refuse it too)
+        obtain_record(call, TEMPLATES, replace(settings(**overrides), fhir_allowlist=(server,)))
     assert raised.value.kind is FHIR_SERVER_NOT_ALLOWED
 
 
@@ -299,9 +301,10 @@ def test_base_urls_compare_by_meaning():
 
 
 def test_settings_come_from_configuration():
-    built = RecordSettings.from_config({"fhir_allowlist": ["https://a"], "hook_budget_seconds": 1.0})
+    built = settings(fhir_allowlist=["https://a"], hook_budget_seconds=1.0)
     assert built.allowlist == ("https://a",)
-    assert built.fetch_budget_seconds == pytest.approx(1.0 - DEFAULTS["fhir_budget_margin_seconds"])
+    margin = Settings.model_fields["fhir_budget_margin_seconds"].default
+    assert built.fetch_budget_seconds == pytest.approx(1.0 - margin)
     assert built.for_issuer(["https://b"]).allowlist == ("https://b",)
 
 

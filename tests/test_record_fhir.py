@@ -13,7 +13,7 @@ import requests
 
 from datetime import UTC, datetime
 
-from cds_service.config import DEFAULTS
+from cds_service.config import load_config
 from cds_service.facts.build import build_facts
 from cds_service.facts.terminology import Terminology
 from cds_service.wire.errors import DEADLINE, RECORD_UNAVAILABLE, CdsError
@@ -42,8 +42,7 @@ TOKEN = "test-token-7f3a9c"  # the bearer token the EHR hands over; must never s
 
 
 def settings(server_url: str, **overrides: Any) -> RecordSettings:
-    config = {**DEFAULTS, "fhir_allowlist": [server_url], **overrides}
-    return RecordSettings.from_config(config)
+    return RecordSettings.from_settings(load_config(overrides={"fhir_allowlist": [server_url], **overrides}))
 
 
 def prefetch_from(server_url: str, keys: tuple[str, ...] = tuple(TEMPLATES)) -> dict[str, Any]:

@@ -21,7 +21,7 @@ NAMES = sorted(EXPECTATIONS["fixtures"])
 
 @pytest.fixture(scope="module")
 def runtime() -> Runtime:
-    return Runtime.load(load_config(overrides={"now": EXPECTATIONS["now"]}, environ={}))
+    return Runtime.load(load_config(overrides={"now": EXPECTATIONS["now"]}))
 
 
 def _load(name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
-from cds_service.config import DEFAULTS, ConfigError, load_config
+from cds_service.config import ConfigError, Settings, load_config
 from cds_service.wire.errors import UNAUTHORIZED, CdsError
 from cds_service.security.auth import Authenticator, Claims
 from cds_service.security.issuers import SANDBOX_ISSUER, SANDBOX_JKU
@@ -63,8 +63,8 @@ def scenario(jwks_server: JsonServer) -> Scenario:
     )
 
 
-def config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    return load_config(overrides={"data_dir": str(tmp_path), **overrides}, environ={})
+def config(tmp_path: Path, **overrides: Any) -> Settings:
+    return load_config(overrides={"data_dir": str(tmp_path), **overrides})
 
 
 def jku_issuer(scenario: Scenario, **extra: Any) -> dict[str, Any]:
@@ -411,10 +411,12 @@ def test_auth_required_false_turns_checks_off(tmp_path: Path, engine: Engine, sc
         ({"jwt_algorithms": ["none"]}, "not allowed: none"),
         ({"trusted_issuers": [{"iss": ISS}]}, "needs jwks_url, jwks_file, jwks or a jku_allowlist"),
         ({"trusted_issuers": [{"iss": ISS, "jwks_url": "https://a", "jwks_file": "b"}]}, "only one of"),
-        ({"trusted_issuers": [{"iss": ISS, "jwks_url": "https://a", "sub": "x"}]}, "unknown keys sub"),
-        ({"trusted_issuers": [{"jwks_url": "https://a"}]}, "iss is required"),
+        ({"trusted_issuers": [{"iss": ISS, "jwks_url": "https://a", "sub": "x"}]}, r"\[0\]\.sub: unknown key"),
+        ({"trusted_issuers": [{"jwks_url": "https://a"}]}, r"trusted_issuers\[0\]\.iss: required"),
+        ({"trusted_issuers": [{"iss": ISS, "jwks_url": "/jwks.json"}]}, "jwks_url = '/jwks.json': not an absolute"),
+        ({"trusted_issuers": [{"iss": ISS, "jku_allowlist": ["ftp://a/jwks"]}]}, r"\[0\] = 'ftp://a/jwks': not an"),
         ({"trusted_issuers": [{"iss": ISS, "jwks_file": "/nonexistent/jwks.json"}]}, "cannot read jwks_file"),
-        ({"trusted_issuers": [{"iss": ISS, "jwks_url": "https://a", "tenants": "t1"}]}, "tenants must be a list"),
+        ({"trusted_issuers": [{"iss": ISS, "jwks_url": "https://a", "tenants": "t1"}]}, "tenants = 't1': input"),
         (
             {"trusted_issuers": [{"iss": SANDBOX_ISSUER, "jwks_url": "https://a"}], "allow_sandbox_issuer": True},
             "more than once",
@@ -475,7 +477,7 @@ def test_audience_uses_the_public_base_url(
 def test_open_service_listens_only_on_loopback_unless_insecure(
     host: str, settings: dict[str, Any], insecure: bool, refused: bool
 ) -> None:
-    message = check_bind_safety(host, {**DEFAULTS, **settings}, insecure)
+    message = check_bind_safety(host, load_config(overrides=settings), insecure)
     assert (message is not None) == refused
     if refused:
         assert "--insecure" in message and host in message

@@ -38,7 +38,7 @@ def claims() -> Claims | None:
 
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object (415 for a non-JSON media type, 400 for bad JSON, 413 if too large)."""
-    return parse_body(json_bytes(), max_depth=int(components().runtime.config["max_json_depth"]))
+    return parse_body(json_bytes(), max_depth=components().runtime.settings.max_json_depth)
 
 
 def json_bytes() -> bytes:

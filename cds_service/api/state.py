@@ -1,13 +1,11 @@
 """What every endpoint shares, built once by the application factory and attached to the Flask app."""
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from ..config import database_url
+from ..config import Settings, database_url
 from ..evaluation import Runtime
 from ..security.auth import Authenticator
 from ..storage.database import make_engine
@@ -28,13 +26,13 @@ class ServiceState:
     authenticator: Authenticator
 
     @classmethod
-    def build(cls, config: Mapping[str, Any]) -> ServiceState:
-        engine = make_engine(database_url(config))
-        issued = IssuedCardLog(engine, float(config["issued_cards_flush_seconds"]))
+    def build(cls, settings: Settings) -> ServiceState:
+        engine = make_engine(database_url(settings))
+        issued = IssuedCardLog(engine, settings.issued_cards_flush_seconds)
         return cls(
-            runtime=Runtime.load(config),
+            runtime=Runtime.load(settings),
             engine=engine,
             issued=issued,
             feedback=FeedbackStore(engine, issued),
-            authenticator=Authenticator(config, engine),
+            authenticator=Authenticator(settings, engine),
         )

@@ -1,11 +1,10 @@
 """The record layer's configuration: the ``fhir_*`` and budget keys of ``cds_service.config``, as one frozen value."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Any
 
-from ..config import DEFAULTS
+from ..config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +28,9 @@ class RecordSettings:
     allowed_fhir_servers: tuple[str, ...] | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> RecordSettings:
-        """Read the settings from a configuration mapping; keys it lacks take their ``DEFAULTS``."""
-        values = {
-            f.name: config.get(f.name, DEFAULTS[f.name]) for f in fields(cls) if f.name != "allowed_fhir_servers"
-        }
+    def from_settings(cls, settings: Settings) -> RecordSettings:
+        """The record layer's share of the service settings."""
+        values = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "allowed_fhir_servers"}
         values["fhir_allowlist"] = tuple(values["fhir_allowlist"])
         return cls(**values)
 

@@ -6,13 +6,12 @@ best practices ask); the reason goes to the ``cds_service.security`` log. The to
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from ..config import ConfigError
+from ..config import ConfigError, Settings
 from ..wire.errors import UNAUTHORIZED, CdsError
 from .issuers import load_issuers
 from .jwt import Claims, InvalidToken, TokenVerifier
@@ -39,28 +38,25 @@ def _bearer_token(authorization_header: str | None) -> str:
 class Authenticator:
     """Verifies client JWTs when authentication is on; see ``security/issuers.py`` for the issuer settings."""
 
-    def __init__(self, config: Mapping[str, Any], engine: Engine):
-        self._public_base_url = str(config.get("public_base_url") or "").rstrip("/")
+    def __init__(self, settings: Settings, engine: Engine):
+        self._public_base_url = (settings.public_base_url or "").rstrip("/")
         self._verifier: TokenVerifier | None = None
-        if not auth_enabled(config):
+        if not auth_enabled(settings):
             logger.warning(
                 "authentication is OFF: no trusted issuer is configured, every caller is accepted "
                 "(fine for local development only)"
             )
             return
-        issuers = load_issuers(config)
+        issuers = load_issuers(settings)
         if not issuers:
             raise ConfigError("auth_required is true but no trusted issuer is configured")
-        try:
-            self._verifier = TokenVerifier(
-                issuers,
-                algorithms=list(config["jwt_algorithms"]),
-                leeway_seconds=int(config["jwt_leeway_seconds"]),
-                max_lifetime_seconds=int(config["jwt_max_lifetime_seconds"]),
-                replay=ReplayGuard(engine),
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        self._verifier = TokenVerifier(
+            issuers,
+            algorithms=settings.jwt_algorithms,
+            leeway_seconds=settings.jwt_leeway_seconds,
+            max_lifetime_seconds=settings.jwt_max_lifetime_seconds,
+            replay=ReplayGuard(engine),
+        )
         logger.info("authentication is on; trusted issuers: %s", ", ".join(sorted(issuers)))
 
     @property

@@ -16,11 +16,10 @@ from typing import Any
 import jwt
 from jwt import exceptions as jwt_errors
 
+from ..config import ASYMMETRIC_ALGORITHMS
 from .issuers import TrustedIssuer, UntrustedKeyLocation
 from .replay import ReplayGuard
 
-# Algorithms a configuration may enable; `none` and every HMAC algorithm are deliberately absent.
-ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
 MAX_JTI_LENGTH = 256  # the seen_jti column size
 
@@ -80,13 +79,8 @@ class TokenVerifier:
         max_lifetime_seconds: int,
         replay: ReplayGuard,
     ):
-        refused = sorted(set(algorithms) - ASYMMETRIC_ALGORITHMS)
-        if refused:
-            raise ValueError(f"JWT algorithms not allowed: {', '.join(refused)} (use ES384, RS384, ES256, RS256...)")
-        if not algorithms:
-            raise ValueError("jwt_algorithms is empty")
         self._issuers = dict(issuers)
-        self._algorithms = frozenset(algorithms)
+        self._algorithms = frozenset(algorithms) & ASYMMETRIC_ALGORITHMS  # the settings refuse others; never HS*
         self._leeway = leeway_seconds
         self._max_lifetime = max_lifetime_seconds
         self._replay = replay

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Mapping
-from typing import Any
+
+from ..config import Settings
 
 logger = logging.getLogger("cds_service.security")
 
 
-def auth_enabled(config: Mapping[str, Any]) -> bool:
+def auth_enabled(settings: Settings) -> bool:
     """``auth_required`` when set; otherwise on as soon as an issuer is trusted."""
-    required = config.get("auth_required")
-    if required is not None:
-        return bool(required)
-    return bool(config.get("trusted_issuers")) or bool(config.get("allow_sandbox_issuer"))
+    if settings.auth_required is not None:
+        return settings.auth_required
+    return bool(settings.trusted_issuers) or settings.allow_sandbox_issuer
 
 
 def is_loopback(host: str) -> bool:
@@ -36,9 +35,9 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-def check_bind_safety(host: str, config: Mapping[str, Any], insecure: bool) -> str | None:
+def check_bind_safety(host: str, settings: Settings, insecure: bool) -> str | None:
     """The message to refuse ``serve`` with, or None when binding to ``host`` is acceptable."""
-    if auth_enabled(config) or is_loopback(host):
+    if auth_enabled(settings) or is_loopback(host):
         return None
     if insecure:
         logger.warning("serving on %s WITHOUT authentication (--insecure): anyone who can reach it may call it", host)

@@ -1,4 +1,4 @@
-"""The ``cds-service`` command: serve, evaluate a request file, check the rules."""
+"""The ``cds-service`` command: serve, evaluate a request file, check the rules, show the settings."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, load_config, masked_settings
 from .logs import configure_logging, logging_dict
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is first imported
@@ -79,23 +79,25 @@ def run_gunicorn(app: Any, options: dict[str, Any]) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from ..security.modes import check_bind_safety
 
-    if args.config:
-        os.environ["CDS_CONFIG"] = str(Path(args.config).resolve())
-    config = load_config()
-    refusal = check_bind_safety(args.host, config, args.insecure)
+    settings = load_config(args.config)  # checked before anything else happens: a bad value stops here
+    refusal = check_bind_safety(args.host, settings, args.insecure)
     if refusal:
         print(f"cds-service: {refusal}", file=sys.stderr)
         return 2
     own_metrics_dir = _prepare_metrics_dir()
     from ..app import create_app
 
-    app = create_app()  # loads and checks rules, value sets and the database before any worker starts
-
-    def remove_metrics_dir(_server: Any) -> None:
+    def remove_metrics_dir(_server: Any = None) -> None:
         if own_metrics_dir:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)
 
-    options = gunicorn_options(args.host, args.port, args.workers, args.threads, str(config["log_level"]))
+    try:
+        app = create_app(settings)  # loads and checks rules, value sets and the database before any port is opened
+    except Exception:
+        remove_metrics_dir()
+        raise
+
+    options = gunicorn_options(args.host, args.port, args.workers, args.threads, settings.log_level)
     options.update(post_fork=_after_fork, child_exit=_child_exit, on_exit=remove_metrics_dir)
     run_gunicorn(app, options)
     return 0
@@ -133,8 +135,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..wire.errors import UNKNOWN_SERVICE, CdsError, operation_outcome
     from ..evaluation import Runtime, answer_hook, read_request, validate_envelope
 
-    config = load_config(args.config, overrides={"now": args.now} if args.now else None)
-    runtime = Runtime.load(config)
+    settings = load_config(args.config, overrides={"now": args.now} if args.now else None)
+    configure_logging(settings.log_level)
+    runtime = Runtime.load(settings)
     try:
         body = read_request(runtime, Path(args.request).read_bytes())
         validate_envelope(body)
@@ -146,6 +149,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(operation_outcome(error.kind, error.detail), indent=2))  # the answer a server would give
         return 1
     print(json.dumps(answer.response, indent=2))
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    print(json.dumps(masked_settings(load_config(args.config)), indent=2))
     return 0
 
 
@@ -176,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
     evaluate.set_defaults(run=_evaluate)
 
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the effective settings as JSON, secrets masked")
+    show.add_argument("--config", help="TOML configuration file (also CDS_CONFIG)")
+    show.set_defaults(run=_config_show)
+
     rules = commands.add_parser("rules", help="rule set tools")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_commands.add_parser("check", help="validate every rule and value set and run every case")
@@ -186,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging({"log_level": os.environ.get("CDS_LOG_LEVEL", "INFO")})  # create_app applies the config's
+    configure_logging("INFO")  # until the settings are loaded: create_app and evaluate apply their log_level
     try:
         return int(args.run(args))
     except ConfigError as error:

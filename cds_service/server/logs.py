@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,13 +72,13 @@ def logging_dict(level: str) -> dict[str, Any]:
     }
 
 
-def configure_logging(config: Mapping[str, Any]) -> None:
-    """Send every log line to stderr as JSON at the configured ``log_level``.
+def configure_logging(level: str) -> None:
+    """Send every log line to stderr as JSON at ``level`` (a ``logging`` level name).
 
     Idempotent, and it leaves other handlers on the root logger in place (a test runner's capture, say).
     """
     root = logging.getLogger()
-    root.setLevel(str(config["log_level"]).upper())
+    root.setLevel(level)
     if not any(isinstance(handler, StderrHandler) for handler in root.handlers):
         handler = StderrHandler()
         handler.setFormatter(JsonFormatter())
