@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from ..config import database_url
 from ..evaluation import Runtime
 from ..security.auth import Authenticator
-from ..storage.database import make_engine
+from ..storage.database import open_database
 from ..storage.feedback import FeedbackStore
 from ..storage.issued_cards import IssuedCardLog
 
@@ -29,7 +29,7 @@ class ServiceState:
 
     @classmethod
     def build(cls, config: Mapping[str, Any]) -> ServiceState:
-        engine = make_engine(database_url(config))
+        engine = open_database(database_url(config))
         issued = IssuedCardLog(engine, float(config["issued_cards_flush_seconds"]))
         return cls(
             runtime=Runtime.load(config),
