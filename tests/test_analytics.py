@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from cds_service.storage.analytics import Period, feedback_report
 from cds_service.storage.feedback import FeedbackStore
 from cds_service.storage.issued_cards import IssuedCardLog
-from cds_service.storage.database import make_engine
+from cds_service.storage.database import open_database
 from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 from support.tokens import claims, jwks, make_key, sign
 from support.viewer_requests import RULE_ID, critical_request
@@ -27,7 +27,7 @@ COMPLETED = "Recommended action was already completed"
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'analytics.sqlite3'}")
+    engine = open_database(f"sqlite:///{tmp_path / 'analytics.sqlite3'}")
     yield engine
     engine.dispose()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cds_service.storage.database import issued_cards, make_engine, metadata
+from cds_service.storage.database import issued_cards, open_database
 from cds_service.viewer.examples import shipped_examples
 
 SERVICE = "muscle-cramps-patient-view"
@@ -34,7 +34,8 @@ def test_issued_cards_are_written_when_the_interval_ends_without_any_reader(make
     parts = app.extensions["cds_service"]
     cards = _issue_cards(app)
     deadline = time.monotonic() + 5
-    while parts.issued.pending and time.monotonic() < deadline:
+    # Until the rows are committed: the queue empties when the write starts, before its commit.
+    while not set(cards) <= set(_stored(parts.engine)) and time.monotonic() < deadline:
         time.sleep(0.02)
     stored = _stored(parts.engine)
     assert set(cards) <= set(stored)
@@ -88,13 +89,13 @@ def test_queued_rows_are_written_when_the_process_exits(tmp_path: Path):
         "import sys\n"
         "from datetime import UTC, datetime\n"
         "from cds_service.storage.issued_cards import IssuedCardLog\n"
-        "from cds_service.storage.database import make_engine\n"
-        "log = IssuedCardLog(make_engine(sys.argv[1]), 3600)\n"
+        "from cds_service.storage.database import open_database\n"
+        "log = IssuedCardLog(open_database(sys.argv[1]), 3600)\n"
         "log.add('muscle-cramps-patient-view', [('card-1', 'rule-a', 'warning'), ('card-2', 'rule-b', 'info')],"
         " datetime.now(UTC))\n"
     )
     subprocess.run([sys.executable, "-c", script, url], check=True, timeout=60)
-    assert _stored(make_engine(url)) == {"card-1": "rule-a", "card-2": "rule-b"}
+    assert _stored(open_database(url)) == {"card-1": "rule-a", "card-2": "rule-b"}
 
 
 def test_a_full_queue_drops_the_oldest_rows_and_says_how_many(monkeypatch, tmp_path, caplog):
@@ -117,6 +118,6 @@ def test_a_full_queue_drops_the_oldest_rows_and_says_how_many(monkeypatch, tmp_p
     assert "2 issued-card rows were dropped" in caplog.text
     assert log.pending == 3  # kept for the next attempt
     (tmp_path / "missing-folder").mkdir()
-    metadata.create_all(unreachable)
+    open_database(str(unreachable.url)).dispose()  # the folder exists now: the schema is made
     log.flush()
     assert sorted(_stored(unreachable)) == ["card-2", "card-3", "card-4"]  # the newest three

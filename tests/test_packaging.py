@@ -45,6 +45,9 @@ def test_wheel_holds_the_data_files(installed):
     for name in ("request", "response", "discovery", "feedback"):
         assert (package / "schemas" / f"{name}.schema.json").is_file()
     assert (package / "security" / "sandbox-jwks.json").is_file()
+    migrations = package / "storage" / "migrations"
+    for name in ("env.py", "script.py.mako", "versions/0001_initial.py"):
+        assert (migrations / name).is_file()
 
 
 def test_installed_package_evaluates_from_an_empty_directory(installed, tmp_path):
@@ -59,3 +62,20 @@ def test_installed_package_evaluates_from_an_empty_directory(installed, tmp_path
 def test_installed_package_checks_its_rules(installed, tmp_path):
     result = run_installed(installed, tmp_path, "rules", "check")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_installed_package_migrates_a_database_from_an_empty_directory(installed, tmp_path):
+    script = (
+        "import cds_service\n"
+        "from sqlalchemy import inspect\n"
+        "from cds_service.storage.database import open_database\n"
+        "print(cds_service.__file__)\n"
+        "print(sorted(inspect(open_database('sqlite:///db.sqlite3')).get_table_names()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    module, tables = result.stdout.splitlines()
+    assert Path(module).is_relative_to(installed)
+    assert tables == str(["alembic_version", "feedback", "issued_cards", "seen_jti"])

@@ -24,7 +24,7 @@ from cds_service.wire.errors import UNAUTHORIZED, CdsError
 from cds_service.security.auth import Authenticator, Claims
 from cds_service.security.issuers import SANDBOX_ISSUER, SANDBOX_JKU
 from cds_service.security.modes import check_bind_safety
-from cds_service.storage.database import make_engine, seen_jti
+from cds_service.storage.database import open_database, seen_jti
 from support.tokens import ATTACKS, Attack, JsonServer, Scenario, claims, jwks, make_key, sign, signed_as_is
 
 ISS = "https://ehr.example.org"
@@ -35,7 +35,7 @@ FIVE_MINUTES_AGO = datetime.now(timezone.utc) - timedelta(minutes=5)
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'security.sqlite3'}")
+    engine = open_database(f"sqlite:///{tmp_path / 'security.sqlite3'}")
     yield engine
     engine.dispose()
 
@@ -174,7 +174,7 @@ def test_jti_is_shared_by_authenticators_on_one_database(
     tmp_path: Path, engine: Engine, scenario: Scenario, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = config(tmp_path, trusted_issuers=[jku_issuer(scenario)])
-    first, second = Authenticator(settings, engine), Authenticator(settings, make_engine(str(engine.url)))
+    first, second = Authenticator(settings, engine), Authenticator(settings, open_database(str(engine.url)))
     jti = "shared-jti"
     assert first.authenticate(scenario.bearer(jti=jti), AUD) is not None
     assert "was already used" in refusal_reason(second, scenario.bearer(jti=jti), caplog)
@@ -267,7 +267,7 @@ def strict_authenticator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     tmp = tmp_path_factory.mktemp("fuzz-jwt")
     key = make_key("ES384")
     scenario = Scenario(ISS, AUD, "https://ehr.example.org/jwks.json", "", key, key)
-    engine = make_engine(f"sqlite:///{tmp / 'db.sqlite3'}")
+    engine = open_database(f"sqlite:///{tmp / 'db.sqlite3'}")
     issuer = {"iss": ISS, "jwks": jwks(key), "jku_allowlist": [scenario.jku]}
     handler = _FailOnError()
     logging.getLogger("cds_service.security").addHandler(handler)

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select
 from support.live import free_port
 
 from cds_service.security.replay import ReplayGuard
-from cds_service.storage.database import make_engine, seen_jti
+from cds_service.storage.database import open_database, seen_jti
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def pg_engine() -> Iterator[Engine]:
         run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync")
         options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
         run("pg_ctl", "-D", data, "-o", options, "-l", os.path.join(home, "log"), "-w", "start")
-        engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
+        engine = open_database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
         yield engine
         engine.dispose()
     finally:
@@ -64,7 +64,7 @@ def test_a_jti_is_accepted_once(pg_engine: Engine) -> None:
 
 def test_concurrent_guards_accept_one_use(pg_engine: Engine) -> None:
     """Four instances (own engines and pools), sixteen threads, one jti: exactly one use is accepted."""
-    engines = [make_engine(str(pg_engine.url)) for _ in range(4)]
+    engines = [open_database(str(pg_engine.url)) for _ in range(4)]
     guards = [ReplayGuard(engine) for engine in engines]
     barrier = threading.Barrier(16)
     results: list[bool] = []

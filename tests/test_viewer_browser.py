@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from cds_service.storage.database import feedback, make_engine
+from cds_service.storage.database import feedback, open_database
 from cds_service.viewer.examples import shift_days, shifted
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
 from support.hookcalls import SERVICE_IDS
@@ -49,7 +49,7 @@ def server(tmp_path_factory) -> tuple[str, Path]:
 
 
 def stored_feedback(database: Path, card_uuid: str) -> list[dict]:
-    engine = make_engine(f"sqlite:///{database}")
+    engine = open_database(f"sqlite:///{database}")
     try:
         with engine.connect() as conn:
             rows = conn.execute(select(feedback).where(feedback.c.card_uuid == card_uuid)).mappings().all()

@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 from ..config import Settings, database_url
 from ..evaluation import Runtime
 from ..security.auth import Authenticator
-from ..storage.database import make_engine
+from ..storage.database import open_database
 from ..storage.feedback import FeedbackStore
 from ..storage.issued_cards import IssuedCardLog
 
@@ -27,7 +27,7 @@ class ServiceState:
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
-        engine = make_engine(database_url(settings))
+        engine = open_database(database_url(settings))
         issued = IssuedCardLog(engine, settings.issued_cards_flush_seconds)
         return cls(
             runtime=Runtime.load(settings),

@@ -1,7 +1,8 @@
 """The shared database (SQLAlchemy Core): SQLite by default, PostgreSQL when ``database_url`` says so.
 
 It holds what several workers and instances must agree on: clinician feedback and seen JWT ids (replay
-protection). Access tokens and JWTs themselves are never stored.
+protection). Access tokens and JWTs themselves are never stored. The tables below are the code's model of the
+schema; the database gets them from the Alembic migrations (cds_service.storage.schema), which a test keeps equal.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
+
+from .schema import upgrade_schema
 
 metadata = MetaData()
 
@@ -67,9 +70,6 @@ seen_jti = Table(
 Index("ix_seen_jti_expires_at", seen_jti.c.expires_at)
 
 
-SCHEMA_LOCK_KEY = 0x636473  # PostgreSQL advisory lock held while creating the tables ("cds")
-
-
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # several gunicorn workers write the same file
@@ -78,18 +78,15 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the tables created; SQLite is put in WAL mode with full sync."""
+def open_database(url: str) -> Engine:
+    """An engine on ``url`` whose schema is upgraded to this release's (cds_service.storage.schema); SQLite is put
+    in WAL mode with full sync."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 5})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Instances starting together on an empty database would race to create the same tables.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        metadata.create_all(conn)
+    upgrade_schema(engine)
     return engine
 
 

@@ -35,10 +35,11 @@ def _postgres_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-def missing_binaries() -> str | None:
-    """Why the multi-instance infrastructure cannot run here, or None when it can."""
+def missing_binaries(nginx: bool = True) -> str | None:
+    """Why the multi-instance infrastructure (PostgreSQL, and nginx unless ``nginx`` is false) cannot run here,
+    or None when it can."""
     absent = [name for name in ("initdb", "pg_ctl") if _postgres_bin(name) is None]
-    if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
+    if nginx and shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
         absent.append("nginx")
     if absent:
         return f"{', '.join(absent)} not installed (apt-get install -y postgresql nginx)"
