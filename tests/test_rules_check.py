@@ -44,6 +44,17 @@ def test_an_invalid_rule_is_reported_with_its_path(rules_copy: Path) -> None:
     assert code == 1 and f"FAIL {rule}: at card/indicator:" in report
 
 
+def test_a_suggestion_with_an_invalid_fhir_resource_is_reported(rules_copy: Path) -> None:
+    rule = rules_copy / "electrolytes" / "hypocalcemia.yaml"
+    edit_rule_file(rule, lambda d: d["card"]["suggestions"][1]["actions"][0]["order"].update(code="1994  3"))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert (
+        f"FAIL {rule}: at card/suggestions/1/actions/0/order: suggestion 'Order ionized calcium' creates a "
+        "ServiceRequest that is not valid FHIR R4: at code.coding.0.code:"
+    ) in report
+
+
 def test_a_rule_without_cases_and_orphan_cases_fail(rules_copy: Path) -> None:
     (rules_copy / "metabolic" / "ckd.cases.yaml").rename(rules_copy / "metabolic" / "ckd-old.cases.yaml")
     code, report = check(rules_copy)
