@@ -205,12 +205,10 @@ def test_a_suggestion_that_creates_an_invalid_fhir_resource_fails_to_load(rules_
     edit_rule_file(path, lambda d: d["card"]["suggestions"][0]["actions"][0]["order"].update(code="19123-9 "))
     with pytest.raises(RuleError) as caught:
         RuleSet.load(rules_copy, TERMINOLOGY)
-    message = str(caught.value)
-    assert message.startswith(
+    assert str(caught.value).startswith(
         f"{path}: at card/suggestions/0/actions/0/order: suggestion 'Order serum magnesium' creates a "
         "ServiceRequest that is not valid FHIR R4: at code.coding.0.code: String should match pattern"
     )
-    assert "\n" not in message
 
 
 def test_field_order_is_enforced(rules_copy: Path) -> None:
