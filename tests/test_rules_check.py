@@ -44,6 +44,20 @@ def test_an_invalid_rule_is_reported_with_its_path(rules_copy: Path) -> None:
     assert code == 1 and f"FAIL {rule}: at card/indicator:" in report
 
 
+def test_a_suggestion_with_an_invalid_fhir_resource_is_reported_on_one_line(rules_copy: Path) -> None:
+    """A display of a no-break space alone is no FHIR string; pydantic's message quotes a pattern that holds a
+    line break, which the report writes escaped."""
+    rule = rules_copy / "electrolytes" / "hypocalcemia.yaml"
+    edit_rule_file(rule, lambda d: d["card"]["suggestions"][1]["actions"][0]["order"].update(display="\u00a0"))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert (
+        f"FAIL {rule}: at card/suggestions/1/actions/0/order: suggestion 'Order ionized calcium' creates a "
+        "ServiceRequest that is not valid FHIR R4: at code.coding.0.display: String should match pattern "
+        "'[ \\r\\n\\t\\S]+' (and 1 more)\n"
+    ) in report
+
+
 def test_a_rule_without_cases_and_orphan_cases_fail(rules_copy: Path) -> None:
     (rules_copy / "metabolic" / "ckd.cases.yaml").rename(rules_copy / "metabolic" / "ckd-old.cases.yaml")
     code, report = check(rules_copy)

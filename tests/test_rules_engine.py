@@ -198,6 +198,19 @@ def test_invalid_rules_name_file_and_path(rules_copy: Path, change, message: str
     assert str(path) in str(caught.value) and message in str(caught.value)
 
 
+def test_a_suggestion_that_creates_an_invalid_fhir_resource_fails_to_load(rules_copy: Path) -> None:
+    """FHIR's code type allows no trailing space, which the rule schema cannot say: the ServiceRequest the card
+    builder would create is validated (fhir.resources) and the error names file, suggestion and FHIR path."""
+    path = rules_copy / "diuretic" / "diuretic-hypokalemia.yaml"
+    edit_rule_file(path, lambda d: d["card"]["suggestions"][0]["actions"][0]["order"].update(code="19123-9 "))
+    with pytest.raises(RuleError) as caught:
+        RuleSet.load(rules_copy, TERMINOLOGY)
+    assert str(caught.value).startswith(
+        f"{path}: at card/suggestions/0/actions/0/order: suggestion 'Order serum magnesium' creates a "
+        "ServiceRequest that is not valid FHIR R4: at code.coding.0.code: String should match pattern"
+    )
+
+
 def test_field_order_is_enforced(rules_copy: Path) -> None:
     path = rules_copy / "diuretic" / "diuretic-hypokalemia.yaml"
     edit_rule_file(path, lambda d: d.update({"title": d.pop("title")}))

@@ -33,6 +33,7 @@ from .model import (
     SuggestionTemplate,
     binding_name,
 )
+from .resources import order_problem
 from .templates import FIELDS, criterion_kind, placeholders
 
 FIELD_ORDER = (
@@ -298,7 +299,7 @@ def _card(
         where = f"card/suggestions/{i}"
         when = block(f"{where}/when", s.get("when"))
         block(f"{where}/unless", s.get("unless"))
-        actions = tuple(_action(ctx, f"{where}/actions/{j}", a) for j, a in enumerate(s["actions"]))
+        actions = tuple(_action(ctx, f"{where}/actions/{j}", a, s["label"]) for j, a in enumerate(s["actions"]))
         suggestions.append(
             SuggestionTemplate(check_template(f"{where}/label", s["label"], when), actions,
                                bool(s.get("recommended", False)), when, s.get("unless"))
@@ -322,11 +323,16 @@ def _card(
     )
 
 
-def _action(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Action:
+def _action(ctx: _Context, where: str, spec: Mapping[str, Any], label: str) -> Action:
     if "order" in spec:
         order = spec["order"]
         if order["system"] != "http://loinc.org":
             raise ctx.fail(f"{where}/order/system", "tests are ordered by LOINC code (http://loinc.org)")
-        return Action("order", coding=Coding(order["system"], str(order["code"]), order["display"]))
+        coding = Coding(order["system"], str(order["code"]), order["display"])
+        problem = order_problem(coding)
+        if problem:
+            invalid = f"suggestion {label!r} creates a ServiceRequest that is not valid FHIR R4"
+            raise ctx.fail(f"{where}/order", f"{invalid}: at {problem}")
+        return Action("order", coding=coding)
     classes = _known(ctx, f"{where}/remove_draft", spec["remove_draft"], "medication_classes", "medication class")
     return Action("remove_draft", classes=classes)
