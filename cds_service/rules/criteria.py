@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
 from ..facts.model import Finding, LabResult, MedicationUse, PatientFacts
@@ -22,15 +22,19 @@ from .model import (
     CompositeCriterion,
     Criterion,
     FindingCriterion,
+    InteractionCriterion,
     LabCriterion,
     MedicationCriterion,
+    TimingCriterion,
 )
 
 # Names a record or facts layer may use in ``incomplete`` for the data each kind of criterion reads.
 DATA_GROUPS: dict[type, frozenset[str]] = {
     LabCriterion: frozenset({"labs"}),
     MedicationCriterion: frozenset({"medications", "medrequests", "medstatements"}),
+    InteractionCriterion: frozenset({"medications", "medrequests", "medstatements"}),
     FindingCriterion: frozenset({"conditions", "symptoms", "findings"}),
+    TimingCriterion: frozenset({"medications", "medrequests", "medstatements", "conditions", "symptoms", "findings"}),
 }
 FUTURE_TOLERANCE = timedelta(hours=1)  # clock skew between the EHR and this service
 
@@ -43,7 +47,35 @@ class Absence:
     within_text: str
 
 
-Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """Evidence of an interaction criterion: ``first`` and ``second`` are different medications taken together."""
+
+    first: MedicationUse
+    second: MedicationUse
+    first_ingredient: str
+    second_ingredient: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Evidence of a timing criterion: from a course event of ``medication`` to an event of ``finding``."""
+
+    medication: MedicationUse
+    since: str  # start, stop or restart
+    since_date: datetime
+    finding: Finding
+    until: str  # onset or resolution
+    until_date: datetime
+    points: int | None  # None: a span no band scores (e.g. symptoms documented before the statin)
+
+    @property
+    def days(self) -> int:
+        return (self.until_date - self.since_date).days
+
+
+Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence | Pairing | Timing
 # id(criterion) -> its result over one patient's facts; ids are stable because the rule set holds its criteria
 Memo: TypeAlias = "dict[int, Match]"
 
@@ -73,8 +105,14 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         return _composite(criterion, facts, memo)
     if kind is LabCriterion:
         return _lab(criterion, facts)
+    if kind is InteractionCriterion:
+        found: tuple[Evidence, ...] = _pairings(criterion, facts)
+        return Match(True, found) if found else _not_found(criterion, facts)
+    if kind is TimingCriterion:
+        timing = _timing(criterion, facts)
+        return Match(True, (timing,)) if timing else _not_found(criterion, facts)
     if kind is MedicationCriterion:
-        found: tuple[Evidence, ...] = tuple(
+        found = tuple(
             m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
         )
     else:
@@ -181,3 +219,77 @@ def _in_range(result: LabResult, check: str) -> Tri:
     if check == "above_range":
         return None if result.ref_high is None else result.value > result.ref_high
     return None if result.ref_low is None else result.value < result.ref_low
+
+
+def _pairings(criterion: InteractionCriterion, facts: PatientFacts) -> tuple[Pairing, ...]:
+    """Each pair of different medications (in use as the criterion says) whose ingredients the criterion pairs.
+
+    The second must bring an ingredient the first does not hold: a combination tablet of both drugs, or the same
+    product recorded twice (a prescription and a statement), is not an interaction with itself.
+    """
+    uses = [m for m in facts.medications if _use_matches(criterion.use, m)]
+    found: list[Pairing] = []
+    for first in uses:
+        for second in uses:
+            if first is second:
+                continue
+            for one, other, note in criterion.pairs:
+                if one in first.ingredients and other in second.ingredients and other not in first.ingredients:
+                    found.append(Pairing(first, second, one, other, note))
+    return tuple(found)
+
+
+def _courses(facts: PatientFacts, classes: frozenset[str]) -> list[tuple[datetime, datetime | None]]:
+    """The dated courses of ``classes`` in the medication history, overlapping ones merged, oldest first; the end
+    is None for a course still running (or with no recorded end)."""
+    spans = sorted(((_aware(m.date), _aware(m.ended) if m.ended else None)
+                    for m in facts.medication_history if m.classes & classes and m.date is not None),
+                   key=lambda span: span[0])
+    merged: list[tuple[datetime, datetime | None]] = []
+    for start, end in spans:
+        if merged and (merged[-1][1] is None or start <= merged[-1][1]):
+            last_start, last_end = merged[-1]
+            merged[-1] = (last_start, None if last_end is None or end is None else max(last_end, end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _timing(criterion: TimingCriterion, facts: PatientFacts) -> Timing | None:
+    """The criterion's span over the facts, scored by its bands; None when the record does not show it."""
+    current = [m for m in facts.medications if m.classes & criterion.classes and m.kind != "draft"]
+    courses = _courses(facts, criterion.classes)
+    if not current or not courses or courses[-1][1] is not None:
+        return None  # no current course in the history: no dated start
+    start = courses[-1][0]
+    stopped = courses[-2] if len(courses) > 1 else None
+    if criterion.since == "start":
+        since = start
+        candidates = [f for f in facts.findings_of(criterion.concepts) if f.onset]
+        pick = min(candidates, key=lambda f: _aware(f.onset), default=None)
+    elif stopped is None or stopped[1] is None:
+        return None
+    elif criterion.since == "stop":
+        since = stopped[1]
+        candidates = [f for f in facts.finding_history if f.concept in criterion.concepts and f.onset and f.abated
+                      and _aware(f.onset) <= since <= _aware(f.abated)]
+        pick = min(candidates, key=lambda f: _aware(f.abated), default=None)
+    else:  # restart: a new course after a stopped one, and symptoms that began during the stopped one
+        since = start
+        before = [f for f in facts.finding_history if f.concept in criterion.concepts and f.onset
+                  and stopped[0] <= _aware(f.onset) <= stopped[1]]
+        after = [f for f in facts.findings_of(criterion.concepts) if f.onset and _aware(f.onset) >= since]
+        pick = min(after, key=lambda f: _aware(f.onset), default=None) if before else None
+    moment = None if pick is None else pick.abated if criterion.until == "resolution" else pick.onset
+    if pick is None or moment is None:
+        return None
+    until = _aware(moment)
+    span = until - since
+    points = None if span < timedelta(0) else next(
+        (b.points for b in criterion.bands if b.under is None or span < b.under), None)
+    medication = max(current, key=lambda m: _aware(m.date) if m.date else since)
+    return Timing(medication, criterion.since, since, pick, criterion.until, until, points)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
