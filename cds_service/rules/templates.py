@@ -271,7 +271,8 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
         analyte = markdown(running(analyte_name(evidence.analyte)))
         return f"{label}no {analyte} result in the last {_window(evidence.within_text)}"
     if isinstance(evidence, Pairing):
-        return f"{label}{_medication(evidence.first)} with {_medication(evidence.second)}: {markdown(evidence.note)}"
+        # the note is the value set's own text (not patient data): shown as written
+        return f"{label}{_medication(evidence.first)} with {_medication(evidence.second)}: {evidence.note}"
     if isinstance(evidence, Timing):
         return f"{label}{markdown(timing_text(evidence))}"
     if isinstance(evidence, MedicationUse):
