@@ -239,47 +239,58 @@ def _pairings(criterion: InteractionCriterion, facts: PatientFacts) -> tuple[Pai
     return tuple(found)
 
 
-def _courses(facts: PatientFacts, classes: frozenset[str]) -> list[tuple[datetime, datetime | None]]:
-    """The dated courses of ``classes`` in the medication history, overlapping ones merged, oldest first; the end
-    is None for a course still running (or with no recorded end)."""
-    spans = sorted(((_aware(m.date), _aware(m.ended) if m.ended else None)
-                    for m in facts.medication_history if m.classes & classes and m.date is not None),
-                   key=lambda span: span[0])
-    merged: list[tuple[datetime, datetime | None]] = []
-    for start, end in spans:
-        if merged and (merged[-1][1] is None or start <= merged[-1][1]):
-            last_start, last_end = merged[-1]
-            merged[-1] = (last_start, None if last_end is None or end is None else max(last_end, end))
+@dataclass(slots=True)
+class _Course:
+    """Overlapping dated uses of a medication class merged into one course (``end`` None: still running)."""
+
+    start: datetime
+    end: datetime | None
+    last: MedicationUse  # the use that ends the course (or the latest to start, for a running one)
+
+
+def _courses(facts: PatientFacts, classes: frozenset[str]) -> list[_Course]:
+    """The dated courses of ``classes`` in the medication history, oldest first. A use with no recorded end is
+    taken to run on (a prescription renewed by a newer one does not end the course)."""
+    uses = sorted((m for m in facts.medication_history if m.classes & classes and m.date is not None),
+                  key=lambda m: _aware(m.date))  # type: ignore[arg-type]  # dated, filtered above
+    courses: list[_Course] = []
+    for use in uses:
+        start, end = _aware(use.date), _aware(use.ended) if use.ended else None  # type: ignore[arg-type]
+        last = courses[-1] if courses else None
+        if last is not None and (last.end is None or start <= last.end):
+            if last.end is not None and (end is None or end >= last.end):
+                last.end, last.last = end, use
         else:
-            merged.append((start, end))
-    return merged
+            courses.append(_Course(start, end, use))
+    return courses
 
 
 def _timing(criterion: TimingCriterion, facts: PatientFacts) -> Timing | None:
     """The criterion's span over the facts, scored by its bands; None when the record does not show it."""
     current = [m for m in facts.medications if m.classes & criterion.classes and m.kind != "draft"]
     courses = _courses(facts, criterion.classes)
-    if not current or not courses or courses[-1][1] is not None:
-        return None  # no current course in the history: no dated start
-    start = courses[-1][0]
+    if not current or not courses or courses[-1].end is not None:
+        return None  # no running course in the history: no dated start
+    start = courses[-1].start
+    medication = max(current, key=lambda m: _aware(m.date) if m.date else start)
     stopped = courses[-2] if len(courses) > 1 else None
     if criterion.since == "start":
         since = start
         candidates = [f for f in facts.findings_of(criterion.concepts) if f.onset]
-        pick = min(candidates, key=lambda f: _aware(f.onset), default=None)
-    elif stopped is None or stopped[1] is None:
+        pick = min(candidates, key=lambda f: _aware(f.onset), default=None)  # type: ignore[arg-type]
+    elif stopped is None or stopped.end is None:
         return None
     elif criterion.since == "stop":
-        since = stopped[1]
+        since, medication = stopped.end, stopped.last
         candidates = [f for f in facts.finding_history if f.concept in criterion.concepts and f.onset and f.abated
                       and _aware(f.onset) <= since <= _aware(f.abated)]
-        pick = min(candidates, key=lambda f: _aware(f.abated), default=None)
-    else:  # restart: a new course after a stopped one, and symptoms that began during the stopped one
+        pick = min(candidates, key=lambda f: _aware(f.abated), default=None)  # type: ignore[arg-type]
+    else:  # restart: a new course after a stopped one during which the symptoms began
         since = start
         before = [f for f in facts.finding_history if f.concept in criterion.concepts and f.onset
-                  and stopped[0] <= _aware(f.onset) <= stopped[1]]
+                  and stopped.start <= _aware(f.onset) <= stopped.end]
         after = [f for f in facts.findings_of(criterion.concepts) if f.onset and _aware(f.onset) >= since]
-        pick = min(after, key=lambda f: _aware(f.onset), default=None) if before else None
+        pick = min(after, key=lambda f: _aware(f.onset), default=None) if before else None  # type: ignore[arg-type]
     moment = None if pick is None else pick.abated if criterion.until == "resolution" else pick.onset
     if pick is None or moment is None:
         return None
@@ -287,7 +298,6 @@ def _timing(criterion: TimingCriterion, facts: PatientFacts) -> Timing | None:
     span = until - since
     points = None if span < timedelta(0) else next(
         (b.points for b in criterion.bands if b.under is None or span < b.under), None)
-    medication = max(current, key=lambda m: _aware(m.date) if m.date else since)
     return Timing(medication, criterion.since, since, pick, criterion.until, until, points)
 
 
