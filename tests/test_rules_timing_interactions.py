@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 
 from cds_service.facts.model import Coding, Finding, MedicationUse, PatientFacts
 from cds_service.facts.terminology import Terminology, ValueSetError
@@ -18,9 +19,12 @@ from cds_service.rules.engine import RuleError, RuleSet
 from cds_service.rules.loader import shipped_rules_dir
 from cds_service.rules.model import Band, InteractionCriterion, TimingCriterion
 from cds_service.rules.templates import field_value, timing_text
+from support.hookcalls import SERVICE_IDS
 from support.rule_files import edit_rule_file
+from support.wsgi_server import running
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "requests"
 RULES_DIR = shipped_rules_dir()
 TERMINOLOGY = load_terminology(RULES_DIR)
 PAIRS = (("simvastatin", "clarithromycin", "contraindicated"), ("simvastatin", "amlodipine", "at most 20 mg"))
@@ -183,3 +187,24 @@ def test_a_timing_criterion_needs_a_basis_from_the_rules_references(rules_copy: 
     edit_rule_file(path, lambda rule: rule["criteria"]["note_sams_onset"].pop("basis"))
     with pytest.raises(RuleError, match="no-ck.yaml: at criteria/note_sams_onset: the threshold .under P4W 3 points.* needs a basis"):
         RuleSet.load(rules_copy, TERMINOLOGY)
+
+
+# --- over HTTP ---------------------------------------------------------------------------------------------
+
+def _cards(base: str, fixture: str) -> list[dict]:
+    body = json.loads((FIXTURES / fixture).read_text("utf-8"))
+    response = requests.post(f"{base}/cds-services/{SERVICE_IDS[body['hook']]}", json=body, timeout=30)
+    assert response.status_code == 200
+    return response.json()["cards"]
+
+
+def test_statin_cards_over_http_show_sams_ci_parts_and_statin_specific_interactions(make_app) -> None:
+    with running(make_app()) as base:
+        (sams,) = _cards(base, "statin-sams-ci-rechallenge.json")
+        (pair,) = _cards(base, "statin-interaction.json")
+        (combination,) = _cards(base, "statin-combination-tablet.json")
+    assert "SAMS-CI dechallenge: cramp resolved 10 days after stopping atorvastatin" in sams["detail"]
+    assert "SAMS-CI rechallenge: cramp began 2 weeks after restarting rosuvastatin" in sams["detail"]
+    assert pair["indicator"] == "critical" and "hold the statin today" in pair["summary"]
+    assert "Order creatine kinase (CK)" not in [s["label"] for s in pair["suggestions"]]  # a CK 2 days ago
+    assert "Interaction" not in combination["detail"]
