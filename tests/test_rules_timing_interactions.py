@@ -185,7 +185,16 @@ def test_a_timing_criterion_needs_a_basis_from_the_rules_references(rules_copy: 
     with pytest.raises(RuleError, match="no-ck.yaml: at criteria/note_sams_onset/basis: 'nla-2099' is not one of"):
         RuleSet.load(rules_copy, TERMINOLOGY)
     edit_rule_file(path, lambda rule: rule["criteria"]["note_sams_onset"].pop("basis"))
-    with pytest.raises(RuleError, match="no-ck.yaml: at criteria/note_sams_onset: the threshold .under P4W 3 points.* needs a basis"):
+    needs_basis = "no-ck.yaml: at criteria/note_sams_onset: the threshold .under P4W 3 points.* needs a basis"
+    with pytest.raises(RuleError, match=needs_basis):
+        RuleSet.load(rules_copy, TERMINOLOGY)
+
+
+def test_a_timing_criterion_names_the_spans_the_history_can_date(rules_copy: Path) -> None:
+    path = rules_copy / "statin" / "statin-muscle-symptoms-no-ck.yaml"
+    edit_rule_file(path, lambda rule: rule["criteria"]["note_sams_onset"]["timing"].update(until="resolution"))
+    with pytest.raises(RuleError, match="at criteria/note_sams_onset/timing: times start to onset, stop to "
+                                        "resolution, restart to onset, not start to resolution"):
         RuleSet.load(rules_copy, TERMINOLOGY)
 
 
@@ -208,3 +217,4 @@ def test_statin_cards_over_http_show_sams_ci_parts_and_statin_specific_interacti
     assert pair["indicator"] == "critical" and "hold the statin today" in pair["summary"]
     assert "Order creatine kinase (CK)" not in [s["label"] for s in pair["suggestions"]]  # a CK 2 days ago
     assert "Interaction" not in combination["detail"]
+

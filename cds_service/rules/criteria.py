@@ -251,54 +251,70 @@ class _Course:
 def _courses(facts: PatientFacts, classes: frozenset[str]) -> list[_Course]:
     """The dated courses of ``classes`` in the medication history, oldest first. A use with no recorded end is
     taken to run on (a prescription renewed by a newer one does not end the course)."""
-    uses = sorted((m for m in facts.medication_history if m.classes & classes and m.date is not None),
-                  key=lambda m: _aware(m.date))  # type: ignore[arg-type]  # dated, filtered above
+    spans = sorted(
+        ((_aware(m.date), _aware(m.ended) if m.ended else None, m)
+         for m in facts.medication_history if m.classes & classes and m.date),
+        key=lambda span: span[0],
+    )
     courses: list[_Course] = []
-    for use in uses:
-        start, end = _aware(use.date), _aware(use.ended) if use.ended else None  # type: ignore[arg-type]
+    for start, end, use in spans:
         last = courses[-1] if courses else None
-        if last is not None and (last.end is None or start <= last.end):
-            if last.end is not None and (end is None or end >= last.end):
-                last.end, last.last = end, use
-        else:
+        if last is None or (last.end is not None and start > last.end):
             courses.append(_Course(start, end, use))
+        elif last.end is not None and (end is None or end >= last.end):
+            last.end, last.last = end, use
     return courses
 
 
+Episode: TypeAlias = tuple[datetime, datetime | None, Finding]  # onset, abatement, the finding
+
+
+def _episodes(findings: tuple[Finding, ...], concepts: frozenset[str]) -> list[Episode]:
+    """The findings of ``concepts`` that have an onset date, as (onset, abatement, finding), earliest first."""
+    return sorted(
+        ((_aware(f.onset), _aware(f.abated) if f.abated else None, f)
+         for f in findings if f.concept in concepts and f.onset),
+        key=lambda episode: episode[0],
+    )
+
+
 def _timing(criterion: TimingCriterion, facts: PatientFacts) -> Timing | None:
-    """The criterion's span over the facts, scored by its bands; None when the record does not show it."""
+    """The criterion's span over the facts, scored by its bands; None when the record does not show it.
+
+    start -> onset: the running course's start to the earliest dated current symptom (it may come first).
+    stop -> resolution: an earlier course's recorded end to the abatement of a symptom that was present then.
+    restart -> onset: the running course's start to the first symptom after it, when symptoms also began during
+    the stopped course before it.
+    """
     current = [m for m in facts.medications if m.classes & criterion.classes and m.kind != "draft"]
     courses = _courses(facts, criterion.classes)
     if not current or not courses or courses[-1].end is not None:
-        return None  # no running course in the history: no dated start
-    start = courses[-1].start
-    medication = max(current, key=lambda m: _aware(m.date) if m.date else start)
+        return None  # no running course with a dated start
+    running = courses[-1]
+    medication = max(current, key=lambda m: _aware(m.date) if m.date else running.start)
     stopped = courses[-2] if len(courses) > 1 else None
+    now = _episodes(facts.findings, criterion.concepts)
     if criterion.since == "start":
-        since = start
-        candidates = [f for f in facts.findings_of(criterion.concepts) if f.onset]
-        pick = min(candidates, key=lambda f: _aware(f.onset), default=None)  # type: ignore[arg-type]
+        since, picked = running.start, next(((e[0], e[2]) for e in now), None)
     elif stopped is None or stopped.end is None:
         return None
     elif criterion.since == "stop":
         since, medication = stopped.end, stopped.last
-        candidates = [f for f in facts.finding_history if f.concept in criterion.concepts and f.onset and f.abated
-                      and _aware(f.onset) <= since <= _aware(f.abated)]
-        pick = min(candidates, key=lambda f: _aware(f.abated), default=None)  # type: ignore[arg-type]
-    else:  # restart: a new course after a stopped one during which the symptoms began
-        since = start
-        before = [f for f in facts.finding_history if f.concept in criterion.concepts and f.onset
-                  and stopped.start <= _aware(f.onset) <= stopped.end]
-        after = [f for f in facts.findings_of(criterion.concepts) if f.onset and _aware(f.onset) >= since]
-        pick = min(after, key=lambda f: _aware(f.onset), default=None) if before else None  # type: ignore[arg-type]
-    moment = None if pick is None else pick.abated if criterion.until == "resolution" else pick.onset
-    if pick is None or moment is None:
+        resolved = [(e[1], e[2]) for e in _episodes(facts.finding_history, criterion.concepts)
+                    if e[1] is not None and e[0] <= stopped.end <= e[1]]
+        picked = min(resolved, key=lambda r: r[0], default=None)
+    else:
+        since = running.start
+        history = _episodes(facts.finding_history, criterion.concepts)
+        earlier = any(stopped.start <= e[0] <= stopped.end for e in history)
+        picked = next(((e[0], e[2]) for e in now if e[0] >= since), None) if earlier else None
+    if picked is None:
         return None
-    until = _aware(moment)
+    until, finding = picked
     span = until - since
     points = None if span < timedelta(0) else next(
         (b.points for b in criterion.bands if b.under is None or span < b.under), None)
-    return Timing(medication, criterion.since, since, pick, criterion.until, until, points)
+    return Timing(medication, criterion.since, since, finding, criterion.until, until, points)
 
 
 def _aware(moment: datetime) -> datetime:

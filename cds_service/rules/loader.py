@@ -56,6 +56,7 @@ _HINTS = {
 }
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available (the C parser)
 _COMPARISONS = ("below", "above", "at_least", "at_most", "above_uln")
+TIMING_SPANS = (("start", "onset"), ("stop", "resolution"), ("restart", "onset"))  # what the history can date
 
 
 class RuleError(ValueError):
@@ -214,6 +215,9 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         return InteractionCriterion(sets, pairs, spec.get("use", "current"), label)
     if "timing" in spec:
         timing = spec["timing"]
+        if (timing["since"], timing["until"]) not in TIMING_SPANS:
+            spans = ", ".join(f"{since} to {until}" for since, until in TIMING_SPANS)
+            raise ctx.fail(f"{where}/timing", f"times {spans}, not {timing['since']} to {timing['until']}")
         bands = tuple(
             Band(parse_duration(b["under"]) if "under" in b else None, b.get("under", ""), b["points"])
             for b in timing["points"]
