@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from cds_service.facts.build import build_facts
 from cds_service.facts.model import Coding, Finding, MedicationUse, PatientFacts
 from cds_service.facts.terminology import Terminology, ValueSetError
 from cds_service.rules.check import load_terminology
@@ -18,6 +19,7 @@ from cds_service.rules.criteria import Pairing, Timing, evaluate
 from cds_service.rules.engine import RuleError, RuleSet
 from cds_service.rules.loader import shipped_rules_dir
 from cds_service.rules.model import Band, InteractionCriterion, TimingCriterion
+from cds_service.record.model import PatientRecord
 from cds_service.rules.templates import field_value, timing_text
 from support.hookcalls import SERVICE_IDS
 from support.rule_files import edit_rule_file
@@ -62,6 +64,34 @@ def facts(current: tuple[MedicationUse, ...], history: tuple[MedicationUse, ...]
           ) -> PatientFacts:
     return PatientFacts(patient_id="p", now=NOW, medications=current, medication_history=history or current,
                         findings=findings, finding_history=(*past, *findings), incomplete=incomplete)
+
+
+# --- the history the facts keep ----------------------------------------------------------------------------
+
+def test_the_facts_keep_past_courses_with_their_ends_and_past_conditions_with_their_abatement() -> None:
+    rxnorm, sct = "http://www.nlm.nih.gov/research/umls/rxnorm", "http://snomed.info/sct"
+    statin = {"coding": [{"system": rxnorm, "code": "617311", "display": "atorvastatin 40 MG Oral Tablet"}]}
+
+    def statement(rid: str, status: str, **fields: object) -> dict[str, object]:
+        return {"resourceType": "MedicationStatement", "id": rid, "status": status, "medicationCodeableConcept": statin,
+                **fields}
+
+    stopped = statement("old", "completed", effectivePeriod={"start": "2025-01-01", "end": "2026-03-01"})
+    wrong = statement("err", "entered-in-error", effectivePeriod={"start": "2025-01-01"})
+    request = {"resourceType": "MedicationRequest", "id": "rx", "status": "stopped", "intent": "order",
+               "medicationCodeableConcept": statin, "authoredOn": "2024-01-01",
+               "dispenseRequest": {"validityPeriod": {"end": "2024-06-01"}}}
+    resolved = {"resourceType": "Condition", "id": "c", "clinicalStatus": {"coding": [{"code": "resolved"}]},
+                "code": {"coding": [{"system": sct, "code": "55300003"}]},
+                "onsetDateTime": "2026-02-01", "abatementDateTime": "2026-03-10"}
+    record = PatientRecord("p", {"MedicationStatement": [stopped, wrong], "MedicationRequest": [request],
+                                 "Condition": [resolved]})
+    built = build_facts(record, TERMINOLOGY, NOW)
+    assert built.medications == () and built.findings == ()  # nothing current
+    ends = {(m.reference, m.ended.date().isoformat() if m.ended else None) for m in built.medication_history}
+    assert ends == {("MedicationStatement/old", "2026-03-01"), ("MedicationRequest/rx", "2024-06-01")}
+    (episode,) = built.finding_history
+    assert episode.concept == "cramp" and episode.abated == datetime(2026, 3, 10, tzinfo=UTC)
 
 
 # --- interaction criteria ----------------------------------------------------------------------------------

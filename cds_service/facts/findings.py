@@ -3,7 +3,8 @@
 A Condition counts when its ``clinicalStatus`` is active, recurrence or relapse (a missing status counts as
 active unless the Condition has an abatement), and its ``verificationStatus`` is not refuted or
 entered-in-error. An inactive, remission or resolved Condition counts only while it abated within
-``condition_grace`` (30 days, a chosen default, not a guideline figure).
+``condition_grace`` (30 days, a chosen default, not a guideline figure). ``condition_history`` keeps every
+Condition whatever its clinical status, with its onset and abatement, for timing criteria.
 
 An Observation documents a symptom when its code is a symptom code, or a symptom-panel code whose
 ``valueCodeableConcept`` is one (``symptom-observations.json``), unless it says the symptom is absent

@@ -9,6 +9,9 @@ Which orders count as current (clinical-reference.md §2 "How to match"):
   or ``not-taken``;
 * every draft order of an order hook (``selected`` says whether it is in ``context.selections``).
 
+The medication history (``medication_history``) keeps every request and statement that records a course, current
+or not, with its start and, for a stopped or completed one, its recorded end: timing criteria read it.
+
 The medication is read from ``medicationCodeableConcept`` or from the ``Medication`` that
 ``medicationReference`` points at: contained (``#id``), or in the record (``Medication/x``, ``urn:uuid:x``, or a
 full URL ending in ``Medication/x``), where the record layer also puts Medications it read from the FHIR server.
