@@ -185,6 +185,13 @@ def test_a_renewed_prescription_does_not_reset_the_start() -> None:
     assert isinstance(timing, Timing) and timing.since_date == days_ago(200) and timing.points == 1
 
 
+def test_a_course_with_a_planned_end_still_to_come_is_running() -> None:
+    statin = MedicationUse("atorvastatin", frozenset({"atorvastatin"}), frozenset({"statin"}), "statement", "active",
+                           False, days_ago(40), "MedicationStatement/a", ended=NOW + timedelta(days=30))
+    (timing,) = evaluate(SAMS_ONSET, facts((statin,), findings=(cramp(5),))).evidence
+    assert isinstance(timing, Timing) and timing.points == 2
+
+
 def test_without_a_dated_start_or_onset_there_is_no_timing() -> None:
     assert evaluate(SAMS_ONSET, facts((use("atorvastatin", started=None),), findings=(cramp(1),))).state is False
     undated = Finding("cramp", "Cramp", "Condition", Coding("s", "c"), "active", None, None, "Condition/c")

@@ -288,8 +288,8 @@ def _timing(criterion: TimingCriterion, facts: PatientFacts) -> Timing | None:
     """
     current = [m for m in facts.medications if m.classes & criterion.classes and m.kind != "draft"]
     courses = _courses(facts, criterion.classes)
-    if not current or not courses or courses[-1].end is not None:
-        return None  # no running course with a dated start
+    if not current or not courses or (courses[-1].end is not None and courses[-1].end < facts.now):
+        return None  # no running course with a dated start (a planned end still to come keeps it running)
     running = courses[-1]
     medication = max(current, key=lambda m: _aware(m.date) if m.date else running.start)
     stopped = courses[-2] if len(courses) > 1 else None
