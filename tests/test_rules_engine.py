@@ -114,13 +114,14 @@ def test_one_card_per_problem_with_evidence_merged() -> None:
               med("simvastatin", "statin"), med("clarithromycin", "statin_interacting")],
     )
     cards = evaluate(RULESET, record, "patient-view", max_cards=10)
-    assert [(c.rule_id, c.indicator, c.related) for c in cards] == [
-        ("statin-muscle-symptoms-ck", "critical", ("statin-interaction",)),
+    assert [(c.rule_id, c.indicator, c.related) for c in cards] == [  # both critical: the earlier rule leads
+        ("statin-interaction", "critical", ("statin-muscle-symptoms-ck",)),
         ("diuretic-hypokalemia", "warning", ("drug-hypokalemia",)),
     ]
     statin_card = cards[0].card
     assert "clarithromycin" in statin_card["detail"] and "**Also relevant**" in statin_card["detail"]
-    assert statin_card["links"][-1]["url"].startswith("https://www.ahajournals.org/doi/10.1161/CIR.0000000000000456")
+    assert statin_card["source"]["url"] == "https://www.ahajournals.org/doi/10.1161/CIR.0000000000000456"
+    assert statin_card["links"][-1]["url"] == "https://pmc.ncbi.nlm.nih.gov/articles/PMC4416140/"
 
 
 def test_cards_are_ordered_by_indicator_then_rule_and_capped() -> None:
