@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from ..server import metrics
-from ..wire.errors import INVALID_FEEDBACK, CdsError
 from ..evaluation import service_for
+from ..server import metrics
 from ..storage.feedback import timestamp_problem
+from ..wire.errors import INVALID_FEEDBACK, CdsError
 from ..wire.validation import first_error
 from .context import authenticate, components, json_body
 from .observability import annotate

@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 
 from flask import Blueprint
 
-from ..server import metrics
 from ..evaluation import answer_hook, read_request, service_for, validate_envelope
+from ..server import metrics
 from .context import authenticate, claims, components, json_bytes
 from .observability import annotate, patient_hash, record_summary
 

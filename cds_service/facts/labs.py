@@ -40,7 +40,7 @@ Measured = tuple[datetime, float, str, Conversion, Mapping[str, Any], Mapping[st
 class LabSeries(Sequence[LabResult]):
     """One analyte's results, newest first; each ``LabResult`` is built the first time it is read."""
 
-    __slots__ = ("_rows", "_make", "_built")
+    __slots__ = ("_built", "_make", "_rows")
 
     def __init__(self, rows: Sequence[Any], make: Callable[[Any], LabResult]) -> None:
         self._rows = rows

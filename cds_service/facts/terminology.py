@@ -17,7 +17,6 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
 from ..schemas import validator as schema_validator
 from .units import UnitTable
 

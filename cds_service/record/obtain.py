@@ -346,10 +346,10 @@ def _resolve_medications(
         return
     missing: dict[str, str] = {}
     if client is None:
-        missing = {med_id: "no usable fhirServer" for med_id in wanted}
+        missing = dict.fromkeys(wanted, "no usable fhirServer")
     else:
         read, late = _run_all({med_id: _read_medication(client, med_id) for med_id in wanted}, deadline)
-        missing = {med_id: "the time budget ran out" for med_id in late}
+        missing = dict.fromkeys(late, "the time budget ran out")
         for med_id, outcome in read.items():
             if isinstance(outcome, dict):
                 resources.setdefault("Medication", []).append(outcome)

@@ -104,5 +104,5 @@ def is_reachable(engine: Engine) -> bool:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
-    except Exception:  # noqa: BLE001 - any driver error means "not ready"
+    except Exception:
         return False

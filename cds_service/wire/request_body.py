@@ -208,7 +208,7 @@ def _lab_window(observation: Any, window_of: Mapping[str, int]) -> int | None:
 
 
 def _bundle(bundle: Any, entries: list[Any]) -> dict[str, Any]:
-    built = {key: _built(bundle[key]) for key in bundle.keys() if key != "entry"}
+    built = {key: _built(bundle[key]) for key in bundle.keys() if key != "entry"}  # noqa: SIM118 - a simdjson Object
     built["entry"] = [_built(entry) for entry in entries]
     return built
 
