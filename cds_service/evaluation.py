@@ -17,7 +17,8 @@ from .config import Settings
 from .facts.build import FactWindows, build_facts, first_day_within
 from .facts.terminology import Terminology
 from .record.model import PatientRecord
-from .record.obtain import RecordSettings, obtain_record
+from .record.obtain import obtain_record
+from .record.settings import RecordSettings
 from .record.templates import LABS, build_prefetch_templates
 from .rules.engine import IssuedCard, RuleSet, evaluate
 from .wire.errors import (

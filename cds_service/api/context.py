@@ -33,7 +33,8 @@ def authenticate() -> None:
 
 
 def claims() -> Claims | None:
-    return g.get("claims")
+    verified: Claims | None = g.get("claims")
+    return verified
 
 
 def json_body() -> dict[str, Any]:

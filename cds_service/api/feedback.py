@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint
+from flask.typing import ResponseReturnValue
 
 from ..evaluation import service_for
 from ..server import metrics
@@ -16,7 +17,7 @@ bp.before_request(authenticate)
 
 
 @bp.post("/cds-services/<service_id>/feedback")
-def post_feedback(service_id: str):
+def post_feedback(service_id: str) -> ResponseReturnValue:
     parts = components()
     service = service_for(parts.runtime, service_id)
     body = json_body()

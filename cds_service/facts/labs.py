@@ -133,7 +133,7 @@ class LabReader:
             unit_text = quantity.get("unit")
             conversion = units.find(unit_code, unit_text)
             if conversion is None:
-                shown = unit_code if isinstance(unit_code, str) and unit_code else unit_text
+                shown = unit_code if isinstance(unit_code, str) and unit_code else str(unit_text)
                 self._warn(observation, f"unknown unit {shown!r} for {analyte}")
                 return True
         effective = _effective(observation)

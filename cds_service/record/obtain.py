@@ -211,8 +211,9 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
     if bundle.get("resourceType") != "Bundle" or not isinstance(links, list):
         return None
     for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
+        url = link.get("url") if isinstance(link, dict) and link.get("relation") == "next" else None
+        if isinstance(url, str):
+            return url
     return None
 
 
