@@ -143,7 +143,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         validate_envelope(body)
         service = runtime.registry.for_hook(body["hook"])
         if service is None:
-            raise CdsError(UNKNOWN_SERVICE, f"No service answers the hook {body['hook']!r}.")
+            raise CdsError(UNKNOWN_SERVICE, "No service answers the hook the request names.")
         answer = answer_hook(runtime, service, body)
     except CdsError as error:
         print(json.dumps(operation_outcome(error.kind, error.detail), indent=2))  # the answer a server would give
