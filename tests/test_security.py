@@ -482,3 +482,35 @@ def test_open_service_listens_only_on_loopback_unless_insecure(
     assert (message is not None) == refused
     if refused:
         assert "--insecure" in message and host in message
+
+
+# --- where keys may be fetched from --------------------------------------------------------------------------
+
+EVIL_HTTP = "http://ehr.example.org/jwks.json"
+
+
+@pytest.mark.parametrize(
+    ("entry", "refused"),
+    [
+        ({"jwks_url": EVIL_HTTP}, f"trusted_issuers[0].jwks_url = '{EVIL_HTTP}'"),
+        ({"jwks_url": "http://10.0.0.7/jwks.json"}, "jwks_url = 'http://10.0.0.7/jwks.json'"),
+        ({"jwks_url": "http://localhost.evil.example/k"}, "jwks_url = 'http://localhost.evil.example/k'"),
+        ({"jku_allowlist": ["https://ehr.example.org/a", EVIL_HTTP]}, f"jku_allowlist[1] = '{EVIL_HTTP}'"),
+        ({"jwks": {"keys": [make_key().jwk]}, "jku_allowlist": [EVIL_HTTP]}, f"jku_allowlist[0] = '{EVIL_HTTP}'"),
+        ({"jwks_url": "https://ehr.example.org/jwks.json"}, None),
+        ({"jwks_url": "http://127.0.0.1:8081/jwks.json"}, None),
+        ({"jwks_url": "http://localhost:8081/jwks.json"}, None),
+        ({"jku_allowlist": ["http://[::1]:8081/jwks.json", "https://ehr.example.org/jwks.json"]}, None),
+    ],
+)
+def test_keys_are_fetched_over_https_only_except_on_loopback(
+    tmp_path: Path, engine: Engine, entry: dict[str, Any], refused: str | None
+) -> None:
+    """A JWKS fetched over plain http to another host could be swapped on the way: refused at start, with a
+    message naming the key and the URL."""
+    if refused is None:
+        assert Authenticator(config(tmp_path, trusted_issuers=[{"iss": ISS, **entry}]), engine).enabled
+        return
+    with pytest.raises(ConfigError) as raised:
+        config(tmp_path, trusted_issuers=[{"iss": ISS, **entry}])
+    assert f"{refused}: must be an https URL (http only on loopback)" in str(raised.value)

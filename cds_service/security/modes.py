@@ -6,10 +6,9 @@ given.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 
-from ..config import Settings
+from ..config import Settings, is_loopback
 
 logger = logging.getLogger("cds_service.security")
 
@@ -19,20 +18,6 @@ def auth_enabled(settings: Settings) -> bool:
     if settings.auth_required is not None:
         return settings.auth_required
     return bool(settings.trusted_issuers) or settings.allow_sandbox_issuer
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1 (also written [::1] or ::ffff:127.x.y.z)."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False  # other host names are not resolved: they could point anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def check_bind_safety(host: str, settings: Settings, insecure: bool) -> str | None:
