@@ -104,6 +104,28 @@ def _https_unless_loopback(value: str) -> str:
     return value
 
 
+def host_and_port(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9464`` for IPv6) as its parts; ValueError for anything else."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("not host:port (127.0.0.1:9464, [::1]:9464)")
+    return host, int(port)
+
+
+def _host_port(value: str) -> str:
+    host_and_port(value)
+    return value
+
+
+def _ip_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        raise ValueError("not an IP address or network (10.0.0.5, 10.0.0.0/8)") from None
+    return value
+
+
 def _utc_if_naive(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -122,6 +144,8 @@ _HTTP_URL = TypeAdapter(HttpUrl)
 Text = Annotated[str, Field(min_length=1)]
 Url = Annotated[str, AfterValidator(_absolute_http_url)]
 KeyUrl = Annotated[Url, AfterValidator(_https_unless_loopback)]  # where an issuer's JWKS may be fetched
+HostPort = Annotated[str, AfterValidator(_host_port)]
+IpNetwork = Annotated[str, AfterValidator(_ip_network)]
 EmptyIsNone = BeforeValidator(_empty_is_none)
 # A path or a time arrives as text from every source (TOML has no path type): pydantic parses it.
 LaxPath = Annotated[Path, Strict(False), AfterValidator(Path.expanduser)]
@@ -204,7 +228,7 @@ class Settings(BaseSettings):
     hook_budget_seconds: Seconds = 1.2  # total time a hook call may take
     fhir_budget_margin_seconds: SecondsOrZero = 0.2  # kept back for evaluation and the response
     # --- authentication -------------------------------------------------------------------------------------
-    public_base_url: Annotated[Url | None, EmptyIsNone] = None  # external base URL for JWT aud; None = the request's
+    public_base_url: Annotated[Url | None, EmptyIsNone] = None  # the URL clients call, for JWT aud; None = bound address
     trusted_issuers: list[IssuerSettings] = []
     allow_sandbox_issuer: bool = False  # trust the public CDS Hooks sandbox issuer (its private key is public)
     jwt_leeway_seconds: Annotated[int, Field(ge=0)] = 30  # clock skew allowed on exp and iat
@@ -214,6 +238,9 @@ class Settings(BaseSettings):
     jwks_min_refresh_seconds: SecondsOrZero = 30  # at most one refresh per JWKS URL in this time
     jwks_timeout_seconds: Seconds = 2.0  # connect and read timeout of one JWKS fetch
     auth_required: Annotated[bool | None, EmptyIsNone] = None  # None = on when trusted issuers exist
+    # --- network exposure -------------------------------------------------------------------------------------
+    forwarded_allow_ips: list[IpNetwork] = []  # proxies whose X-Forwarded-Proto gunicorn believes; [] = no one's
+    metrics_bind: Annotated[HostPort | None, EmptyIsNone] = None  # /metrics served there (by serve), not on the port
     # --- operations -------------------------------------------------------------------------------------------
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     metrics_enabled: bool = True

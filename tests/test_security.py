@@ -450,38 +450,41 @@ def test_audience_uses_the_public_base_url(
 # --- where an open service may listen -------------------------------------------------------------------------
 
 
+TRUSTED = {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}]}
+PUBLIC_URL = {"public_base_url": "https://cds.example.org"}
+
+
 @pytest.mark.parametrize(
     ("host", "settings", "insecure", "refused"),
     [
-        ("127.0.0.1", {}, False, False),
-        ("127.8.9.10", {}, False, False),
-        ("localhost", {}, False, False),
-        ("::1", {}, False, False),
-        ("[::1]", {}, False, False),
-        ("::ffff:127.0.0.1", {}, False, False),
-        ("0.0.0.0", {}, False, True),
-        ("::", {}, False, True),
-        ("10.1.2.3", {}, False, True),
-        ("myhost.local", {}, False, True),
-        ("localhost.evil.example", {}, False, True),
-        ("0.0.0.0", {}, True, False),
-        ("0.0.0.0", {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}]}, False, False),
-        ("0.0.0.0", {"allow_sandbox_issuer": True}, False, False),
-        (
-            "0.0.0.0",
-            {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}], "auth_required": False},
-            False,
-            True,
-        ),
+        ("127.0.0.1", {}, False, None),
+        ("127.8.9.10", {}, False, None),
+        ("localhost", {}, False, None),
+        ("::1", {}, False, None),
+        ("[::1]", {}, False, None),
+        ("::ffff:127.0.0.1", {}, False, None),
+        ("0.0.0.0", {}, False, "--insecure"),
+        ("::", {}, False, "--insecure"),
+        ("10.1.2.3", {}, False, "--insecure"),
+        ("myhost.local", {}, False, "--insecure"),
+        ("localhost.evil.example", {}, False, "--insecure"),
+        ("0.0.0.0", {}, True, None),
+        ("0.0.0.0", {**TRUSTED, **PUBLIC_URL}, False, None),
+        ("0.0.0.0", {"allow_sandbox_issuer": True, **PUBLIC_URL}, False, None),
+        ("0.0.0.0", TRUSTED, False, "public_base_url"),
+        ("10.1.2.3", {"allow_sandbox_issuer": True}, True, "public_base_url"),
+        ("127.0.0.1", TRUSTED, False, None),
+        ("0.0.0.0", {**TRUSTED, "auth_required": False}, False, "--insecure"),
     ],
 )
-def test_open_service_listens_only_on_loopback_unless_insecure(
-    host: str, settings: dict[str, Any], insecure: bool, refused: bool
-) -> None:
+def test_where_serve_may_listen(host: str, settings: dict[str, Any], insecure: bool, refused: str | None) -> None:
+    """Open: loopback only (or --insecure). Authenticated beyond loopback: only with public_base_url, since the
+    bound address (0.0.0.0, a pod IP) is not what clients call and the Host header may not stand in for it."""
     message = check_bind_safety(host, load_config(overrides=settings), insecure)
-    assert (message is not None) == refused
-    if refused:
-        assert "--insecure" in message and host in message
+    if refused is None:
+        assert message is None
+    else:
+        assert message is not None and refused in message and host in message and "\n" not in message
 
 
 # --- where keys may be fetched from --------------------------------------------------------------------------

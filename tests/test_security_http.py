@@ -181,6 +181,46 @@ def test_open_mode_needs_no_token(start: Start) -> None:
     assert answered.status_code == 200, answered.text
 
 
+# --- aud is never taken from the request's Host header ------------------------------------------------------
+
+OTHER_HOST = "other-deployment.example.org"  # another service that trusts the same issuer
+FORGED = {  # what a client may claim about the address it called; none of it may change the expected aud
+    "Host": OTHER_HOST,
+    "X-Forwarded-Host": OTHER_HOST,
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Port": "443",
+    "Forwarded": f"host={OTHER_HOST};proto=https",
+}
+
+
+@pytest.mark.parametrize("public_base_url", ["", PUBLIC], ids=["bound address", "public_base_url"])
+def test_a_token_for_another_deployment_is_refused_whatever_the_host_header(
+    start: Start, jwks_server: JsonServer, public_base_url: str
+) -> None:
+    """A token minted for another deployment, replayed here with that deployment's Host header: 401. The
+    expected aud is public_base_url, or without it the address the server is bound to (werkzeug's and
+    gunicorn's SERVER_NAME and SERVER_PORT), never what the client says it called."""
+    issuer, scenario = trust(jwks_server, aud="")
+    base = start(trusted_issuers=[issuer], public_base_url=public_base_url)
+    path = "/cds-services"
+    for other in (f"http://{OTHER_HOST}", f"https://{OTHER_HOST}"):
+        assert_refused(get(base + path, headers={**FORGED, **bearer(scenario, other + path)}))
+    own = get(base + path, headers={**FORGED, **bearer(scenario, (public_base_url or base) + path)})
+    assert own.status_code == 200, own.text  # the forged headers neither help nor hurt a right token
+
+
+def test_metrics_need_a_token_when_authentication_is_on(guarded: Guarded) -> None:
+    assert_refused(get(guarded.base + "/metrics"))
+    scraped = get(guarded.base + "/metrics", headers=bearer(guarded.scenario, guarded.base + "/metrics"))
+    assert scraped.status_code == 200 and "cds_request_duration_seconds" in scraped.text
+
+
+def test_metrics_bind_takes_metrics_off_the_main_port(start: Start) -> None:
+    base = start(metrics_bind="127.0.0.1:9")  # served there by `serve` only (test_security_gunicorn.py)
+    assert get(base + "/metrics").status_code == 404
+    assert get(base + "/healthz").status_code == 200
+
+
 # --- nothing secret reaches the logs --------------------------------------------------------------------------
 
 

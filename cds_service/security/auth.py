@@ -83,7 +83,8 @@ class Authenticator:
         logger.debug("JWT accepted: iss=%s tenant=%s jti=%s", claims.iss, claims.tenant, claims.jti)
         return claims
 
-    def audience_for(self, path: str, request_base_url: str) -> str:
-        """The ``aud`` a token must carry to call ``path``: the public base URL (or the request's) plus the path."""
-        base = self._public_base_url or request_base_url.rstrip("/")
+    def audience_for(self, path: str, server_base_url: str) -> str:
+        """The ``aud`` a token must carry to call ``path``: ``public_base_url`` plus the path; without it, which
+        ``serve`` allows on loopback only, the server's own bound address (never the request's Host header)."""
+        base = self._public_base_url or server_base_url.rstrip("/")
         return base + (path if path.startswith("/") else "/" + path)
