@@ -294,3 +294,31 @@ def test_allowlisted_fhir_server_is_contacted(start: Start, counting: CountingSe
     answered = call_with_fhir_server(f"{base}/cds-services/{SERVICE}", counting, {"Authorization": scenario.bearer()})
     assert answered.status_code == 200, answered.text
     assert counting.hits
+
+
+@pytest.mark.parametrize(
+    ("issuer_servers", "global_allowlist", "contacted"),
+    [
+        (["self"], [], True),  # the issuer's list is enough: it replaces fhir_allowlist
+        ([], ["self"], False),  # an issuer that lists no server allows none, whatever fhir_allowlist says
+        (None, ["self"], True),  # an issuer without fhir_servers: fhir_allowlist applies
+        (None, [], False),
+    ],
+    ids=["issuer list only", "issuer list empty", "no issuer list, global", "no list at all"],
+)
+def test_which_allowlist_applies_to_a_tokens_issuer(
+    start: Start,
+    counting: CountingServer,
+    jwks_server: JsonServer,
+    issuer_servers: list[str] | None,
+    global_allowlist: list[str],
+    contacted: bool,
+) -> None:
+    """README, Security, FHIR access: the issuer's fhir_servers when it has them, in place of fhir_allowlist."""
+    extra = {"fhir_servers": [counting.url for _ in issuer_servers]} if issuer_servers is not None else {}
+    issuer, scenario = trust(jwks_server, aud=f"{PUBLIC}/cds-services/{SERVICE}", **extra)
+    allowlist = [counting.url for _ in global_allowlist]
+    base = start(trusted_issuers=[issuer], fhir_allowlist=allowlist, public_base_url=PUBLIC)
+    answered = call_with_fhir_server(f"{base}/cds-services/{SERVICE}", counting, {"Authorization": scenario.bearer()})
+    assert answered.status_code == (200 if contacted else 412), answered.text
+    assert bool(counting.hits) == contacted

@@ -90,6 +90,10 @@ HOOK_ATTACKS: dict[str, Mutation] = {
     "prefetch key named by the token": _set("prefetch/" + SECRET, SECRET_ID),
     "prefetch as a list": _set("prefetch", [SECRET, SECRET_ID]),
     "prefetch patient id": _set("prefetch/patient/id", SECRET_ID),
+    "an earlier FHIR version's resource named by the id": _set(
+        "prefetch/medrequests",
+        {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "MedicationOrder", "id": SECRET_ID}}]},
+    ),
     "unknown top-level key named by the token": _set(SECRET, SECRET_ID),
     "hook named by the token": _set("hook", SECRET),
     "hook as a list": _set("hook", [SECRET]),
