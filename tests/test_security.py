@@ -447,6 +447,19 @@ def test_audience_uses_the_public_base_url(
     assert auth.audience_for("/cds-services/x", base) == expected
 
 
+@pytest.mark.parametrize("bound", ["http://10.0.0.5:8000", "http://0.0.0.0:8080", "http://cds.example.org"])
+def test_without_public_base_url_only_a_loopback_server_can_accept_tokens(
+    tmp_path: Path, engine: Engine, scenario: Scenario, bound: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve` refuses such a bind; an app served another way (gunicorn on 0.0.0.0 or a unix socket, whose
+    SERVER_NAME is then the Host header) refuses every token rather than trust an address clients do not call."""
+    auth = Authenticator(config(tmp_path, trusted_issuers=[jku_issuer(scenario)]), engine)
+    with pytest.raises(CdsError) as raised:
+        auth.audience_for("/cds-services/x", bound)
+    assert raised.value.kind is UNAUTHORIZED
+    assert "public_base_url is not set" in caplog.text
+
+
 # --- where an open service may listen -------------------------------------------------------------------------
 
 
