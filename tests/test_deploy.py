@@ -222,7 +222,7 @@ def test_every_public_bind_has_a_public_base_url_and_kubernetes_scrapes_metrics_
     reads the metrics where metrics_bind serves them, not from the main port (which needs a JWT)."""
     path = tmp_path / "config.toml"
     path.write_text(manifests()["ConfigMap"]["data"]["config.toml"])
-    config = load_config(path, environ={})
+    config = load_config(path)
     assert check_bind_safety("0.0.0.0", config, insecure=False) is None
     pod = manifests()["Deployment"]["spec"]["template"]
     host, port = metrics_address(config) or ("", 0)

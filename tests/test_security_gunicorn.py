@@ -154,15 +154,15 @@ PLAIN_HTTP_KEYS = json.dumps([{"iss": ISS, "jwks_url": "http://ehr.example.org/j
         ({"CDS_TRUSTED_ISSUERS": TRUSTED}, "refusing to serve on 0.0.0.0 without public_base_url"),
         (
             {"CDS_TRUSTED_ISSUERS": PLAIN_HTTP_KEYS, "CDS_PUBLIC_BASE_URL": PUBLIC},
-            "jwks_url must be an https URL (http only on loopback): http://ehr.example.org/jwks.json",
+            "jwks_url = 'http://ehr.example.org/jwks.json': must be an https URL (http only on loopback)",
         ),
         (
             {"CDS_TRUSTED_ISSUERS": TRUSTED, "CDS_PUBLIC_BASE_URL": PUBLIC, "CDS_FORWARDED_ALLOW_IPS": '["*"]'},
-            "forwarded_allow_ips: not an IP address or network: '*'",
+            "forwarded_allow_ips[0] = '*': not an IP address or network",
         ),
         (
             {"CDS_TRUSTED_ISSUERS": TRUSTED, "CDS_PUBLIC_BASE_URL": PUBLIC, "CDS_METRICS_BIND": "9464"},
-            "metrics_bind must be host:port",
+            "metrics_bind = '9464': not host:port",
         ),
     ],
     ids=["no public_base_url", "http jwks_url", "trust every proxy", "metrics_bind without host"],
