@@ -228,7 +228,7 @@ class Settings(BaseSettings):
     hook_budget_seconds: Seconds = 1.2  # total time a hook call may take
     fhir_budget_margin_seconds: SecondsOrZero = 0.2  # kept back for evaluation and the response
     # --- authentication -------------------------------------------------------------------------------------
-    public_base_url: Annotated[Url | None, EmptyIsNone] = None  # the URL clients call, for JWT aud; None = bound address
+    public_base_url: Annotated[Url | None, EmptyIsNone] = None  # the URL clients call (JWT aud); None = bound address
     trusted_issuers: list[IssuerSettings] = []
     allow_sandbox_issuer: bool = False  # trust the public CDS Hooks sandbox issuer (its private key is public)
     jwt_leeway_seconds: Annotated[int, Field(ge=0)] = 30  # clock skew allowed on exp and iat

@@ -139,7 +139,8 @@ def test_metrics_bind_serves_the_scraper_apart_from_the_service(tmp_path: Path, 
         sample.value
         for family in text_string_to_metric_families(scraped.text)
         for sample in family.samples
-        if sample.name == "cds_request_duration_seconds_count" and sample.labels["endpoint"] == "hook_calls.call_service"
+        if sample.name == "cds_request_duration_seconds_count"
+        and sample.labels["endpoint"] == "hook_calls.call_service"
     ]
     assert sum(counts) == 4
 

@@ -122,7 +122,8 @@ def _serve_metrics_apart(settings: Settings) -> None:
     try:
         serve_metrics(address)
     except OSError as exc:
-        raise ConfigError(f"metrics_bind = {settings.metrics_bind!r}: cannot listen there ({exc.strerror or exc})") from None
+        problem = exc.strerror or exc
+        raise ConfigError(f"metrics_bind = {settings.metrics_bind!r}: cannot listen there ({problem})") from None
 
 
 def _prepare_metrics_dir() -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+
 def fingerprint(value: str) -> str:
     """The first 16 hex digits of the SHA-256 of ``value``: lets log lines be correlated without holding it."""
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
