@@ -8,8 +8,8 @@ from flask.typing import ResponseReturnValue
 
 from ..evaluation import answer_hook, read_request, service_for, validate_envelope
 from ..server import metrics
-from .context import authenticate, claims, components, json_bytes
 from ..server.logs import fingerprint, loggable_hook_instance
+from .context import authenticate, claims, components, json_bytes
 from .observability import annotate, record_summary
 
 bp = Blueprint("hook_calls", __name__)

@@ -89,9 +89,11 @@ _NAMELESS = {
 
 def _expected(error: ValidationError) -> str:
     """What the schema asks for at the violation, in the schema's own terms (``validator_value`` is schema)."""
-    kind, rule, instance = error.validator, error.validator_value, error.instance
+    kind = error.validator if isinstance(error.validator, str) else None  # None: a ``false`` schema
+    rule: Any = error.validator_value
+    instance = error.instance
     if kind == "type":
-        return "expected type " + " or ".join(rule if isinstance(rule, list) else [rule])
+        return "expected type " + " or ".join(map(str, rule if isinstance(rule, list) else [rule]))
     if kind == "required":
         missing = [name for name in rule if not isinstance(instance, dict) or name not in instance]
         return f"{', '.join(missing)} is required"
