@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -257,6 +258,17 @@ def workers_memory(server: Server) -> dict[int, Memory]:
     return {pid: memory(pid) for pid in server.workers()}
 
 
+def busy_seconds() -> float:
+    """CPU time the machine has spent on anything but idling, over all its CPUs (Linux /proc/stat)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def others_seconds(server: Server) -> float:
+    """CPU time spent so far by processes other than this one and the server."""
+    return busy_seconds() - server.cpu_seconds() - time.process_time()
+
+
 # --- phases ------------------------------------------------------------------------------------------------------
 
 
@@ -264,6 +276,7 @@ def workers_memory(server: Server) -> dict[int, Memory]:
 class Phase:
     tally: Tally
     under_load: list[dict[int, Memory]]  # each worker's memory at the end of each minute, with the clients running
+    others: list[float]  # the share of the machine's CPU time that other processes used in each minute
 
 
 def run_phase(
@@ -275,7 +288,8 @@ def run_phase(
     minutes = math.ceil(seconds / BUCKET_SECONDS)
     started = time.perf_counter()
     stop_at = started + seconds
-    phase = Phase(Tally(started), [])
+    phase = Phase(Tally(started), [], [])
+    others, measured_at = others_seconds(server), started
     threads = [
         threading.Thread(
             target=client_loop,
@@ -289,6 +303,9 @@ def run_phase(
     for minute in range(1, minutes + 1):
         time.sleep(max(min(started + minute * BUCKET_SECONDS, stop_at - 0.5) - time.perf_counter(), 0))
         phase.under_load.append(workers_memory(server))
+        now, others_now = time.perf_counter(), others_seconds(server)
+        phase.others.append((others_now - others) / (now - measured_at) / (os.cpu_count() or 1))
+        others, measured_at = others_now, now
         print(f"  minute {minute}: {phase.tally.count()} requests, {phase.tally.error_count()} errors",
               file=sys.stderr, flush=True)
     for thread in threads:
@@ -315,20 +332,19 @@ def print_minutes(warmup: Phase, measured: Phase) -> None:
     print(
         "| minute | requests | errors | "
         + " | ".join(f"{kind.labs} labs: calls, median / p95 ms" for kind in HOOK_KINDS)
-        + " | all hook calls: median / p95 ms | workers' USS under load, MiB |"
+        + " | all hook calls: median / p95 ms | workers' USS under load, MiB | other processes' CPU |"
     )
-    print("|---|---:|---:|" + "---|" * (len(HOOK_KINDS) + 2))
+    print("|---|---:|---:|" + "---|" * (len(HOOK_KINDS) + 2) + "---:|")
     for label, phase in (("warm-up", warmup), ("", measured)):
         for bucket in phase.tally.buckets():
             tally = phase.tally
             hooks = [tally.latencies[bucket, kind.name] for kind in HOOK_KINDS]
-            load = phase.under_load[bucket] if bucket < len(phase.under_load) else {}
             print(
                 f"| {label or bucket + 1} | {tally.count(bucket)} | {tally.error_count(bucket)} | "
                 + " | ".join(f"{len(values)}: {percentiles(values)}" for values in hooks)
                 + f" | {percentiles([x for values in hooks for x in values])} | "
-                + " + ".join(mib(m.uss) for m in load.values())
-                + " |"
+                + " + ".join(mib(m.uss) for m in phase.under_load[bucket].values())
+                + f" | {phase.others[bucket]:.0%} |"
             )
 
 
