@@ -142,7 +142,10 @@ def feedback_body(cards: deque[Card], rng: random.Random) -> tuple[bytes, int]:
 
 
 def check(kind: Kind, reply: Reply, cards: deque[Card], entries: int) -> str:
-    """What is wrong with ``reply`` for a request of ``kind`` ("" if nothing); keeps a hook call's cards."""
+    """What is wrong with ``reply`` for a request of ``kind`` ("" if nothing); keeps a hook call's cards.
+
+    Raises LookupError, TypeError or AttributeError for JSON whose shape is wrong.
+    """
     if reply.failure:
         return f"connection error ({reply.failure})"
     if reply.status >= 500:
@@ -230,7 +233,11 @@ def client_loop(
             once.close()
         else:
             reply = client.send(refused[kind.name].path, refused[kind.name].body, refused[kind.name].headers)
-        tally.add(started, kind, reply.seconds, check(kind, reply, cards, entries))
+        try:
+            problem = check(kind, reply, cards, entries)
+        except (LookupError, TypeError, AttributeError) as error:  # JSON of a shape the service never sends
+            problem = f"unexpected answer ({type(error).__name__}: {error})"
+        tally.add(started, kind, reply.seconds, problem)
     client.close()
 
 
