@@ -178,6 +178,8 @@ def medication_request(
     }
     if "since" in item:
         resource["authoredOn"] = _stamp(at(now, item["since"]))
+    if "as_needed" in item:
+        resource["dosageInstruction"] = [_dosage(item["as_needed"])]
     return resource
 
 
@@ -191,7 +193,17 @@ def medication_statement(item: Mapping[str, Any], index: int, now: datetime, pat
     }
     if "since" in item:
         resource["effectivePeriod"] = {"start": _stamp(at(now, item["since"]))}
+    if "as_needed" in item:
+        resource["dosage"] = [_dosage(item["as_needed"])]
     return resource
+
+
+def _dosage(as_needed: bool) -> dict[str, Any]:
+    """A FHIR Dosage: as needed, or once daily."""
+    if as_needed:
+        return {"text": "as needed", "asNeededBoolean": True}
+    return {"text": "once daily", "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+            "asNeededBoolean": False}
 
 
 def patient(item: Mapping[str, Any] | None, patient_id: str = PATIENT_ID) -> Resource:

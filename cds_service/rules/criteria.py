@@ -75,7 +75,8 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         return _lab(criterion, facts)
     if kind is MedicationCriterion:
         found: tuple[Evidence, ...] = tuple(
-            m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
+            m for m in facts.medications_in(criterion.classes)
+            if _use_matches(criterion.use, m) and _dosing_matches(criterion.as_needed, m)
         )
     else:
         found = _current_findings(criterion, facts)
@@ -123,6 +124,12 @@ def _use_matches(use: str, medication: MedicationUse) -> bool:
     if use == "ordering":
         return medication.kind == "draft" and medication.selected
     return medication.kind != "draft"
+
+
+def _dosing_matches(as_needed: bool | None, medication: MedicationUse) -> bool:
+    if as_needed is None:
+        return True
+    return (medication.as_needed is True) == as_needed
 
 
 def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple[Finding, ...]:
