@@ -200,7 +200,9 @@ class Settings(BaseSettings):
             try:
                 make_url(value)
             except ArgumentError:
-                raise ValueError("not a SQLAlchemy database URL (dialect+driver://user:password@host/database)") from None
+                raise ValueError(
+                    "not a SQLAlchemy database URL (dialect+driver://user:password@host/database)"
+                ) from None
         return value
 
     @field_validator("cors_origins")

@@ -15,9 +15,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from cds_service.server.cli import build_parser, gunicorn_options
 from cds_service.config import ENV_PREFIX, Settings, load_config
 from cds_service.security.issuers import load_issuers
+from cds_service.server.cli import build_parser, gunicorn_options
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "deploy" / "kubernetes"
@@ -105,7 +105,7 @@ def test_every_command_is_one_the_cli_accepts() -> None:
 
 def test_insecure_after_the_image_name_serves_on_all_interfaces() -> None:
     """As the Dockerfile says: ``docker run IMAGE --insecure`` appends to the ENTRYPOINT (replacing CMD)."""
-    parsed = cli(instruction("ENTRYPOINT") + ["--insecure"])
+    parsed = cli([*instruction("ENTRYPOINT"), "--insecure"])
     assert parsed.insecure and (parsed.host, parsed.port) == ("0.0.0.0", 8080)
 
 
@@ -115,7 +115,7 @@ def test_the_pod_drains_before_gunicorn_stops() -> None:
     command = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and len(command) == 2
     drain = gunicorn_options("0.0.0.0", 8080, 2, 4, "INFO")["graceful_timeout"]
-    assert 0 < int(command[1]) and int(command[1]) + drain < pod["terminationGracePeriodSeconds"]
+    assert int(command[1]) > 0 and int(command[1]) + drain < pod["terminationGracePeriodSeconds"]
 
 
 def test_the_data_dir_is_made_in_the_image_for_its_user() -> None:
@@ -156,9 +156,9 @@ def with_extras(requirement: Requirement) -> list[Requirement]:
     for extra in requirement.extras:
         for line in importlib.metadata.requires(requirement.name) or []:
             dependency = Requirement(line)
-            if dependency.marker and dependency.marker.evaluate({"extra": extra}):
-                if not dependency.marker.evaluate({"extra": ""}):
-                    added.append(dependency)
+            marker = dependency.marker
+            if marker and marker.evaluate({"extra": extra}) and not marker.evaluate({"extra": ""}):
+                added.append(dependency)
     return [requirement, *added]
 
 

@@ -44,7 +44,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, jwks_server: JsonServer) -
 
 def post(base: str, authorization: str) -> int:
     url = f"{base}/cds-services/{SERVICE_IDS['patient-view']}"
-    return requests.post(url, json=hook_request("patient-view"), headers={"Authorization": authorization}, timeout=10).status_code
+    headers = {"Authorization": authorization}
+    return requests.post(url, json=hook_request("patient-view"), headers=headers, timeout=10).status_code
 
 
 def test_one_token_sent_to_all_workers_at_once_is_accepted_once(guarded: tuple[str, Scenario]) -> None:

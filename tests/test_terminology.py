@@ -91,7 +91,8 @@ def test_products_map_to_their_ingredients(terminology: Terminology, code: str, 
 
 
 def test_classes_of_ingredients(terminology: Terminology) -> None:
-    assert terminology.ingredient_classes({"hydrochlorothiazide", "lisinopril"}) == {"thiazide_diuretic", "ace_inhibitor"}
+    combination = terminology.ingredient_classes({"hydrochlorothiazide", "lisinopril"})
+    assert combination == {"thiazide_diuretic", "ace_inhibitor"}
     assert terminology.ingredient_classes({"atorvastatin", "amlodipine"}) == {"statin", "statin_interacting"}
     assert terminology.ingredient_classes({"losartan"}) == {"arb"}
     assert terminology.ingredient_classes({"dexamethasone"}) == {"systemic_corticosteroid"}  # no K-wasting class

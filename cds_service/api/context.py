@@ -6,9 +6,9 @@ from typing import Any
 from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..security.auth import Claims
 from ..wire.errors import UNSUPPORTED_MEDIA_TYPE, CdsError
 from ..wire.json_body import parse_body
-from ..security.auth import Claims
 from .paths import endpoint_paths
 from .state import EXTENSION_KEY, ServiceState
 
@@ -33,7 +33,8 @@ def authenticate() -> None:
 
 
 def claims() -> Claims | None:
-    return g.get("claims")
+    verified: Claims | None = g.get("claims")
+    return verified
 
 
 def json_body() -> dict[str, Any]:

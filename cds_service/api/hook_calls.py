@@ -4,9 +4,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flask import Blueprint
+from flask.typing import ResponseReturnValue
 
-from ..server import metrics
 from ..evaluation import answer_hook, read_request, service_for, validate_envelope
+from ..server import metrics
 from .context import authenticate, claims, components, json_bytes
 from .observability import annotate, patient_hash, record_summary
 
@@ -15,7 +16,7 @@ bp.before_request(authenticate)
 
 
 @bp.post("/cds-services/<service_id>")
-def call_service(service_id: str):
+def call_service(service_id: str) -> ResponseReturnValue:
     parts = components()
     service = service_for(parts.runtime, service_id)
     body = read_request(parts.runtime, json_bytes())

@@ -211,8 +211,9 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
     if bundle.get("resourceType") != "Bundle" or not isinstance(links, list):
         return None
     for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
+        url = link.get("url") if isinstance(link, dict) and link.get("relation") == "next" else None
+        if isinstance(url, str):
+            return url
     return None
 
 
@@ -346,10 +347,10 @@ def _resolve_medications(
         return
     missing: dict[str, str] = {}
     if client is None:
-        missing = {med_id: "no usable fhirServer" for med_id in wanted}
+        missing = dict.fromkeys(wanted, "no usable fhirServer")
     else:
         read, late = _run_all({med_id: _read_medication(client, med_id) for med_id in wanted}, deadline)
-        missing = {med_id: "the time budget ran out" for med_id in late}
+        missing = dict.fromkeys(late, "the time budget ran out")
         for med_id, outcome in read.items():
             if isinstance(outcome, dict):
                 resources.setdefault("Medication", []).append(outcome)

@@ -132,8 +132,8 @@ def _after_fork(_server: Any, worker: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..wire.errors import UNKNOWN_SERVICE, CdsError, operation_outcome
     from ..evaluation import Runtime, answer_hook, read_request, validate_envelope
+    from ..wire.errors import UNKNOWN_SERVICE, CdsError, operation_outcome
 
     settings = load_config(args.config, overrides={"now": args.now} if args.now else None)
     configure_logging(settings.log_level)

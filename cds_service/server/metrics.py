@@ -39,7 +39,9 @@ FHIR_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 FHIR_ERRORS = Counter(
-    "cds_fhir_errors", "FHIR requests that gave no usable resource, by resource type and reason.", ["resource", "reason"]
+    "cds_fhir_errors",
+    "FHIR requests that gave no usable resource, by resource type and reason.",
+    ["resource", "reason"],
 )
 UNREAD = Counter(
     "cds_unread_resources",

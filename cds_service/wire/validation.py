@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema_rs
 from jsonschema.exceptions import ValidationError, best_match
 
-from ..schemas import validator
+from ..schemas import schema, validator
 
 SCHEMA_NAMES = ("request", "response", "discovery", "feedback")
 
@@ -26,7 +26,7 @@ def fast_validator(name: str) -> jsonschema_rs.Validator:
 
     Only documents it refuses go through ``validator`` (python-jsonschema) for the message.
     """
-    return jsonschema_rs.validator_for(validator(name).schema)
+    return jsonschema_rs.validator_for(schema(name))
 
 
 def compile_schemas() -> None:
@@ -42,7 +42,8 @@ def first_violation(name: str, document: Any) -> ValidationError | None:
     """The most relevant schema violation, or None when the document is valid."""
     if fast_validator(name).is_valid(document):
         return None
-    return best_match(validator(name).iter_errors(document))
+    error: ValidationError | None = best_match(validator(name).iter_errors(document))
+    return error
 
 
 def describe(error: ValidationError) -> str:
@@ -88,11 +89,11 @@ _FILLED = {
 
 @cache
 def _sound_cards() -> jsonschema_rs.Validator:
-    schema = copy.deepcopy(validator("response").schema)
-    schema["$defs"]["filled"] = _FILLED
-    cards = schema["properties"]["cards"]
+    response = copy.deepcopy(schema("response"))
+    response["$defs"]["filled"] = _FILLED
+    cards = response["properties"]["cards"]
     cards["items"] = {"allOf": [cards["items"], {"$ref": "#/$defs/filled"}]}
-    return jsonschema_rs.validator_for(schema)
+    return jsonschema_rs.validator_for(response)
 
 
 def card_problems(card: dict[str, Any]) -> list[str]:
