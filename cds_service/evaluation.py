@@ -118,7 +118,7 @@ def answer_hook(
 ) -> HookAnswer:
     """Answer one validated request for ``service``; raises CdsError for anything the client must fix."""
     if body["hook"] != service.hook:
-        raise CdsError(HOOK_MISMATCH, f"This service answers {service.hook}, not {body['hook']}.")
+        raise CdsError(HOOK_MISMATCH, f"This service answers {service.hook}, not the hook the request names.")
     started = time.perf_counter()
     call = HookCall.from_request(service.id, body)
     settings = runtime.record_settings

@@ -17,7 +17,9 @@ from packaging.version import Version
 
 from cds_service.config import ENV_PREFIX, Settings, load_config
 from cds_service.security.issuers import load_issuers
+from cds_service.security.modes import check_bind_safety
 from cds_service.server.cli import build_parser, gunicorn_options
+from cds_service.server.metrics import metrics_address
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "deploy" / "kubernetes"
@@ -213,3 +215,22 @@ def test_the_pod_runs_as_the_image_user_without_root() -> None:
     assert container()["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/metrics"} in container()["env"]
     assert any(m["mountPath"] == "/tmp" for m in container()["volumeMounts"])
+
+
+def test_every_public_bind_has_a_public_base_url_and_kubernetes_scrapes_metrics_bind(tmp_path: Path) -> None:
+    """deploy/ listens on 0.0.0.0: with authentication on, serve needs public_base_url (JWT aud), and the scraper
+    reads the metrics where metrics_bind serves them, not from the main port (which needs a JWT)."""
+    path = tmp_path / "config.toml"
+    path.write_text(manifests()["ConfigMap"]["data"]["config.toml"])
+    config = load_config(path)
+    assert check_bind_safety("0.0.0.0", config, insecure=False) is None
+    pod = manifests()["Deployment"]["spec"]["template"]
+    host, port = metrics_address(config) or ("", 0)
+    assert host == "0.0.0.0" and pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert {"name": "metrics", "containerPort": port} in container()["ports"]
+    assert all(p["targetPort"] == "http" for p in manifests()["Service"]["spec"]["ports"])  # never the metrics
+    compose = yaml.safe_load((REPO / "deploy" / "compose" / "docker-compose.yml").read_text())
+    assert compose["x-instance"]["environment"]["CDS_PUBLIC_BASE_URL"] == "http://127.0.0.1:8080"
+    readme = (REPO / "README.md").read_text()
+    docker_run = readme[readme.index("docker run") : readme.index("```", readme.index("docker run"))]
+    assert "CDS_PUBLIC_BASE_URL=https://" in docker_run

@@ -447,38 +447,86 @@ def test_audience_uses_the_public_base_url(
     assert auth.audience_for("/cds-services/x", base) == expected
 
 
+@pytest.mark.parametrize("bound", ["http://10.0.0.5:8000", "http://0.0.0.0:8080", "http://cds.example.org"])
+def test_without_public_base_url_only_a_loopback_server_can_accept_tokens(
+    tmp_path: Path, engine: Engine, scenario: Scenario, bound: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve` refuses such a bind; an app served another way (gunicorn on 0.0.0.0 or a unix socket, whose
+    SERVER_NAME is then the Host header) refuses every token rather than trust an address clients do not call."""
+    auth = Authenticator(config(tmp_path, trusted_issuers=[jku_issuer(scenario)]), engine)
+    with pytest.raises(CdsError) as raised:
+        auth.audience_for("/cds-services/x", bound)
+    assert raised.value.kind is UNAUTHORIZED
+    assert "public_base_url is not set" in caplog.text
+
+
 # --- where an open service may listen -------------------------------------------------------------------------
+
+
+TRUSTED = {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}]}
+PUBLIC_URL = {"public_base_url": "https://cds.example.org"}
 
 
 @pytest.mark.parametrize(
     ("host", "settings", "insecure", "refused"),
     [
-        ("127.0.0.1", {}, False, False),
-        ("127.8.9.10", {}, False, False),
-        ("localhost", {}, False, False),
-        ("::1", {}, False, False),
-        ("[::1]", {}, False, False),
-        ("::ffff:127.0.0.1", {}, False, False),
-        ("0.0.0.0", {}, False, True),
-        ("::", {}, False, True),
-        ("10.1.2.3", {}, False, True),
-        ("myhost.local", {}, False, True),
-        ("localhost.evil.example", {}, False, True),
-        ("0.0.0.0", {}, True, False),
-        ("0.0.0.0", {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}]}, False, False),
-        ("0.0.0.0", {"allow_sandbox_issuer": True}, False, False),
-        (
-            "0.0.0.0",
-            {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}], "auth_required": False},
-            False,
-            True,
-        ),
+        ("127.0.0.1", {}, False, None),
+        ("127.8.9.10", {}, False, None),
+        ("localhost", {}, False, None),
+        ("::1", {}, False, None),
+        ("[::1]", {}, False, None),
+        ("::ffff:127.0.0.1", {}, False, None),
+        ("0.0.0.0", {}, False, "--insecure"),
+        ("::", {}, False, "--insecure"),
+        ("10.1.2.3", {}, False, "--insecure"),
+        ("myhost.local", {}, False, "--insecure"),
+        ("localhost.evil.example", {}, False, "--insecure"),
+        ("0.0.0.0", {}, True, None),
+        ("0.0.0.0", {**TRUSTED, **PUBLIC_URL}, False, None),
+        ("0.0.0.0", {"allow_sandbox_issuer": True, **PUBLIC_URL}, False, None),
+        ("0.0.0.0", TRUSTED, False, "public_base_url"),
+        ("10.1.2.3", {"allow_sandbox_issuer": True}, True, "public_base_url"),
+        ("127.0.0.1", TRUSTED, False, None),
+        ("0.0.0.0", {**TRUSTED, "auth_required": False}, False, "--insecure"),
     ],
 )
-def test_open_service_listens_only_on_loopback_unless_insecure(
-    host: str, settings: dict[str, Any], insecure: bool, refused: bool
-) -> None:
+def test_where_serve_may_listen(host: str, settings: dict[str, Any], insecure: bool, refused: str | None) -> None:
+    """Open: loopback only (or --insecure). Authenticated beyond loopback: only with public_base_url, since the
+    bound address (0.0.0.0, a pod IP) is not what clients call and the Host header may not stand in for it."""
     message = check_bind_safety(host, load_config(overrides=settings), insecure)
-    assert (message is not None) == refused
-    if refused:
-        assert "--insecure" in message and host in message
+    if refused is None:
+        assert message is None
+    else:
+        assert message is not None and refused in message and host in message and "\n" not in message
+
+
+# --- where keys may be fetched from --------------------------------------------------------------------------
+
+EVIL_HTTP = "http://ehr.example.org/jwks.json"
+
+
+@pytest.mark.parametrize(
+    ("entry", "refused"),
+    [
+        ({"jwks_url": EVIL_HTTP}, f"trusted_issuers[0].jwks_url = '{EVIL_HTTP}'"),
+        ({"jwks_url": "http://10.0.0.7/jwks.json"}, "jwks_url = 'http://10.0.0.7/jwks.json'"),
+        ({"jwks_url": "http://localhost.evil.example/k"}, "jwks_url = 'http://localhost.evil.example/k'"),
+        ({"jku_allowlist": ["https://ehr.example.org/a", EVIL_HTTP]}, f"jku_allowlist[1] = '{EVIL_HTTP}'"),
+        ({"jwks": {"keys": [make_key().jwk]}, "jku_allowlist": [EVIL_HTTP]}, f"jku_allowlist[0] = '{EVIL_HTTP}'"),
+        ({"jwks_url": "https://ehr.example.org/jwks.json"}, None),
+        ({"jwks_url": "http://127.0.0.1:8081/jwks.json"}, None),
+        ({"jwks_url": "http://localhost:8081/jwks.json"}, None),
+        ({"jku_allowlist": ["http://[::1]:8081/jwks.json", "https://ehr.example.org/jwks.json"]}, None),
+    ],
+)
+def test_keys_are_fetched_over_https_only_except_on_loopback(
+    tmp_path: Path, engine: Engine, entry: dict[str, Any], refused: str | None
+) -> None:
+    """A JWKS fetched over plain http to another host could be swapped on the way: refused at start, with a
+    message naming the key and the URL."""
+    if refused is None:
+        assert Authenticator(config(tmp_path, trusted_issuers=[{"iss": ISS, **entry}]), engine).enabled
+        return
+    with pytest.raises(ConfigError) as raised:
+        config(tmp_path, trusted_issuers=[{"iss": ISS, **entry}])
+    assert f"{refused}: must be an https URL (http only on loopback)" in str(raised.value)

@@ -93,7 +93,7 @@ def obtain_record(
     if record.incomplete:
         log.warning(
             "hook %s: incomplete keys %s (rules relying on absence stay silent): %s",
-            call.hook_instance,
+            call.log_id,
             ",".join(sorted(record.incomplete)),
             "; ".join(record.warnings),
         )
@@ -224,10 +224,10 @@ def _endpoint(call: HookCall, settings: RecordSettings, *, needed: bool) -> Fhir
     except CdsError as refused:
         if needed:
             log.warning(
-                "hook %s: answering %s %s: %s", call.hook_instance, refused.status, refused.kind.code, refused.detail
+                "hook %s: answering %s %s: %s", call.log_id, refused.status, refused.kind.code, refused.detail
             )
             raise
-        log.info("hook %s: fhirServer not used: %s", call.hook_instance, refused.detail)
+        log.info("hook %s: fhirServer not used: %s", call.log_id, refused.detail)
         return None
 
 
@@ -301,7 +301,7 @@ def _refuse_empty(call: HookCall, queried: list[KeyResult]) -> None:
     kind = DEADLINE if timed_out else RECORD_UNAVAILABLE
     reasons = "; ".join(f"{r.key}: {r.problem}" for r in queried)
     log.warning(
-        "hook %s: answering %s %s: no queried key gave data (%s)", call.hook_instance, kind.status, kind.code, reasons
+        "hook %s: answering %s %s: no queried key gave data (%s)", call.log_id, kind.status, kind.code, reasons
     )
     raise CdsError(kind, f"The FHIR server gave no data ({queried[0].problem}).")
 

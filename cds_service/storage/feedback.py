@@ -43,7 +43,7 @@ def timestamp_problem(entries: Sequence[Mapping[str, Any]]) -> str | None:
         try:
             _parse_time(entry["outcomeTimestamp"])
         except ValueError:
-            return f"at feedback/{index}/outcomeTimestamp: {entry['outcomeTimestamp']!r} is not a real date and time"
+            return f"at feedback/{index}/outcomeTimestamp: expected a real date and time"
     return None
 
 
