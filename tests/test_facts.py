@@ -133,19 +133,20 @@ def test_values_are_converted_to_the_canonical_unit(
     assert not facts.warnings
 
 
-def test_an_unknown_unit_means_the_value_is_not_used(terminology: Terminology) -> None:
+def test_an_unknown_unit_keeps_the_value_as_reported_with_a_warning(terminology: Terminology) -> None:
     facts = facts_of(terminology, lab("abc", "2823-3", 3.1, "xyz"))
-    assert facts.latest("potassium") is None
-    assert facts.warnings == ("Observation/abc: unknown unit 'xyz' for potassium",)
+    result = facts.latest("potassium")
+    assert result is not None and not result.interpretable
+    assert (result.value, result.unit, result.reported) == (3.1, "xyz", "3.1 xyz")
+    assert facts.warnings == ("Observation/abc: unknown unit 'xyz' for potassium: judged only by the lab's own "
+                              "range and flags",)
 
 
 @pytest.mark.parametrize(("change", "warning"), [
     ({"valueQuantity": None, "valueString": "<2.0"},
      "Observation/v: no numeric value for potassium (value '<2.0' is text)"),
-    ({"valueQuantity": {"value": 2.0, "comparator": "~", "code": "mmol/L"}},
-     "Observation/v: value '~2.0' for potassium is not a number or a bound, not used"),
     ({"valueQuantity": {"value": "low", "code": "mmol/L"}},
-     "Observation/v: value 'low' for potassium is not a number or a bound, not used"),
+     "Observation/v: value 'low' for potassium is not a number, not used"),
     ({"effectiveDateTime": None}, "Observation/v: no effective time for potassium"),
 ])
 def test_unusable_values_are_skipped_with_a_named_warning(
@@ -268,8 +269,10 @@ def test_a_value_sufficient_to_achieve_is_not_a_measurement(terminology) -> None
     observation = lab("ad", "2157-6", 200, "U/L")
     observation["valueQuantity"]["comparator"] = "ad"
     facts = facts_of(terminology, observation)
-    assert facts.latest("ck") is None
-    assert any("Observation/ad" in w for w in facts.warnings)
+    result = facts.latest("ck")
+    assert result is not None and not result.interpretable and result.reported == "ad200 U/L"
+    assert facts.warnings == ("Observation/ad: unknown comparator 'ad' for ck: judged only by the lab's own range "
+                              "and flags",)
 
 
 def test_lab_series_builds_results_on_demand_and_reads_like_a_tuple(terminology: Terminology) -> None:

@@ -141,6 +141,17 @@ def period_start(period: Any) -> datetime | None:
     return moment(period.get("start")) if isinstance(period, dict) else None
 
 
+def effective_time(observation: Mapping[str, Any]) -> datetime | None:
+    """When an Observation was made: ``effectiveDateTime``, ``effectivePeriod`` (end, else start),
+    ``effectiveInstant``, then ``issued`` (clinical-reference.md §5); the first that parses wins."""
+    found = moment(observation.get("effectiveDateTime"))
+    if found is None:
+        period = observation.get("effectivePeriod")
+        found = (period_end(period) or period_start(period) or moment(observation.get("effectiveInstant"))
+                 or moment(observation.get("issued")))
+    return found
+
+
 def not_a_resource(kind: str, index: int, item: Any) -> str:
     return f"{kind} item {index}: not a FHIR resource ({type(item).__name__}), skipped"
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
 from math import isfinite
 from operator import itemgetter
 from typing import Any, overload
 
-from .fhir import as_list, codings, moment, number, reference_name
+from .fhir import as_list, codings, effective_time, number, reference_name
 from .model import Coding, LabResult
 from .terminology import LOINC, Analyte, Terminology
-from .units import Conversion
+from .units import Conversion, fold
 
 SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "preliminary"})
 CORRECTED_CALCIUM = "calcium_corrected"
@@ -28,6 +29,9 @@ DERIVED_FROM: Mapping[str, tuple[str, str]] = {CORRECTED_CALCIUM: ("calcium", "a
 # bound itself, with its comparator kept: ">5000 U/L" is above any CK threshold up to 5000, "<8 ng/mL" below any
 # vitamin D threshold from 8 up. "ad" (sufficient to achieve) is not a measurement and is not used.
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
+# A value whose unit (or comparator) the service does not understand still counts as a result of its analyte, kept
+# as reported: only the lab's own range in that unit and its interpretation flags can judge it (``LabResult``).
+AS_REPORTED = Conversion("", 1.0)
 PAYNE_REFERENCE_ALBUMIN = 4.0  # g/dL: the albumin Payne's correction adjusts to (clinical-reference.md §1)
 
 
@@ -91,6 +95,7 @@ class LabReader:
         self._warnings = warnings
         self._codings: dict[tuple[str, str], Coding] = {}
         self._rows: dict[str, list[Measured]] = {}
+        self._as_reported: dict[str, list[Measured]] = {}  # results kept in a unit the service cannot convert
 
     def take(self, observation: Mapping[str, Any]) -> bool:
         """Keep the Observation's value when its code is a lab code and the value is usable.
@@ -121,24 +126,25 @@ class LabReader:
         raw = quantity.get("value")
         # The common case (a finite JSON float) inline; number() handles the rest and refuses NaN and infinities.
         value = raw if type(raw) is float and isfinite(raw) else number(raw)
-        comparator = quantity.get("comparator")
-        if value is None or (comparator and comparator not in COMPARATORS):
-            shown = f"{comparator or ''}{raw}"
-            self._warn(observation, f"value {shown!r} for {analyte} is not a number or a bound, not used")
+        if value is None:
+            self._warn(observation, f"value {raw!r} for {analyte} is not a number, not used")
+            return True
+        effective = effective_time(observation)
+        if effective is None:
+            self._warn(observation, f"no effective time for {analyte}")
             return True
         units = self._units[analyte]
         unit_code = quantity.get("code")
         conversion = units.by_code.get(unit_code) if type(unit_code) is str else None
         if conversion is None:
-            unit_text = quantity.get("unit")
-            conversion = units.find(unit_code, unit_text)
-            if conversion is None:
-                shown = unit_code if isinstance(unit_code, str) and unit_code else str(unit_text)
-                self._warn(observation, f"unknown unit {shown!r} for {analyte}")
-                return True
-        effective = _effective(observation)
-        if effective is None:
-            self._warn(observation, f"no effective time for {analyte}")
+            conversion = units.find(unit_code, quantity.get("unit"))
+        comparator = quantity.get("comparator")
+        if conversion is None or (comparator and comparator not in COMPARATORS):
+            problem = f"unknown unit {_unit_shown(quantity)!r}" if conversion is None else \
+                f"unknown comparator {comparator!r}"
+            self._warn(observation, f"{problem} for {analyte}: judged only by the lab's own range and flags")
+            self._as_reported.setdefault(analyte, []).append(
+                (effective, value, analyte, AS_REPORTED, observation, coding))
             return True
         rows = self._rows.get(analyte)
         if rows is None:
@@ -153,6 +159,9 @@ class LabReader:
         for name, rows in self._rows.items():
             rows.sort(key=itemgetter(0), reverse=True)
             series[name] = LabSeries(rows, self._result)
+        for name, kept in self._as_reported.items():
+            rows = sorted((*self._rows.get(name, ()), *kept), key=itemgetter(0), reverse=True)
+            series[name] = LabSeries(rows, self._result)
         calcium, albumin = DERIVED_FROM[CORRECTED_CALCIUM]
         pairs = same_day_pairs(self._rows.get(calcium, ()), self._rows.get(albumin, ()))
         if pairs:
@@ -162,9 +171,10 @@ class LabReader:
     # ------------------------------------------------------------------ building results on demand
     def _result(self, row: Measured) -> LabResult:
         effective, value, name, conversion, observation, coding = row
+        if conversion is AS_REPORTED:
+            return self._as_reported_result(row)
         analyte = self._analytes[name]
         low, high, from_resource = self._range(observation, analyte, conversion)
-        interpretation = observation.get("interpretation")
         return LabResult(
             analyte=name,
             value=value,
@@ -174,10 +184,40 @@ class LabReader:
             ref_low=low,
             ref_high=high,
             ref_from_resource=from_resource,
-            interpretation=tuple(c for _, c, _ in codings(interpretation)) if interpretation else (),
+            interpretation=_flags(observation),
             reported=_as_sent(observation, conversion),
             resource=reference_name(observation),
             comparator=_comparator(observation),
+            factor=conversion.factor,
+            offset=conversion.offset,
+            decimals=_decimals(observation),
+        )
+
+    def _as_reported_result(self, row: Measured) -> LabResult:
+        """A result in a unit the service cannot convert (or with a comparator it does not know), as reported:
+        its range is the lab's own range in the same unit, if any."""
+        effective, value, name, _, observation, coding = row
+        quantity = observation["valueQuantity"]
+        low = high = None
+        for item in _normal_ranges(observation):
+            low, high = _same_unit_bound(item.get("low"), quantity), _same_unit_bound(item.get("high"), quantity)
+            if low is not None or high is not None:
+                break
+        return LabResult(
+            analyte=name,
+            value=value,
+            unit=_unit_shown(quantity),
+            effective=effective,
+            code=self._coding(coding),
+            ref_low=low,
+            ref_high=high,
+            ref_from_resource=low is not None or high is not None,
+            interpretation=_flags(observation),
+            reported=f"{quantity.get('comparator') or ''}{value:.6g} {_unit_shown(quantity)}".strip(),
+            resource=reference_name(observation),
+            comparator=_comparator(observation),
+            decimals=_decimals(observation),
+            interpretable=False,
         )
 
     def _corrected(self, pair: tuple[Measured, Measured]) -> LabResult:
@@ -220,31 +260,16 @@ class LabReader:
         self, observation: Mapping[str, Any], analyte: Analyte, conversion: Conversion
     ) -> tuple[float | None, float | None, bool]:
         """The Observation's own referenceRange in canonical units, else the analyte's default for the sex."""
-        ranges = observation.get("referenceRange")
-        if ranges:
-            for item in as_list(ranges):
-                if not isinstance(item, dict) or not _is_normal_range(item):
-                    continue
-                low = _bound(item.get("low"), analyte, conversion)
-                high = _bound(item.get("high"), analyte, conversion)
-                if low is not None or high is not None:
-                    return low, high, True
+        for item in _normal_ranges(observation):
+            low = _bound(item.get("low"), analyte, conversion)
+            high = _bound(item.get("high"), analyte, conversion)
+            if low is not None or high is not None:
+                return low, high, True
         default = analyte.reference_range(self._sex)
         return default.low, default.high, False
 
     def _warn(self, observation: Mapping[str, Any], message: str) -> None:
         self._warnings.append(f"{reference_name(observation)}: {message}")
-
-
-def _effective(observation: Mapping[str, Any]) -> datetime | None:
-    """effectiveDateTime (or effectiveInstant), else effectivePeriod.end, else issued (§5)."""
-    text = observation.get("effectiveDateTime") or observation.get("effectiveInstant")
-    if text is None:
-        period = observation.get("effectivePeriod")
-        text = period.get("end") if isinstance(period, dict) else None
-        if text is None:
-            text = observation.get("issued")
-    return moment(text)
 
 
 def same_day_pairs(calcium: Sequence[Measured], albumin: Sequence[Measured]) -> list[tuple[Measured, Measured]]:
@@ -268,6 +293,13 @@ def _utc_day(when: datetime) -> date:
     return when.astimezone(UTC).date()
 
 
+def _normal_ranges(observation: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """The Observation's reference ranges that apply to this patient's value (``_is_normal_range``)."""
+    ranges = observation.get("referenceRange")
+    return (item for item in as_list(ranges) if isinstance(item, dict) and _is_normal_range(item)) if ranges else \
+        iter(())
+
+
 def _is_normal_range(item: Mapping[str, Any]) -> bool:
     """A range without ``type``/``appliesTo`` or typed ``normal`` applies to this patient's value."""
     if item.get("appliesTo"):
@@ -286,6 +318,52 @@ def _bound(quantity: Any, analyte: Analyte, value_conversion: Conversion) -> flo
     code, text = quantity.get("code"), quantity.get("unit")
     conversion = analyte.units.find(code, text) if code or text else value_conversion
     return conversion.apply(value) if conversion else None
+
+
+def _same_unit_bound(quantity: Any, value: Mapping[str, Any]) -> float | None:
+    """A range limit given without a unit or in the value's own unit (code or text), as it stands."""
+    if not isinstance(quantity, dict):
+        return None
+    code, text = quantity.get("code"), quantity.get("unit")
+    same = (not code and not text) or any(
+        isinstance(mine, str) and isinstance(theirs, str) and fold(mine) == fold(theirs)
+        for mine, theirs in ((code, value.get("code")), (text, value.get("unit"))))
+    return number(quantity.get("value")) if same else None
+
+
+def _decimals(observation: Mapping[str, Any]) -> int | None:
+    """The decimal places the lab reported its value with: those of the value, or more when its own range limits
+    show more (a JSON parser drops trailing zeros: "2.10" arrives as 2.1). None when not a plain number."""
+    quantity = observation["valueQuantity"]
+    places = [_places(quantity.get("value"))]
+    for item in _normal_ranges(observation):
+        places += [_places(bound.get("value")) for bound in (item.get("low"), item.get("high"))
+                   if isinstance(bound, dict) and _same_unit_bound(bound, quantity) is not None]
+    known = [p for p in places if p is not None]
+    return max(known) if known else None
+
+
+def _places(raw: Any) -> int | None:
+    if type(raw) not in (int, float, str):
+        return None
+    try:
+        exponent = Decimal(str(raw).strip()).as_tuple().exponent
+    except InvalidOperation:
+        return None
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def _flags(observation: Mapping[str, Any]) -> tuple[str, ...]:
+    interpretation = observation.get("interpretation")
+    return tuple(c for _, c, _ in codings(interpretation)) if interpretation else ()
+
+
+def _unit_shown(quantity: Mapping[str, Any]) -> str:
+    """The unit as the lab wrote it (its text, else its code), "" when it gave none."""
+    for unit in (quantity.get("unit"), quantity.get("code")):
+        if isinstance(unit, str) and unit.strip():
+            return unit.strip()
+    return ""
 
 
 def _comparator(observation: Mapping[str, Any]) -> str:

@@ -45,6 +45,14 @@ class LabResult:
     reported: str  # the value as reported, e.g. "1.4 mg/dL", for card text
     resource: str  # "Observation/<id>"
     comparator: str = ""  # "<", "<=", ">" or ">=" when the lab reported a bound ("<8 ng/mL"); value is the bound
+    # How the lab reported it: value = reported value × factor + offset, the reported value having ``decimals``
+    # decimal places (None: not known). Thresholds are compared at that precision (rules.criteria).
+    factor: float = 1.0
+    offset: float = 0.0
+    decimals: int | None = None
+    # False when the service cannot convert the lab's unit: ``value``, ``unit`` and the range are as reported,
+    # only the lab's own range and interpretation flags can judge it, and it still counts as a result.
+    interpretable: bool = True
 
     @property
     def times_uln(self) -> float | None:

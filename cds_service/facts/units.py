@@ -37,19 +37,20 @@ class UnitTable:
             conversion = Conversion(unit["ucum"], float(unit["factor"]), float(unit.get("offset", 0.0)))
             by_code[conversion.unit] = conversion
             for text in (conversion.unit, *unit.get("aliases", ())):
-                by_text[_fold(text)] = conversion
+                by_text[fold(text)] = conversion
         return cls(by_code, by_text)
 
     def find(self, code: object, text: object) -> Conversion | None:
         """The conversion for a Quantity's ``code`` (UCUM), else for its ``unit`` text; None when unknown."""
         if isinstance(code, str):
-            found = self.by_code.get(code) or self.by_text.get(_fold(code))
+            found = self.by_code.get(code) or self.by_text.get(fold(code))
             if found:
                 return found
         if isinstance(text, str):
-            return self.by_text.get(_fold(text))
+            return self.by_text.get(fold(text))
         return None
 
 
-def _fold(unit: str) -> str:
+def fold(unit: str) -> str:
+    """A unit text compared without case or spaces ("mmol/l", "mmol / L" are "mmol/L")."""
     return unit.strip().replace(" ", "").casefold()

@@ -214,19 +214,59 @@ def _lab(criterion: LabCriterion, facts: PatientFacts) -> Match:
 def _compare(result: LabResult, op: str, limit: float) -> Tri:
     if op == "above_uln":
         ratio = result.times_uln
-        return None if ratio is None else ratio > limit
-    value = result.value
-    if op == "below":
-        return value < limit
-    if op == "above":
-        return value > limit
-    return value >= limit if op == "at_least" else value <= limit
+        return None if ratio is None else bounded("above", ratio, result.comparator, limit)
+    if not result.interpretable:
+        return None  # the rule's number is in the analyte's canonical unit, the value in one the service cannot read
+    value, limit = at_lab_precision(result, limit)
+    return bounded(op, value, result.comparator, limit)
 
 
 def _in_range(result: LabResult, check: str) -> Tri:
-    if check == "above_range":
-        return None if result.ref_high is None else result.value > result.ref_high
-    return None if result.ref_low is None else result.value < result.ref_low
+    above = check == "above_range"
+    limit = result.ref_high if above else result.ref_low
+    if limit is None:
+        return _flagged(result, above)
+    value, limit = at_lab_precision(result, limit)
+    return bounded("above" if above else "below", value, result.comparator, limit)
+
+
+_ABOVE_FLAGS, _BELOW_FLAGS, _NORMAL_FLAGS = frozenset({"H", "HH", "HU"}), frozenset({"L", "LL", "LU"}), frozenset({"N"})
+
+
+def _flagged(result: LabResult, above: bool) -> Tri:
+    """Without a limit on that side, the lab's own interpretation flags (v3 ObservationInterpretation) decide."""
+    flags = frozenset(result.interpretation)
+    if flags & (_ABOVE_FLAGS if above else _BELOW_FLAGS):
+        return True
+    return False if flags & (_NORMAL_FLAGS | (_BELOW_FLAGS if above else _ABOVE_FLAGS)) else None
+
+
+def at_lab_precision(result: LabResult, limit: float) -> tuple[float, float]:
+    """The value and ``limit`` compared as the lab reported the value: a converted value is taken back to the
+    lab's unit and the limit converted into that unit and rounded to the decimals the lab reported. A conversion
+    then never moves a value across a limit: 2.12 mmol/L of calcium (8.497 mg/dL) is at 8.5 mg/dL (2.12 mmol/L at
+    two decimals), not below it."""
+    if result.decimals is None or (result.factor == 1.0 and result.offset == 0.0):
+        return result.value, limit
+    factor, offset, places = result.factor, result.offset, result.decimals
+    return round((result.value - offset) / factor, places), round((limit - offset) / factor, places)
+
+
+def bounded(op: str, value: float, comparator: str, limit: float) -> Tri:
+    """``value`` (``op``: below, above, at_least, at_most) ``limit``, for a value the lab may report as a bound.
+
+    With a comparator the true value lies beyond ``value`` ("<2.5": somewhere below 2.5). The test is True when
+    every such value passes, False when none does, else unknown (None): "<2.5" is below 2.5, "<2.6" is not
+    certainly below 2.5 (unknown, so it fires nothing and a ``not`` of it does not hold), ">60" is not below 60.
+    """
+    exact = value < limit if op == "below" else value > limit if op == "above" else \
+        value >= limit if op == "at_least" else value <= limit
+    if not comparator:
+        return exact
+    strict_comparator, strict_test = comparator in ("<", ">"), op in ("below", "above")
+    if (comparator[0] == ">") == (op in ("above", "at_least")):  # the bound points the way the test looks
+        return True if exact or (strict_comparator and strict_test and value == limit) else None
+    return False if not exact or (strict_comparator and not strict_test and value == limit) else None
 
 
 def _pairings(criterion: InteractionCriterion, facts: PatientFacts) -> tuple[Pairing, ...]:

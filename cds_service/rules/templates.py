@@ -267,6 +267,8 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
         text += f", {markdown(reference)}" if reference == NO_RANGE else f", reference {markdown(reference)}"
         if evidence.ref_high and evidence.value > evidence.ref_high:
             text += f", {evidence.value / evidence.ref_high:.1f}× the upper limit"
+        if not evidence.interpretable:
+            text += ", in a unit the service cannot convert: judged only by the lab's own range and flags"
         return f"{text}, {_day(evidence.effective)}"
     if isinstance(evidence, Absence):
         analyte = markdown(running(analyte_name(evidence.analyte)))
