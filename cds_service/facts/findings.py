@@ -10,7 +10,12 @@ An Observation documents a symptom when its code is a symptom code, or a symptom
 ``valueCodeableConcept`` is one (``symptom-observations.json``), unless it says the symptom is absent
 (``valueBoolean`` false, a negation string or code, a NEG/ND interpretation), or its status is
 ``entered-in-error`` or ``cancelled``. It is current within ``observation_window`` (90 days, a chosen default),
-dated by effectiveDateTime, effectivePeriod (end, else start) or issued; an undated one is not used.
+dated by effectiveDateTime, effectivePeriod (end, else start), effectiveInstant or issued; an undated one is not
+used.
+
+A Condition or Observation with no symptom coding documents cramp or spasm in free text (``symptom_text``):
+``Condition.code.text``, ``Observation.code.text``, ``valueString`` or ``valueCodeableConcept.text``, with a
+negation guard. Its finding has no coding (an empty ``Coding``) and shows the text.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from .fhir import code_of, codings, concept_text, moment, period_end, period_start, reference_name
+from .fhir import code_of, codings, concept_text, effective_time, moment, period_end, period_start, reference_name
 from .model import Coding, Finding
 from .terminology import ICD10CM, SNOMED, Terminology
 
@@ -59,7 +64,7 @@ class FindingReader:
     def condition_history(self, resource: Mapping[str, Any]) -> list[Finding] | None:
         """The Condition's findings whatever its clinical status (never refuted or entered in error), with its
         onset and abatement dates."""
-        concepts = self._concepts(resource.get("code"))
+        concepts = self._concepts(resource.get("code")) or self._text_concepts(concept_text(resource.get("code")))
         if not concepts or code_of(resource.get("verificationStatus")) in EXCLUDED_VERIFICATION:
             return None
         status = code_of(resource.get("clinicalStatus"))
@@ -82,7 +87,7 @@ class FindingReader:
         for system, code, _ in codings(resource.get("code")):
             if self._terminology.is_symptom_panel(system, code) or self._means_symptom(system, code):
                 return True
-        return False
+        return any(self._terminology.symptom_text.concepts(text) for text in _texts(resource))
 
     def observation(self, resource: Mapping[str, Any]) -> list[Finding] | None:
         status = resource.get("status")
@@ -92,10 +97,14 @@ class FindingReader:
         panel = any(self._terminology.is_symptom_panel(s, c) for s, c, _ in codings(code))
         source = resource.get("valueCodeableConcept") if panel else code
         found = [(s, c, d, concept) for s, c, d, concept in self._concepts(source) if concept in self._symptoms]
+        for text in () if found else _texts(resource):
+            found = [f for f in self._text_concepts(text) if f[3] in self._symptoms]
+            if found:
+                source = {"text": text}
+                break
         if not found or self._negated(resource, panel):
             return None
-        effective = (moment(resource.get("effectiveDateTime")) or period_end(resource.get("effectivePeriod"))
-                     or period_start(resource.get("effectivePeriod")) or moment(resource.get("issued")))
+        effective = effective_time(resource)
         if effective is None:
             self._warnings.append(f"{reference_name(resource)}: symptom without effective time, not used")
             return None
@@ -132,6 +141,10 @@ class FindingReader:
                         found.append((system, code, display, name))
         return found
 
+    def _text_concepts(self, text: str) -> list[tuple[str, str, str, str]]:
+        """("", "", text, concept) for each concept free text documents (``SymptomText``): no coding to show."""
+        return [("", "", text, concept) for concept in self._terminology.symptom_text.concepts(text)] if text else []
+
     def _shown(self, system: str, code: str, display: str, text: str) -> str:
         """What a card calls the finding: the coding's display, the concept's text, the value set's display for
         the code, or at last the bare code (an EHR may send a code with no words at all)."""
@@ -141,3 +154,10 @@ class FindingReader:
         if system not in FINDING_SYSTEMS:
             return False
         return any(c in self._symptoms for c in self._terminology.concepts_for(system, code))
+
+
+def _texts(observation: Mapping[str, Any]) -> list[str]:
+    """An Observation's free text that may document a symptom: code.text, valueString, valueCodeableConcept.text."""
+    texts = [concept_text(observation.get("code")), observation.get("valueString"),
+             concept_text(observation.get("valueCodeableConcept"))]
+    return [text for text in texts if isinstance(text, str) and text]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..schemas import validator as schema_validator
+from .symptom_text import SymptomText
 from .units import UnitTable
 
 LOINC = "http://loinc.org"
@@ -127,9 +128,16 @@ class Terminology:
         self._negation_interpretations: set[SystemCode] = set()
         self._negation_strings: frozenset[str] = frozenset()
         non_systemic: set[str] = set()
+        text_terms: dict[str, list[str]] = {}
+        cues: set[str] = set()
+        qualifiers: set[str] = set()
         for name, doc in documents.items():
             self._add_definitions(name, doc)
             non_systemic.update(w.casefold() for w in doc.get("non_systemic_forms", ()))
+            for concept, words in doc.get("text_terms", {}).items():
+                text_terms.setdefault(concept, []).extend(words)
+            cues.update(doc.get("negation_cues", ()))
+            qualifiers.update(doc.get("not_muscle_qualifiers", ()))
         for name, doc in documents.items():
             self._add_entries(name, doc)
         self._check_classes()
@@ -140,6 +148,10 @@ class Terminology:
         )
         self._ingredient_pattern = _words(self._ingredient_classes)
         self._non_systemic = _words(non_systemic)
+        for concept in text_terms:
+            if concept not in self.concepts:
+                raise ValueSetError(f"text_terms: '{concept}' is not a defined concept")
+        self.symptom_text = SymptomText(text_terms, cues, self._negation_strings, qualifiers)
 
     # ------------------------------------------------------------------ loading
     @classmethod
