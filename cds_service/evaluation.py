@@ -82,6 +82,7 @@ class HookAnswer:
     call: HookCall
     record: PatientRecord
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what the facts layer could not use, or used only in part (PatientFacts)
 
 
 def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
@@ -145,6 +146,7 @@ def answer_hook(
             "facts_ms": (built - fetched) * 1000,
             "rules_ms": (done - built) * 1000,
         },
+        warnings=facts.warnings,
     )
 
 

@@ -25,9 +25,10 @@ SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "preliminary"})
 CORRECTED_CALCIUM = "calcium_corrected"
 # Analytes computed from others: reading one back some time reads its inputs back as far.
 DERIVED_FROM: Mapping[str, tuple[str, str]] = {CORRECTED_CALCIUM: ("calcium", "albumin")}
-# A value reported as a bound ("<8", ">5000": below a detection limit, above an analyser's range) is used as the
-# bound itself, with its comparator kept: ">5000 U/L" is above any CK threshold up to 5000, "<8 ng/mL" below any
-# vitamin D threshold from 8 up. "ad" (sufficient to achieve) is not a measurement and is not used.
+# A value reported as a bound ("<8", ">5000": below a detection limit, above an analyser's range) keeps the bound
+# as its value and its comparator: ">5000 U/L" is above any CK threshold up to 5000, "<8 ng/mL" below any vitamin
+# D threshold from 8 up, and a threshold the bound does not decide is unknown (rules.criteria.bounded). "ad"
+# (sufficient to achieve), or any other comparator, is not understood: the value is kept as reported (AS_REPORTED).
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
 # A value whose unit (or comparator) the service does not understand still counts as a result of its analyte, kept
 # as reported: only the lab's own range in that unit and its interpretation flags can judge it (``LabResult``).
@@ -245,6 +246,9 @@ class LabReader:
             reported=f"{value:.1f} {analyte.canonical_unit} (calcium {_as_sent(observation, ca_conversion)}, "
                      f"albumin {_as_sent(albumin[4], albumin[3])})",
             resource=reference_name(observation),
+            factor=ca_conversion.factor,  # compared at the precision of the calcium as reported
+            offset=ca_conversion.offset,
+            decimals=_decimals(observation),
         )
 
     def _coding(self, coding: Mapping[str, Any]) -> Coding:

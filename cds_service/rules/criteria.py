@@ -216,7 +216,9 @@ def _compare(result: LabResult, op: str, limit: float) -> Tri:
         ratio = result.times_uln
         return None if ratio is None else bounded("above", ratio, result.comparator, limit)
     if not result.interpretable:
-        return None  # the rule's number is in the analyte's canonical unit, the value in one the service cannot read
+        # The rule's number is in the canonical unit and the value in one the service does not understand: only
+        # a limit of zero ("a result exists": at_least 0) means the same in every unit.
+        return bounded(op, result.value, result.comparator, limit) if limit == 0 else None
     value, limit = at_lab_precision(result, limit)
     return bounded(op, value, result.comparator, limit)
 
