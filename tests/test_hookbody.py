@@ -131,6 +131,8 @@ def test_what_is_not_a_dated_observation_is_kept() -> None:
     kept = [
         {"resourceType": "Condition", "id": "c", "onsetDateTime": old},
         {"resourceType": "Observation", "id": "period", "effectivePeriod": {"start": old, "end": old}},
+        {"resourceType": "Observation", "id": "instant", "effectiveInstant": old},
+        {"resourceType": "Observation", "id": "issued", "issued": old},
         {"resourceType": "Observation", "id": "undated"},
         {"resourceType": "Observation", "id": "recent", "effectiveDateTime": "2026-10-30"},
         {"resourceType": "Observation", "id": "odd-date", "effectiveDateTime": 20190501},

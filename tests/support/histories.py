@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from cds_service.record.model import PatientRecord
 
@@ -35,7 +36,7 @@ def long_history(seed: int, now: datetime) -> PatientRecord:
             labs.append({
                 "resourceType": "Observation", "id": f"lab-{serial}-{part}", "status": "final",
                 "code": {"coding": coding},
-                "effectiveDateTime": when.astimezone(zone).isoformat(),
+                **_dated(serial, when.astimezone(zone).isoformat()),
                 "valueQuantity": {"value": round(rng.uniform(low, high), 2), "system": "http://unitsofmeasure.org",
                                   "code": unit, "unit": unit},
             })
@@ -56,3 +57,15 @@ def long_history(seed: int, now: datetime) -> PatientRecord:
     patient = {"resourceType": "Patient", "id": "p1", "gender": gender, "birthDate": "1950-01-01"}
     return PatientRecord("p1", {"Patient": [patient], "Observation": labs + symptoms, "Condition": [cramp],
                                 "MedicationRequest": orders})
+
+
+def _dated(serial: int, when: str) -> dict[str, Any]:
+    """Most labs dated by effectiveDateTime, some only by effectivePeriod, effectiveInstant or issued: the request
+    parser leaves out only what an old effectiveDateTime dates (a draw-independent choice keeps the random
+    histories as they were)."""
+    kind = serial % 10
+    if kind == 3:
+        return {"effectivePeriod": {"start": when}}
+    if kind == 5:
+        return {"effectiveInstant": when}
+    return {"issued": when} if kind == 7 else {"effectiveDateTime": when}
