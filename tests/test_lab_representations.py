@@ -247,6 +247,7 @@ def test_http_a_ck_in_an_unknown_unit_is_never_no_ck(base_url, caplog) -> None:
     ck = lab("ck-odd", "2157-6", 40.0, None, text="nkat/s")
     cards = call(base_url, labs=[ck], meds=[STATIN])
     assert "no CK" not in text_of(cards)
+    assert "CK **40 nkat/s**, no reference range, **could not be interpreted**" in text_of(cards)
     [line] = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "cds_service.requests"]
     assert line["data_warnings"] == {
         "unknown unit 'nkat/s' for ck: judged only by the lab's own range and flags": 1}

@@ -73,6 +73,8 @@ def coding(item: Mapping[str, Any], default_system: str | None = None) -> dict[s
 
 
 def _concept(item: Mapping[str, Any]) -> dict[str, Any]:
+    if "text" in item:  # a finding written only as free text: no coding at all
+        return {"text": str(item["text"])}
     code = coding(item)
     concept: dict[str, Any] = {"coding": [code]}
     if "display" in code:
@@ -143,10 +145,10 @@ def lab(item: Mapping[str, Any], index: int, now: datetime, patient_id: str = PA
         ],
         "code": _concept(item),
         "subject": _subject(patient_id),
-        "effectiveDateTime": _stamp(at(now, item["at"])),
+        **_dated(item.get("dated", "dateTime"), _stamp(at(now, item["at"]))),
         "valueQuantity": {
             "value": item["value"],
-            "unit": item["unit"],
+            "unit": item.get("unit_text", item["unit"]),
             "system": SYSTEMS["ucum"],
             "code": item["unit"],
         },
@@ -163,6 +165,13 @@ def lab(item: Mapping[str, Any], index: int, now: datetime, patient_id: str = PA
         if bounds:
             resource["referenceRange"] = [bounds]
     return resource
+
+
+def _dated(how: str, when: str) -> dict[str, Any]:
+    """The Observation element that dates a lab: ``dateTime``, ``period`` (start only), ``instant`` or ``issued``."""
+    if how == "period":
+        return {"effectivePeriod": {"start": when}}
+    return {{"instant": "effectiveInstant", "issued": "issued"}.get(how, "effectiveDateTime"): when}
 
 
 def medication_request(

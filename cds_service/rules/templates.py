@@ -268,7 +268,10 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
         if evidence.ref_high and evidence.value > evidence.ref_high:
             text += f", {evidence.value / evidence.ref_high:.1f}× the upper limit"
         if not evidence.interpretable:
-            text += ", in a unit the service cannot convert: judged only by the lab's own range and flags"
+            text += (", in a unit the service cannot convert: judged only by the lab's own range and flags"
+                     if reference != NO_RANGE or evidence.interpretation else
+                     ", **could not be interpreted**: a unit the service cannot convert, and no range or flag from "
+                     "the lab")
         return f"{text}, {_day(evidence.effective)}"
     if isinstance(evidence, Absence):
         analyte = markdown(running(analyte_name(evidence.analyte)))
