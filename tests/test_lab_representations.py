@@ -17,7 +17,8 @@ from cds_service.facts.build import build_facts
 from cds_service.facts.model import LabResult
 from cds_service.facts.terminology import Terminology
 from cds_service.record.model import PatientRecord
-from cds_service.rules.criteria import at_lab_precision, bounded
+from cds_service.rules.criteria import at_lab_precision, bounded, evaluate
+from cds_service.rules.model import LabCriterion
 from cds_service.server.logs import JsonFormatter
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)  # FIXTURE_NOW
@@ -26,6 +27,7 @@ UCUM = "http://unitsofmeasure.org"
 SUBJECT = {"reference": f"Patient/{PATIENT_ID}"}
 ACTIVE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
 PV = "muscle-cramps-patient-view"
+FLAGS = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +129,19 @@ def test_a_range_in_another_unit_does_not_judge_an_unconvertible_value(terminolo
     assert (result.ref_high, result.ref_from_resource) == (None, False)
 
 
+@pytest.mark.parametrize(("flags", "above", "below"), [(["H"], True, False), (["LL"], False, True),
+                                                        (["N"], False, False), ([], None, None)])
+def test_without_a_range_the_labs_own_flags_decide(terminology, flags, above, below) -> None:
+    tsh = lab("tsh", "3016-3", 9.0, None, text="mU/mL (local)")
+    tsh["interpretation"] = [{"coding": [{"system": FLAGS, "code": flag}]} for flag in flags]
+    facts = facts_of(terminology, tsh)
+    checks = {check: evaluate(LabCriterion("tsh", timedelta(days=30), "P30D", range_checks=(check,)), facts).state
+              for check in ("above_range", "below_range")}
+    assert checks == {"above_range": above, "below_range": below}
+    threshold = LabCriterion("tsh", timedelta(days=30), "P30D", comparisons=(("above", 4.5),))
+    assert evaluate(threshold, facts).state is None  # 4.5 mIU/L says nothing about a value in an unknown unit
+
+
 # ---------------------------------------------------------------- comparators and precision
 @pytest.mark.parametrize(("op", "value", "comparator", "limit", "expected"), [
     ("below", 2.5, "<", 2.5, True),  # "<2.5" is below 2.5
@@ -158,9 +173,13 @@ def result_of(value: float, *, factor: float = 1.0, decimals: int | None = 2) ->
 
 @pytest.mark.parametrize(("reported", "below"), [(2.12, False), (2.11, True), (2.13, False)])
 def test_a_converted_value_is_compared_at_the_precision_the_lab_reported(reported, below) -> None:
-    value, limit = at_lab_precision(result_of(reported, factor=4.008), 8.5)
+    result = result_of(reported, factor=4.008)
+    value, limit = at_lab_precision(result, 8.5)
     assert (value < limit) is below
-    assert reported * 4.008 < 8.5 or not below  # 2.12 mmol/L is 8.497 mg/dL: below 8.5 without the precision
+
+
+def test_without_the_labs_precision_its_lower_limit_would_be_low() -> None:
+    assert 2.12 * 4.008 < 8.5  # 8.497 mg/dL: why the comparison is made at the precision the lab reported
 
 
 def test_a_lab_dated_only_by_period_instant_or_issued_is_read(terminology) -> None:
