@@ -105,9 +105,15 @@ def condition(item: Mapping[str, Any], index: int, now: datetime, patient_id: st
                 {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": item["verification"]}
             ]
         }
+    if "category" in item:
+        resource["category"] = [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": item["category"]}]}
+        ]
     if "onset" in item:
         resource["onsetDateTime"] = _stamp(at(now, item["onset"]))
         resource["recordedDate"] = resource["onsetDateTime"]
+    if "recorded" in item:
+        resource["recordedDate"] = _stamp(at(now, item["recorded"]))
     if "abated" in item:
         resource["abatementDateTime"] = _stamp(at(now, item["abated"]))
     return resource

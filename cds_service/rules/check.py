@@ -17,6 +17,7 @@ from .loader import (
     case_files,
     load_override_reasons,
     load_rule,
+    merge_problems,
     rule_files,
     shipped_rules_dir,
 )
@@ -69,7 +70,9 @@ def collect(directory: Path, terminology: Terminology, report: Report) -> None:
 
 
 def lint(report: Report) -> None:
-    """Rules about the rule set: every rule has cases beside it, no orphan cases, both outcomes covered."""
+    """Rules about the rule set: every rule has cases beside it, no orphan cases, both outcomes covered, every
+    merged group exists."""
+    report.problems += merge_problems(report.rules)
     for rule in report.rules:
         tests = report.tests.get(rule.id)
         cases_path = rule.path.with_name(f"{rule.id}.cases.yaml")
