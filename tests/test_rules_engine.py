@@ -175,6 +175,16 @@ def test_future_dated_results_are_ignored() -> None:
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
+def _merging(rule: dict, groups: list[str]) -> None:
+    """Give the rule ``merges_with`` in its place, right after ``group``."""
+    fields = list(rule.items())
+    rule.clear()
+    for key, value in fields:
+        rule[key] = value
+        if key == "group":
+            rule["merges_with"] = groups
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -189,6 +199,7 @@ def test_future_dated_results_are_ignored() -> None:
         (lambda d: d["card"].update(source="nowhere"), "'nowhere' is not the id of one"),
         (lambda d: d["card"].update(override_reasons=["because"]), "unknown codes because"),
         (lambda d: d["card"].update(summary="x" * 140), "is too long"),
+        (lambda d: _merging(d, ["hypokalemia"]), "at merges_with: names the rule's own group 'hypokalemia'"),
     ],
 )
 def test_invalid_rules_name_file_and_path(rules_copy: Path, change, message: str) -> None:

@@ -81,7 +81,7 @@ def lint(report: Report) -> None:
             continue
         if tests[0].path != cases_path:
             report.problems.append(f"{tests[0].path}: must sit beside its rule as {cases_path}")
-        fires = sum(1 for t in tests if t.expect != "silent")
+        fires = sum(1 for t in tests if t.fires is not None)
         silent = len(tests) - fires
         excludes = sum(1 for name in rule.criteria if name.startswith("exclude_"))
         if not fires:
