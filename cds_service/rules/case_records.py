@@ -106,9 +106,8 @@ def condition(item: Mapping[str, Any], index: int, now: datetime, patient_id: st
             ]
         }
     if "category" in item:
-        resource["category"] = [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": item["category"]}]}
-        ]
+        category = {"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": item["category"]}
+        resource["category"] = [{"coding": [category]}]
     if "onset" in item:
         resource["onsetDateTime"] = _stamp(at(now, item["onset"]))
         resource["recordedDate"] = resource["onsetDateTime"]
