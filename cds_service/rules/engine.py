@@ -21,7 +21,6 @@ from .cards import Firing, build_card
 from .criteria import Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
 from .expression import Tri
-from .problems import problems
 from .loader import (
     RuleError,
     Vocabulary,
@@ -32,6 +31,7 @@ from .loader import (
     shipped_rules_dir,
 )
 from .model import CRAMP_CONCEPTS, Criterion, LabCriterion, Rule, binding_name
+from .problems import problems
 
 log = logging.getLogger("cds_service.rules")
 
