@@ -13,8 +13,6 @@ import pytest
 import requests
 from flask import Flask
 from sqlalchemy import select
-
-from cds_service.storage.database import issued_cards
 from support.hookcalls import (
     PATIENT_ID,
     SERVICE_IDS,
@@ -26,6 +24,8 @@ from support.hookcalls import (
     searchset,
 )
 from support.wsgi_server import running
+
+from cds_service.storage.database import issued_cards
 
 RXNORM, LOINC = "http://www.nlm.nih.gov/research/umls/rxnorm", "http://loinc.org"
 DRAFT = "MedicationRequest/request-123"  # the sandbox's draft atorvastatin (support.hookcalls)
