@@ -171,9 +171,13 @@ def result_of(value: float, *, factor: float = 1.0, decimals: int | None = 2) ->
                      factor=factor, decimals=decimals)
 
 
-@pytest.mark.parametrize(("reported", "below"), [(2.12, False), (2.11, True), (2.13, False)])
-def test_a_converted_value_is_compared_at_the_precision_the_lab_reported(reported, below) -> None:
-    result = result_of(reported, factor=4.008)
+@pytest.mark.parametrize(("reported", "decimals", "below"), [
+    (2.12, 2, False), (2.11, 2, True), (2.13, 2, False), (2.12, None, False),
+    (2, 0, True),  # "2.00" sent by a server that drops trailing zeros
+    (2.121, 3, False), (2.12, 3, True),  # finer than the limit's three digits: the lab's own decimals
+])
+def test_a_converted_value_is_compared_at_the_precision_the_lab_reported(reported, decimals, below) -> None:
+    result = result_of(reported, factor=4.008, decimals=decimals)
     value, limit = at_lab_precision(result, 8.5)
     assert (value < limit) is below
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from math import floor, log10
 from typing import TypeAlias
 
 from ..facts.model import Finding, LabResult, MedicationUse, PatientFacts
 from .expression import Tri, all_of, any_of, not_
 from .model import (
+    CRAMP_CONCEPTS,
     CompositeCriterion,
     Criterion,
     FindingCriterion,
@@ -37,14 +39,17 @@ DATA_GROUPS: dict[type, frozenset[str]] = {
     TimingCriterion: frozenset({"medications", "medrequests", "medstatements", "conditions", "symptoms", "findings"}),
 }
 FUTURE_TOLERANCE = timedelta(hours=1)  # clock skew between the EHR and this service
+LIMIT_DIGITS = 3  # significant digits of a limit converted into the lab's unit (tables give 2.12 mmol/L, 0.70)
 
 
 @dataclass(frozen=True, slots=True)
 class Absence:
-    """Evidence that no result of ``analyte`` exists within the look-back."""
+    """Evidence that no result of ``analyte`` exists within the look-back; with ``since``, none since the
+    documented onset of the cramps (the look-back holds only results drawn before it)."""
 
     analyte: str
     within_text: str
+    since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,23 +191,36 @@ def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple
     return tuple(found)
 
 
-def latest_within(facts: PatientFacts, analyte: str, within: timedelta) -> LabResult | None:
-    """The newest result of ``analyte`` dated within ``within`` before now (results after now are ignored)."""
-    earliest, latest = facts.now - within, facts.now + FUTURE_TOLERANCE
+def latest_within(facts: PatientFacts, analyte: str, earliest: datetime) -> LabResult | None:
+    """The newest result of ``analyte`` dated from ``earliest`` to now (results after now are ignored)."""
+    latest = facts.now + FUTURE_TOLERANCE
     for result in facts.labs.get(analyte, ()):  # newest first (PatientFacts.labs): stop at the first one not ahead
         if result.effective <= latest:
             return result if result.effective >= earliest else None
     return None
 
 
+def cramp_onset(facts: PatientFacts) -> datetime | None:
+    """The documented onset of the cramps: the earliest onset of a current cramp or spasm (an Observation's is
+    its effective time), future ones ignored; None when no current one records an onset."""
+    latest = facts.now + FUTURE_TOLERANCE
+    onsets = [_aware(f.onset) for f in facts.findings_of(CRAMP_CONCEPTS) if f.onset is not None]
+    return min((onset for onset in onsets if onset <= latest), default=None)
+
+
 def _lab(criterion: LabCriterion, facts: PatientFacts) -> Match:
-    result = latest_within(facts, criterion.analyte, criterion.within)
+    result = latest_within(facts, criterion.analyte, facts.now - criterion.within)
+    since = None  # the onset, when it left out the newest result (and so every result) of the look-back
+    if criterion.after_onset and result is not None:
+        onset = cramp_onset(facts)
+        if onset is not None and result.effective < onset:
+            result, since = None, onset
     if criterion.missing:
         if result is not None:
             return FALSE
         if _incomplete(criterion, facts):
             return UNKNOWN
-        return Match(True, (Absence(criterion.analyte, criterion.within_text),))
+        return Match(True, (Absence(criterion.analyte, criterion.within_text, since),))
     if result is None:
         return _not_found(criterion, facts)
     states = [_compare(result, op, limit) for op, limit in criterion.comparisons]
@@ -244,14 +262,18 @@ def _flagged(result: LabResult, above: bool) -> Tri:
 
 
 def at_lab_precision(result: LabResult, limit: float) -> tuple[float, float]:
-    """The value and ``limit`` compared as the lab reported the value: a converted value is taken back to the
-    lab's unit and the limit converted into that unit and rounded to the decimals the lab reported. A conversion
-    then never moves a value across a limit: 2.12 mmol/L of calcium (8.497 mg/dL) is at 8.5 mg/dL (2.12 mmol/L at
-    two decimals), not below it."""
-    if result.decimals is None or (result.factor == 1.0 and result.offset == 0.0):
+    """The value and ``limit`` compared in the unit the lab reported: the limit is converted into that unit and
+    both are rounded to the decimals the lab reported, or to the ``LIMIT_DIGITS`` significant digits of the
+    converted limit if that is finer (a JSON parser, or a FHIR server, drops trailing zeros: "2.00" may arrive
+    as 2). A conversion then never moves a value across a limit: 2.12 mmol/L of calcium is 8.497 mg/dL, but at
+    8.5 mg/dL (2.1208 mmol/L, 2.12 at the lab's two decimals), not below it; 2.0 mmol/L is below it."""
+    if result.factor == 1.0 and result.offset == 0.0:
         return result.value, limit
-    factor, offset, places = result.factor, result.offset, result.decimals
-    return round((result.value - offset) / factor, places), round((limit - offset) / factor, places)
+    factor, offset = result.factor, result.offset
+    converted = (limit - offset) / factor
+    digits = LIMIT_DIGITS - 1 - floor(log10(abs(converted))) if converted else 0
+    places = max(result.decimals or 0, digits, 0)
+    return round((result.value - offset) / factor, places), round(converted, places)
 
 
 def bounded(op: str, value: float, comparator: str, limit: float) -> Tri:
