@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
 from ..facts.model import Finding, LabResult, MedicationUse, PatientFacts
@@ -74,8 +74,10 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
     if kind is LabCriterion:
         return _lab(criterion, facts)
     if kind is MedicationCriterion:
+        started_by = None if criterion.taken_for is None else facts.now - criterion.taken_for
         found: tuple[Evidence, ...] = tuple(
-            m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
+            m for m in facts.medications_in(criterion.classes)
+            if _use_matches(criterion.use, m) and (started_by is None or _started_by(m, started_by))
         )
     else:
         found = _current_findings(criterion, facts)
@@ -123,6 +125,14 @@ def _use_matches(use: str, medication: MedicationUse) -> bool:
     if use == "ordering":
         return medication.kind == "draft" and medication.selected
     return medication.kind != "draft"
+
+
+def _started_by(medication: MedicationUse, moment: datetime) -> bool:
+    """The medication's start date is known and not after ``moment`` (an undated one never counts)."""
+    when = medication.date
+    if when is None:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= moment
 
 
 def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple[Finding, ...]:

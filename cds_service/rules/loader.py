@@ -203,7 +203,8 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         return FindingCriterion(concepts, within, label)
     if "medication" in spec:
         classes = _known(ctx, f"{where}/medication", spec["medication"], "medication_classes", "medication class")
-        return MedicationCriterion(classes, spec.get("use", "current"), label)
+        taken_for = parse_duration(spec["taken_for"]) if "taken_for" in spec else None
+        return MedicationCriterion(classes, spec.get("use", "current"), label, taken_for)
     (analyte,) = _known(ctx, f"{where}/lab", [spec["lab"]], "analytes", "analyte")
     canonical = _canonical_unit(ctx.vocabulary, analyte)
     if "unit" in spec and canonical is not None and spec["unit"] != canonical:

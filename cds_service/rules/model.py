@@ -35,11 +35,13 @@ class FindingCriterion:
 
 @dataclass(frozen=True, slots=True)
 class MedicationCriterion:
-    """A medication of one of ``classes``: taken now (``current``), being ordered (``ordering``) or either."""
+    """A medication of one of ``classes``: taken now (``current``), being ordered (``ordering``) or either; with
+    ``taken_for``, only one whose start (authoredOn, effective start) is at least that long ago."""
 
     classes: frozenset[str]
     use: Literal["current", "ordering", "any"] = "current"
     label: str = ""
+    taken_for: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
