@@ -11,9 +11,11 @@ import pytest
 
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
 from cds_service.rules.check import load_terminology
+from cds_service.rules.criteria import evaluate as evaluate_criterion
 from cds_service.rules.engine import RuleError, RuleSet, evaluate
 from cds_service.rules.expression import Expression, ExpressionError, parse
 from cds_service.rules.loader import parse_duration, shipped_rules_dir
+from cds_service.rules.model import MedicationCriterion
 from support.rule_files import edit_rule_file
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -272,3 +274,13 @@ def test_potassium_sparing_diuretics_are_never_told_to_add_potassium(culprits: t
             assert "potassium replacement" not in text and "potassium supplement" not in text.replace(
                 "before any potassium supplement", ""
             )
+
+
+@pytest.mark.parametrize(("started_days_ago", "expected"), [(366, True), (365, True), (364, False), (None, False)])
+def test_taken_for_counts_only_a_medication_started_that_long_ago(started_days_ago: int | None,
+                                                                  expected: bool) -> None:
+    started = None if started_days_ago is None else NOW - timedelta(days=started_days_ago)
+    ppi = dataclasses.replace(med("omeprazole", "proton_pump_inhibitor"), date=started)
+    criterion = MedicationCriterion(frozenset({"proton_pump_inhibitor"}), taken_for=parse_duration("P365D"))
+    assert evaluate_criterion(criterion, facts(meds=[ppi])).state is expected
+    assert evaluate_criterion(criterion, facts(meds=[], incomplete=["medrequests"])).state is None
