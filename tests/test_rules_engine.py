@@ -284,3 +284,12 @@ def test_taken_for_counts_only_a_medication_started_that_long_ago(started_days_a
     criterion = MedicationCriterion(frozenset({"proton_pump_inhibitor"}), taken_for=parse_duration("P365D"))
     assert evaluate_criterion(criterion, facts(meds=[ppi])).state is expected
     assert evaluate_criterion(criterion, facts(meds=[], incomplete=["medrequests"])).state is None
+
+
+def test_the_post_surgical_hypocalcaemia_card_leads_the_general_one() -> None:
+    record = facts(labs=[lab("calcium_corrected", 8.0, "mg/dL")], findings=("cramp", "thyroid_parathyroid_surgery"))
+    (card,) = evaluate(RULESET, record, "patient-view", max_cards=10)
+    assert card.rule_id == "hypocalcemia-after-thyroid-surgery"
+    assert card.related == ("hypocalcemia",)
+    (alone,) = evaluate(RULESET, facts(labs=[lab("calcium_corrected", 8.0, "mg/dL")]), "patient-view", max_cards=10)
+    assert alone.rule_id == "hypocalcemia"
