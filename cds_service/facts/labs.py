@@ -44,7 +44,7 @@ Measured = tuple[datetime, float, str, Conversion, Mapping[str, Any], Mapping[st
 class LabSeries(Sequence[LabResult]):
     """One analyte's results, newest first; each ``LabResult`` is built the first time it is read."""
 
-    __slots__ = ("_rows", "_make", "_built")
+    __slots__ = ("_built", "_make", "_rows")
 
     def __init__(self, rows: Sequence[Any], make: Callable[[Any], LabResult]) -> None:
         self._rows = rows
@@ -137,7 +137,7 @@ class LabReader:
             unit_text = quantity.get("unit")
             conversion = units.find(unit_code, unit_text)
             if conversion is None:
-                shown = unit_code if isinstance(unit_code, str) and unit_code else unit_text
+                shown = unit_code if isinstance(unit_code, str) and unit_code else str(unit_text)
                 self._warn(observation, f"unknown unit {shown!r} for {analyte}")
                 return True
         effective = _effective(observation)
@@ -211,10 +211,10 @@ class LabReader:
         albumin is often 5.0-5.5 g/dL and unrelated to their calcium). Canonical units are mg/dL and g/dL.
         """
         if len(row) != 2:
-            return self._result(row)  # type: ignore[arg-type]  # a Measured row: the lab's own corrected value
-        (_, calcium, _, ca_conversion, observation, _), albumin = row  # type: ignore[misc]
+            return self._result(row)  # a Measured row: the lab's own corrected value
+        (_, calcium, _, ca_conversion, observation, _), albumin = row
         value = calcium + 0.8 * max(REFERENCE_ALBUMIN - albumin[1], 0.0)
-        return self._derived(CORRECTED_CALCIUM, value, row[0], (  # type: ignore[arg-type]
+        return self._derived(CORRECTED_CALCIUM, value, row[0], (
             f"{value:.1f} mg/dL (calcium {_as_sent(observation, ca_conversion)}, "
             f"albumin {_as_sent(albumin[4], albumin[3])})"))
 
@@ -302,7 +302,7 @@ def same_day_pairs(calcium: Sequence[Measured], albumin: Sequence[Measured]) -> 
 
 def _row_time(row: Measured | tuple[Measured, Measured]) -> datetime:
     """The time of a measured row, or of the calcium of a (calcium, albumin) pair."""
-    return row[0][0] if len(row) == 2 else row[0]  # type: ignore[return-value]
+    return row[0][0] if len(row) == 2 else row[0]
 
 
 def _utc_day(when: datetime) -> date:
