@@ -32,11 +32,12 @@ def lab(analyte: str, value: float, unit: str, days_ago: int = 2, high: float | 
     )
 
 
-def med(ingredient: str, cls: str, kind: str = "request", selected: bool = False) -> MedicationUse:
+def med(ingredient: str, cls: str, kind: str = "request", selected: bool = False,
+        as_needed: bool | None = None) -> MedicationUse:
     return MedicationUse(
         name=f"{ingredient} tablet", ingredients=frozenset({ingredient}), classes=frozenset({cls}), kind=kind,
         status="draft" if kind == "draft" else "active", selected=selected, date=NOW - timedelta(days=300),
-        reference=f"MedicationRequest/{ingredient}",
+        reference=f"MedicationRequest/{ingredient}", as_needed=as_needed,
     )
 
 
@@ -185,7 +186,7 @@ def test_future_dated_results_are_ignored() -> None:
         (lambda d: d["criteria"]["require_low_potassium"].update(lab="potasium"), "unknown analyte potasium"),
         (lambda d: d["criteria"]["require_diuretic"].update(medication=["loop"]), "unknown medication class loop"),
         (lambda d: d["criteria"]["require_low_potassium"].update(unit="mEq/L"), "canonical unit 'mmol/L'"),
-        (lambda d: d.update(condition="all of require_* and any of exclude_*"), "'exclude_*' matches no criteria"),
+        (lambda d: d.update(condition="all of require_* and any of other_*"), "'other_*' matches no criteria"),
         (lambda d: d["card"].update(summary="Low {potasium} on {diuretic}"), "{potasium} names no require_"),
         (lambda d: d["card"].update(summary="Low {low_potassium.dose}"), "lab evidence has"),
         (lambda d: d["card"].update(source="nowhere"), "'nowhere' is not the id of one"),
@@ -294,3 +295,14 @@ def test_the_post_surgical_hypocalcaemia_card_leads_the_general_one() -> None:
     assert card.related == ("hypocalcemia",)
     (alone,) = evaluate(RULESET, facts(labs=[lab("calcium_corrected", 8.0, "mg/dL")]), "patient-view", max_cards=10)
     assert alone.rule_id == "hypocalcemia"
+
+
+@pytest.mark.parametrize(("as_needed", "criterion", "matches"), [
+    (None, None, True), (True, None, True), (False, None, True),
+    (None, False, True), (False, False, True), (True, False, False),  # as_needed: false drops only recorded PRN use
+    (None, True, False), (False, True, False), (True, True, True),  # as_needed: true needs recorded PRN use
+])
+def test_medication_criterion_reads_as_needed(as_needed: bool | None, criterion: bool | None, matches: bool) -> None:
+    block = MedicationCriterion(frozenset({"beta2_agonist"}), as_needed=criterion)
+    found = facts(meds=[med("albuterol", "beta2_agonist", as_needed=as_needed)])
+    assert evaluate_criterion(block, found).state is matches

@@ -6,12 +6,14 @@ Vocabulary (names are defined by the value sets in ``rules/valuesets/``, never i
   from calcium and albumin), calcium_uncorrected (total calcium without a same-day albumin), albumin, ck, tsh,
   free_t4, vitamin_d, vitamin_b12, glucose, egfr, creatinine, bun, ferritin, hba1c, body_temperature, oxygen_saturation
 * medication ``classes``: statin, loop_diuretic, thiazide_diuretic, potassium_sparing_diuretic, beta2_agonist,
-  methylxanthine, systemic_corticosteroid, statin_interacting, proton_pump_inhibitor, insulin, sulfonylurea,
-  metformin, levothyroxine, potassium_supplement, magnesium_supplement
+  methylxanthine, systemic_corticosteroid, statin_interacting, proton_pump_inhibitor, metformin, levothyroxine,
+  potassium_supplement, magnesium_supplement, mineralocorticoid_antagonist, ace_inhibitor, arb, trimethoprim,
+  potassium_wasting_corticosteroid, insulin, sulfonylurea
 * finding ``concept``: cramp, spasm, myalgia, muscle_weakness, statin_myopathy, rhabdomyolysis, dyspnea,
   dizziness, fever, neck_stiffness, paresthesia, numbness, cellulitis, dvt, limb_swelling, limb_erythema,
-  hypothyroidism, ckd, diabetes, hypoglycemia, dehydration, hypokalemia, hyponatremia, hypomagnesemia,
-  hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency, thyroid_parathyroid_surgery, cirrhosis
+  hypothyroidism, ckd, ckd_stage_3_5, dialysis, heart_failure, diabetes, hypoglycemia, dehydration, hypokalemia,
+  hyponatremia, hypomagnesemia, hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency,
+  thyroid_parathyroid_surgery, cirrhosis
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class MedicationUse:
     reference: str  # "MedicationRequest/<id>" or "MedicationStatement/<id>"
     codes: tuple[Coding, ...] = ()
     ended: datetime | None = None  # history only: when a stopped or completed course ended, if recorded
+    as_needed: bool | None = None  # True: every dosage is as needed (PRN); False: a regular dosage; None: no dosage
 
 
 @dataclass(frozen=True, slots=True)

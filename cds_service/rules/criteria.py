@@ -114,7 +114,8 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         started_by = None if criterion.taken_for is None else facts.now - criterion.taken_for
         found = tuple(
             m for m in facts.medications_in(criterion.classes)
-            if _use_matches(criterion.use, m) and (started_by is None or _started_by(m, started_by))
+            if _use_matches(criterion.use, m) and _dosing_matches(criterion.as_needed, m)
+            and (started_by is None or _started_by(m, started_by))
         )
     elif type(criterion) is FindingCriterion:
         found = _current_findings(criterion, facts)
@@ -172,6 +173,12 @@ def _started_by(medication: MedicationUse, moment: datetime) -> bool:
     if when is None:
         return False
     return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= moment
+
+
+def _dosing_matches(as_needed: bool | None, medication: MedicationUse) -> bool:
+    if as_needed is None:
+        return True
+    return (medication.as_needed is True) == as_needed
 
 
 def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple[Finding, ...]:
