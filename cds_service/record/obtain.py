@@ -260,7 +260,8 @@ def _search(
         try:
             answer = client.fetch(path, via=via)
         except FetchFailed as failure:
-            result.problem = failure.reason if via == QUERY else f"the search for the rest of it: {failure.reason}"
+            lacking = "" if via == QUERY else "the search for what its prefetched Bundle lacks: "
+            result.problem = f"{lacking}{failure.reason}"
             result.timed_out = failure.timed_out
             return result
         page = _add_page(result, answer)

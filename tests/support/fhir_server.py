@@ -62,7 +62,8 @@ class FhirTestServer:
         self._control("fault", {"kind": "redirect", "location": location, "count": count})
 
     def requests(self) -> list[dict[str, Any]]:
-        """The FHIR requests since the last reset: ``{"method", "url", "authorization", "authorized"}`` each."""
+        """The FHIR requests since the last reset: ``{"method", "url", "form", "authorization", "authorized"}``
+        each (``form``: the form body of a POST ``_search``, else empty)."""
         resp = self._http.get(f"{self.control_url}/requests", timeout=10)
         resp.raise_for_status()
         return resp.json()
