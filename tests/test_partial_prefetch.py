@@ -58,8 +58,11 @@ def other_resources() -> dict[str, list[dict[str, Any]]]:
         "patient": [{"resourceType": "Patient", "id": PATIENT_ID, "gender": "female", "birthDate": "1950-02-01"}],
         "symptoms": [],
         "conditions": [cramp_condition()],
-        "medrequests": [med_request(mr_id, patient_id=PATIENT_ID, medicationCodeableConcept={
-            "coding": [{"system": RXNORM, "code": code, "display": text}], "text": text}) for mr_id, code, text in drugs],
+        "medrequests": [
+            med_request(mr_id, patient_id=PATIENT_ID,
+                        medicationCodeableConcept={"coding": [{"system": RXNORM, "code": code, "display": text}]})
+            for mr_id, code, text in drugs
+        ],
         "medstatements": [],
     }
 

@@ -11,6 +11,7 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,9 @@ def _start() -> tuple[subprocess.Popen[str], dict[str, str]]:
     return process, json.loads(first_line[0])
 
 
-@pytest.fixture(scope="session")
-def fhir_server_process() -> Iterator[FhirTestServer]:
-    """The session's test FHIR server process (use ``fhir_server``, which also empties it per test)."""
+@contextmanager
+def running_fhir_server() -> Iterator[FhirTestServer]:
+    """A test FHIR server process for the duration of the block (also used by bench/bench_partial_prefetch.py)."""
     process, where = _start()
     server = FhirTestServer(where["listening"], where["control"])
     try:
@@ -136,6 +137,13 @@ def fhir_server_process() -> Iterator[FhirTestServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+
+
+@pytest.fixture(scope="session")
+def fhir_server_process() -> Iterator[FhirTestServer]:
+    """The session's test FHIR server process (use ``fhir_server``, which also empties it per test)."""
+    with running_fhir_server() as server:
+        yield server
 
 
 @pytest.fixture
