@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 bodies = [json.dumps(body).encode() for body in hook_bodies(templates, partial, base)]
                 settings = RecordSettings.from_settings(load_config(overrides={
                     "fhir_allowlist": [base], "fhir_allow_unauthenticated": True, "fhir_max_pages": 20,
-                    "hook_budget_seconds": 30.0,
+                    "hook_budget_seconds": 30.0, "fhir_read_timeout": 30.0,  # the engine's first, cold search is slow
                 }))
                 now = datetime.now(UTC)
                 runtime = Runtime.load(load_config())
