@@ -49,8 +49,8 @@ from cds_service.record.templates import LABS, Lookback, fill
 from cds_service.server.cli import _tune_gc
 from cds_service.wire.hook_request import HookCall
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support.fhir_server import running_fhir_server  # noqa: E402  (the tests' way of starting the engine)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' way of starting the engine
+from support.fhir_server import running_fhir_server
 
 LAB_COUNT = 1500
 FIRST_PAGE = 500
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 search_call = HookCall.from_request(SERVICE_ID, {**call, "prefetch": {
                     key: None for key in templates if key != LABS}})
                 walk_call = HookCall.from_request(SERVICE_ID, {**call, "prefetch": {
-                    **{key: None for key in templates}, LABS: call["prefetch"][LABS]}})
+                    **dict.fromkeys(templates), LABS: call["prefetch"][LABS]}})
                 found = obtain_record(search_call, templates, settings, lookbacks=lookbacks).of_type("Observation")
                 walked = obtain_record(walk_call, templates, settings).of_type("Observation")
                 print(f"{len(labs)} labs on the server, {FIRST_PAGE} prefetched ({args.order} first); the "

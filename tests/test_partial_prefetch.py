@@ -13,16 +13,16 @@ from urllib.parse import parse_qs
 
 import pytest
 import requests
+from conftest import FIXTURE_NOW
+from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, hook_request, searchset
+from support.record_scenario import hook_call, lab, med_request
 
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime
 from cds_service.facts.build import first_day_within
+from cds_service.facts.terminology import Terminology
 from cds_service.record import RecordSettings, build_prefetch_templates, obtain_record
 from cds_service.record.templates import LABS, Lookback, fill
-from cds_service.facts.terminology import Terminology
-from conftest import FIXTURE_NOW
-from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, hook_request, searchset
-from support.record_scenario import hook_call, lab, med_request
 
 pytestmark = pytest.mark.fhir
 
@@ -164,7 +164,7 @@ def record_settings(server_url: str, **overrides: Any) -> RecordSettings:
 def test_completed_labs_are_each_kept_once(history):
     labs = labs_oldest_first()
     page = labs[: FIRST_PAGE - 5] + labs[-5:]  # five of the newest labs are both prefetched and found again
-    call = hook_call({**{key: None for key in TEMPLATES}, LABS: first_page(history.base_url, page)},
+    call = hook_call({**dict.fromkeys(TEMPLATES), LABS: first_page(history.base_url, page)},
                      fhir_server=history.base_url, token="t", patient_id=PATIENT_ID)
     record = obtain_record(call, TEMPLATES, record_settings(history.base_url),
                            lookbacks={LABS: Lookback(LOOKBACK_FLOOR, search=True)})
@@ -185,7 +185,7 @@ def test_the_page_walk_stops_at_an_all_old_page_listed_newest_first(fhir_server,
                               params={"patient": PATIENT_ID, "_sort": sort, "_count": 100}).json()
     # the look-back lies inside the first page of the newest-first search, so its second page is wholly older
     since = datetime.fromisoformat(labs_oldest_first()[-60]["effectiveDateTime"]).date()
-    call = hook_call({**{key: None for key in TEMPLATES}, LABS: prefetched}, fhir_server=fhir_server.base_url,
+    call = hook_call({**dict.fromkeys(TEMPLATES), LABS: prefetched}, fhir_server=fhir_server.base_url,
                      token="t", patient_id=PATIENT_ID)
     before = len(fhir_server.requests())
     record = obtain_record(call, TEMPLATES, record_settings(fhir_server.base_url, fhir_max_pages=20),

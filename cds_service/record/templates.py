@@ -47,8 +47,11 @@ class Lookback:
 
 
 class CodeLike(Protocol):
-    system: str
-    code: str
+    @property
+    def system(self) -> str: ...
+
+    @property
+    def code(self) -> str: ...
 
 
 class PrefetchTerminology(Protocol):
