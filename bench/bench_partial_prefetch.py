@@ -17,7 +17,7 @@ sequentially, alternating request by request, the script also times
 The test server caches a search's matches until its data changes, so every measurement runs warm (one warm-up
 round first). Goal: the hook's median at most 1.5x the date-filtered search's.
 
-    .venv/bin/python bench/bench_partial_prefetch.py              # about a minute
+    .venv/bin/python bench/bench_partial_prefetch.py              # about a minute on 2 cores
     .venv/bin/python bench/bench_partial_prefetch.py --order newest --requests 30
 """
 from __future__ import annotations
@@ -196,7 +196,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--order", choices=("oldest", "newest"), default="oldest",
                         help="which 500 labs the prefetch holds: the oldest (default) or the newest")
-    parser.add_argument("--requests", type=int, default=60, help="measured requests per target (default 60)")
+    parser.add_argument("--requests", type=int, default=150, help="measured requests per target (default 150)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up rounds (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory with the server log")
     return run(parser.parse_args())
