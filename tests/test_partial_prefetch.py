@@ -193,3 +193,33 @@ def test_the_page_walk_stops_at_an_all_old_page_listed_newest_first(fhir_server,
     assert len(fhir_server.requests()) - before == pages_fetched
     assert len(record.of_type("Observation")) == labs_read
     assert record.incomplete == frozenset()
+
+
+def cramp_observations(count: int) -> list[dict[str, Any]]:
+    """``count`` cramp Observations (SNOMED CT 55300003) evenly over eight years up to a day before NOW."""
+    step = timedelta(days=8 * 365) / count
+    return [{"resourceType": "Observation", "id": f"cramp-{i:03d}", "status": "final",
+             "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55300003"}]},
+             "subject": {"reference": f"Patient/{PATIENT_ID}"},
+             "effectiveDateTime": (NOW - timedelta(days=1) - step * i).isoformat()} for i in range(count)]
+
+
+def test_a_partial_symptoms_prefetch_is_walked_until_an_all_old_page(make_app, fhir_server, caplog):
+    """Symptom searches are not narrowed: their partial Bundle is walked, newest first, and the walk stops at the
+    first page older than the symptoms' window (90 days) instead of reading eight years of them."""
+    fhir_server.load(cramp_observations(250))
+    first = fill(TEMPLATES["symptoms"], {"patientId": PATIENT_ID})
+    assert first is not None
+    page = requests.get(f"{fhir_server.base_url}/{first.replace('_count=500', '_count=100')}", timeout=10).json()
+    assert any(link["relation"] == "next" for link in page["link"])
+    prefetch = {**prefetch_with(searchset()), "symptoms": page}
+    app = make_app(fhir_allowlist=[fhir_server.base_url], fhir_allow_unauthenticated=True)
+    caplog.set_level(logging.INFO)
+    before = len(fhir_server.requests())
+    response = app.test_client().post(f"/cds-services/{SERVICE_IDS['patient-view']}",
+                                      json=hook_request("patient-view", prefetch, fhirServer=fhir_server.base_url))
+    cards_of(response)
+    line = request_line(caplog)
+    assert [(call["via"], call["outcome"]) for call in line.fhir_calls] == [("prefetch_page", "ok")]
+    assert len(fhir_server.requests()) - before == 1  # page 2 is wholly older than the window: page 3 is not read
+    assert line.incomplete == []
