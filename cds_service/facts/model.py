@@ -36,7 +36,7 @@ class LabResult:
 
     analyte: str
     value: float
-    unit: str  # canonical unit of the analyte, e.g. "mmol/L", "mg/dL", "U/L"
+    unit: str  # canonical unit of the analyte, e.g. "mmol/L", "mg/dL", "U/L" (the lab's own when not interpretable)
     effective: datetime  # timezone-aware
     code: Coding  # the LOINC coding that identified the analyte
     ref_low: float | None  # canonical unit
