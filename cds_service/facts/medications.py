@@ -165,7 +165,7 @@ class MedicationReader:
         if medicine.unresolved and warn_unresolved:
             self._warn(resource, f"medication reference {medicine.unresolved!r} not found; classified by its text")
         if medicine.ambiguity and warn_unresolved:
-            self._warn(resource, f"medication text {medicine.name!r} is ambiguous: {medicine.ambiguity}")
+            self._warn(resource, f"ambiguous medication text: {medicine.ambiguity}")
         shown = status if isinstance(status, str) else "unknown"
         return Candidate(kind, shown, when, medicine, resource)
 
