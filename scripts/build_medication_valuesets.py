@@ -69,8 +69,19 @@ def read_rxnconso(path: Path) -> Iterator[Concept]:
                 yield Concept(rxcui, tty, name)
 
 
-def read_vsac(path: Path) -> Iterator[tuple[str, str, str]]:
-    """(value set id, code, display) of every RxNorm code of a VSAC expansion file."""
+@dataclass(frozen=True, slots=True)
+class VsacCode:
+    """One RxNorm code of a VSAC expansion, with the value set's id, title and version."""
+
+    oid: str
+    title: str
+    version: str
+    code: str
+    display: str
+
+
+def read_vsac(path: Path) -> Iterator[VsacCode]:
+    """Every RxNorm code of a VSAC expansion file."""
     try:
         doc = json.loads(path.read_text("utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -85,9 +96,10 @@ def read_vsac(path: Path) -> Iterator[tuple[str, str, str]]:
         codes = list(value_set.get("codes") or value_set.get("expansion", {}).get("contains") or [])
         for include in value_set.get("compose", {}).get("include", []) if not codes else []:
             codes.extend({"system": include.get("system"), **c} for c in include.get("concept", []))
+        title, version = str(value_set.get("title", oid)), str(value_set.get("version", "unknown"))
         for code in codes:
             if code.get("system") == RXNORM:
-                yield oid, str(code["code"]), str(code.get("display", ""))
+                yield VsacCode(oid, title, version, str(code["code"]), str(code.get("display", "")))
 
 
 def ingredient_names(name: str, known: Iterable[str]) -> list[str]:
@@ -126,7 +138,7 @@ def known_codes(paths: Iterable[Path]) -> set[str]:
 
 
 def build(
-    concepts: Iterable[Concept], vsac: Iterable[tuple[str, str, str]], classes_doc: Mapping[str, Any],
+    concepts: Iterable[Concept], vsac: Iterable[VsacCode], classes_doc: Mapping[str, Any],
     known: set[str], source: Mapping[str, str], certainty: str,
 ) -> dict[str, Any]:
     """The medication-brands value-set document."""
@@ -135,13 +147,12 @@ def build(
     brands: dict[str, set[str]] = {}
     sources = [dict(source)]
     rows = [(source["id"], c.code, c.tty, c.name) for c in concepts if c.tty in PRODUCT_TTYS | INGREDIENT_TTYS]
-    vsac_ids: set[str] = set()
-    for oid, code, display in vsac:
-        rows.append((f"vsac-{oid}", code, "", display))
-        vsac_ids.add(oid)
-    for oid in sorted(vsac_ids):
-        sources.append({"id": f"vsac-{oid}", "title": f"VSAC expansion {oid}",
-                        "url": f"http://cts.nlm.nih.gov/fhir/ValueSet/{oid}"})
+    vsac_sets: dict[str, str] = {}
+    for item in vsac:
+        rows.append((f"vsac-{item.oid}", item.code, "", item.display))
+        vsac_sets[item.oid] = f"VSAC {item.title} (version {item.version})"
+    for oid, title in sorted(vsac_sets.items()):
+        sources.append({"id": f"vsac-{oid}", "title": title, "url": f"http://cts.nlm.nih.gov/fhir/ValueSet/{oid}"})
     for source_id, code, tty, name in rows:
         ingredients = ingredient_names(name, class_ingredients)
         if class_ingredients.isdisjoint(ingredients):

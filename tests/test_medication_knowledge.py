@@ -93,7 +93,21 @@ def test_vsac_expansions_add_their_codes_and_known_codes_are_left_out(tmp_path: 
     assert entries["404011"] == {"system": RXNORM, "code": "404011", "certainty": "V", "source": vsac,
                                  "display": "amlodipine 5 MG / atorvastatin 80 MG Oral Tablet",
                                  "ingredients": ["amlodipine", "atorvastatin"]}
-    assert vsac in {s["id"] for s in document["sources"]}
+    assert {"id": vsac, "title": "VSAC Statin Grouper (version 20210220)",
+            "url": f"http://cts.nlm.nih.gov/fhir/ValueSet/{vsac[5:]}"} in document["sources"]
+
+
+def test_the_shared_vsac_file_format_is_read_and_matches_the_shipped_products(tmp_path: Path) -> None:
+    subset = SAMPLE / "vsac-diuretics-subset.json"
+    entries = {e["code"]: e for e in build(tmp_path, "--vsac", str(subset))["entries"]}
+    assert entries["198316"]["ingredients"] == ["hydrochlorothiazide", "triamterene"]
+    assert entries["977880"]["ingredients"] == ["amiloride"]
+    products = json.loads((VALUESETS / "medication-products.json").read_text("utf-8"))["entries"]
+    shipped = {e["code"]: e["ingredients"] for e in products}
+    codes = ("198316", "313988", "977880")
+    assert {code: shipped[code] for code in codes} == {code: entries[code]["ingredients"] for code in codes}
+    rebuilt = build(tmp_path, "--vsac", str(subset), "--known", str(VALUESETS / "medication-products.json"))
+    assert not set(codes) & {e["code"] for e in rebuilt["entries"]}
 
 
 def test_the_output_is_a_value_set_file_the_service_loads(tmp_path: Path) -> None:
