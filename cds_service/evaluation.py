@@ -82,7 +82,7 @@ class HookAnswer:
     call: HookCall
     record: PatientRecord
     timings: dict[str, float] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()  # what the facts layer could not use, or used only in part (PatientFacts)
+    warnings: tuple[str, ...] = ()  # what the facts layer could not read or found unclear
 
 
 def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
@@ -141,12 +141,12 @@ def answer_hook(
         issued=issued,
         call=call,
         record=record,
+        warnings=facts.warnings,
         timings={
             "record_ms": (fetched - started) * 1000,
             "facts_ms": (built - fetched) * 1000,
             "rules_ms": (done - built) * 1000,
         },
-        warnings=facts.warnings,
     )
 
 

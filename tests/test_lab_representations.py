@@ -233,6 +233,11 @@ STATIN = {"resourceType": "MedicationRequest", "id": "statin-1", "status": "acti
               {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "617311"}]}}
 
 
+FUROSEMIDE = {**STATIN, "id": "furosemide-1", "medicationCodeableConcept": {
+    "text": "furosemide 40 MG Oral Tablet", "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                        "code": "313988"}]}}
+
+
 def cramps(text: str | None = None) -> dict[str, Any]:
     code: dict[str, Any] = {"text": text} if text else {
         "coding": [{"system": "http://snomed.info/sct", "code": "55300003", "display": "Cramp"}]}
@@ -272,9 +277,19 @@ def test_http_a_ck_in_an_unknown_unit_is_never_no_ck(base_url, caplog) -> None:
     assert "no CK" not in text_of(cards)
     assert "CK **40 nkat/s**, no reference range, **could not be interpreted**" in text_of(cards)
     [line] = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "cds_service.requests"]
-    assert line["data_warnings"] == {
-        "unknown unit 'nkat/s' for ck: judged only by the lab's own range and flags": 1}
-    assert "ck-odd" not in json.dumps(line)
+    assert line["warnings"] == [
+        "Observation/ck-odd: unknown unit 'nkat/s' for ck: judged only by the lab's own range and flags"]
+
+
+def test_http_an_unknown_comparator_is_a_result_with_a_warning(base_url, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    potassium = lab("k-odd", "2823-3", 2.0, "mmol/L", comparator="~")
+    assert any("no potassium" in card["summary"] for card in call(base_url, meds=[FUROSEMIDE]))
+    cards = call(base_url, labs=[potassium], meds=[FUROSEMIDE])
+    assert not any("no potassium" in card["summary"] for card in cards)
+    line = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "cds_service.requests"][-1]
+    assert line["warnings"] == [
+        "Observation/k-odd: unknown comparator '~' for potassium: judged only by the lab's own range and flags"]
 
 
 def test_http_an_unknown_unit_with_its_own_range_fires_and_says_so(base_url) -> None:

@@ -10,10 +10,13 @@ from ..evaluation import answer_hook, read_request, service_for, validate_envelo
 from ..server import metrics
 from ..server.logs import fingerprint, loggable_hook_instance
 from .context import authenticate, claims, components, json_bytes
-from .observability import annotate, record_summary, warning_summary
+from .observability import annotate, record_summary
 
 bp = Blueprint("hook_calls", __name__)
 bp.before_request(authenticate)
+
+
+MAX_LOGGED_WARNINGS = 20  # a record with hundreds of unreadable resources still gets a log line of bounded size
 
 
 @bp.post("/cds-services/<service_id>")
@@ -34,11 +37,11 @@ def call_service(service_id: str) -> ResponseReturnValue:
     )
     record = answer.record
     metrics.count_cards(service.id, ((i.rule_id, i.indicator) for i in answer.issued), bool(record.incomplete))
-    if answer.warnings:
-        annotate(data_warnings=warning_summary(answer.warnings))
     if record.unread:
         metrics.count_unread(record.unread)
         annotate(unread=record.unread)
+    if answer.warnings:
+        annotate(warnings=list(answer.warnings[:MAX_LOGGED_WARNINGS]))
     annotate(
         patient=fingerprint(answer.call.patient_id),
         cards=len(answer.issued),

@@ -8,10 +8,7 @@ with its status and duration. Probes and scrapes are logged at DEBUG to keep the
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -33,18 +30,6 @@ def record_summary(record: PatientRecord) -> dict[str, Any]:
     for key, source in record.sources.items():
         by_source.setdefault(source, []).append(key)
     return {"sources": by_source, "resources": {kind: len(items) for kind, items in sorted(record.resources.items())}}
-
-
-_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[^:\s]*: ")
-MAX_WARNINGS, MAX_WARNING_CHARS = 20, 200
-
-
-def warning_summary(warnings: Iterable[str]) -> dict[str, int]:
-    """The data warnings of one call for its log line, each distinct message with its count. The resource
-    reference a message starts with is left out (a resource id may hold a patient id); at most ``MAX_WARNINGS``
-    messages of at most ``MAX_WARNING_CHARS`` characters."""
-    counts = Counter(_REFERENCE.sub("", warning)[:MAX_WARNING_CHARS] for warning in warnings)
-    return dict(counts.most_common(MAX_WARNINGS))
 
 
 def annotate(**fields: Any) -> None:
