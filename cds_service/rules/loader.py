@@ -19,6 +19,7 @@ from ..schemas import validator as schema_validator
 from .expression import ExpressionError, parse
 from .model import (
     Action,
+    AgeCriterion,
     CardTemplate,
     Coding,
     CompositeCriterion,
@@ -204,6 +205,9 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
     if "medication" in spec:
         classes = _known(ctx, f"{where}/medication", spec["medication"], "medication_classes", "medication class")
         return MedicationCriterion(classes, spec.get("use", "current"), label)
+    if "age" in spec:
+        limits = spec["age"]
+        return AgeCriterion(limits.get("at_least"), limits.get("below"), label, spec.get("basis", ""))
     (analyte,) = _known(ctx, f"{where}/lab", [spec["lab"]], "analytes", "analyte")
     canonical = _canonical_unit(ctx.vocabulary, analyte)
     if "unit" in spec and canonical is not None and spec["unit"] != canonical:
@@ -228,15 +232,21 @@ def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids
         if isinstance(criterion, CompositeCriterion):
             for index, child in enumerate(criterion.children):
                 walk(f"{where}/{criterion.op}/{index}", child)
-        elif isinstance(criterion, LabCriterion) and criterion.comparisons:
+        elif isinstance(criterion, (LabCriterion, AgeCriterion)) and _thresholds(criterion):
             if not criterion.basis:
-                numbers = ", ".join(f"{op} {value:g}" for op, value in criterion.comparisons)
+                numbers = ", ".join(f"{op} {value:g}" for op, value in _thresholds(criterion))
                 raise ctx.fail(where, f"the threshold ({numbers}) needs a basis: the id of the reference behind it")
             if criterion.basis not in reference_ids:
                 raise ctx.fail(f"{where}/basis", f"{criterion.basis!r} is not one of the rule's references")
 
     for name, criterion in criteria.items():
         walk(f"criteria/{name}", criterion)
+
+
+def _thresholds(criterion: LabCriterion | AgeCriterion) -> tuple[tuple[str, float], ...]:
+    if isinstance(criterion, LabCriterion):
+        return criterion.comparisons
+    return tuple((op, float(v)) for op, v in (("at_least", criterion.at_least), ("below", criterion.below)) if v is not None)
 
 
 def _uses_ordering(criteria: Iterable[Criterion]) -> bool:

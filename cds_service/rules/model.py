@@ -58,13 +58,23 @@ class LabCriterion:
 
 
 @dataclass(frozen=True, slots=True)
+class AgeCriterion:
+    """The patient's age in whole years at the evaluation time is at least ``at_least`` and below ``below``."""
+
+    at_least: int | None = None
+    below: int | None = None
+    label: str = ""
+    basis: str = ""  # the id of the reference that supports the age limits
+
+
+@dataclass(frozen=True, slots=True)
 class CompositeCriterion:
     op: Literal["any", "all", "not"]
     children: tuple[Criterion, ...]
     label: str = ""
 
 
-Criterion: TypeAlias = FindingCriterion | MedicationCriterion | LabCriterion | CompositeCriterion
+Criterion: TypeAlias = FindingCriterion | MedicationCriterion | LabCriterion | AgeCriterion | CompositeCriterion
 
 
 @dataclass(frozen=True, slots=True)

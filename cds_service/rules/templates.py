@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from ..facts.model import Finding, LabResult, MedicationUse
-from .criteria import Absence, Evidence, Match
-from .model import CompositeCriterion, Criterion, LabCriterion, MedicationCriterion
+from .criteria import Absence, Age, Evidence, Match
+from .model import AgeCriterion, CompositeCriterion, Criterion, LabCriterion, MedicationCriterion
 
 PLACEHOLDER = re.compile(r"\{([a-z0-9_]+)(?:\.([a-z_]+))?\}")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
@@ -25,6 +25,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "missing": frozenset({"analyte", "within"}),
     "medication": frozenset({"names", "ingredients", "date"}),
     "finding": frozenset({"names", "date"}),
+    "age": frozenset({"years"}),
     "mixed": frozenset({"date"}),  # a composite of different kinds: only {name} and {name.date}
 }
 NO_RANGE = "no reference range"
@@ -50,6 +51,8 @@ def criterion_kind(criterion: Criterion) -> str:
         return kinds.pop() if len(kinds) == 1 else "mixed"
     if isinstance(criterion, LabCriterion):
         return "missing" if criterion.missing else "lab"
+    if isinstance(criterion, AgeCriterion):
+        return "age"
     return "medication" if isinstance(criterion, MedicationCriterion) else "finding"
 
 
@@ -128,6 +131,8 @@ def field_value(evidence: Sequence[Evidence], field: str | None) -> str:
         if field == "results":
             return _join([_result(e) for e in evidence if isinstance(e, LabResult)])
         return _lab_field(first, field)
+    if isinstance(first, Age):
+        return str(first.years) if field == "years" else f"aged {first.years}"
     if isinstance(first, Absence):
         analyte = running(analyte_name(first.analyte))
         if field == "analyte":
@@ -218,6 +223,8 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
         if evidence.ref_high and evidence.value > evidence.ref_high:
             text += f", {evidence.value / evidence.ref_high:.1f}× the upper limit"
         return f"{text}, {_day(evidence.effective)}"
+    if isinstance(evidence, Age):
+        return f"{label}age **{evidence.years} years** (born {evidence.birth_date.isoformat()})"
     if isinstance(evidence, Absence):
         analyte = markdown(running(analyte_name(evidence.analyte)))
         return f"{label}no {analyte} result in the last {_window(evidence.within_text)}"
