@@ -7,9 +7,10 @@ Vocabulary (names are defined by the value sets in ``rules/valuesets/``, never i
   ferritin, hba1c, body_temperature, oxygen_saturation
 * medication ``classes``: statin, loop_diuretic, thiazide_diuretic, potassium_sparing_diuretic, beta2_agonist,
   methylxanthine, systemic_corticosteroid, statin_interacting, proton_pump_inhibitor, metformin, levothyroxine,
-  potassium_supplement, magnesium_supplement
+  potassium_supplement, magnesium_supplement, anticoagulant
 * finding ``concept``: cramp, spasm, myalgia, muscle_weakness, statin_myopathy, rhabdomyolysis, dyspnea,
   dizziness, fever, neck_stiffness, paresthesia, numbness, cellulitis, dvt, limb_swelling, limb_erythema,
+  leg_pain, chest_pain, fasciculation, muscle_wasting, malignancy, vte_history, myoglobinuria, seizure, smoker, pad,
   hypothyroidism, ckd, diabetes, hypoglycemia, dehydration, hypokalemia, hyponatremia, hypomagnesemia,
   hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency
 """

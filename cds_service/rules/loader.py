@@ -246,7 +246,8 @@ def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids
 def _thresholds(criterion: LabCriterion | AgeCriterion) -> tuple[tuple[str, float], ...]:
     if isinstance(criterion, LabCriterion):
         return criterion.comparisons
-    return tuple((op, float(v)) for op, v in (("at_least", criterion.at_least), ("below", criterion.below)) if v is not None)
+    limits = (("at_least", criterion.at_least), ("below", criterion.below))
+    return tuple((op, float(value)) for op, value in limits if value is not None)
 
 
 def _uses_ordering(criteria: Iterable[Criterion]) -> bool:
