@@ -119,7 +119,8 @@ def _lab(rng: random.Random, analyte: Analyte, at: datetime, recent: bool, seria
         "valueQuantity": _quantity(value, analyte.unit),
     }
     if rng.random() < 0.6:
-        lab["referenceRange"] = [{"low": _quantity(analyte.low, analyte.unit), "high": _quantity(analyte.high, analyte.unit)}]
+        low, high = _quantity(analyte.low, analyte.unit), _quantity(analyte.high, analyte.unit)
+        lab["referenceRange"] = [{"low": low, "high": high}]
     if value < analyte.low or value > analyte.high:
         flag = "L" if value < analyte.low else "H"
         lab["interpretation"] = [_coding(INTERPRETATION, flag, "Low" if flag == "L" else "High")]
@@ -158,7 +159,9 @@ def make_prefetch(count: int, now: datetime, seed: int) -> dict[str, Any]:
                 "http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed", "Confirmed"
             ),
             "category": [
-                _coding("http://terminology.hl7.org/CodeSystem/condition-category", "problem-list-item", "Problem List Item")
+                _coding(
+                    "http://terminology.hl7.org/CodeSystem/condition-category", "problem-list-item", "Problem List Item"
+                )
             ],
             "code": _coding(SNOMED, code, display),
             "subject": subject,
@@ -175,7 +178,10 @@ def make_prefetch(count: int, now: datetime, seed: int) -> dict[str, Any]:
             "medicationCodeableConcept": _coding(RXNORM, rxcui, display),
             "subject": subject,
             "authoredOn": authored.date().isoformat(),
-            "dosageInstruction": [{"text": "1 tablet by mouth once daily", "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}}],
+            "dosageInstruction": [{
+                "text": "1 tablet by mouth once daily",
+                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+            }],
         }
 
     cramp = {
@@ -508,7 +514,11 @@ class Plan:
 
 def machine() -> str:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor() or "unknown CPU",
     )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -74,5 +74,5 @@ def client(app: Flask) -> Iterator[FlaskClient]:
         yield test_client
 
 
-from support.fhir_server import *  # noqa: E402,F401,F403  (fhir_server, counting_server)
-from support.rule_files import rules_copy  # noqa: F401  (a fixture)
+from support.fhir_server import *  # noqa: E402, F403  (fhir_server, counting_server)
+from support.rule_files import rules_copy  # noqa: E402, F401  (a fixture)

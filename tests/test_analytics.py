@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
-
-from cds_service.storage.analytics import Period, feedback_report
-from cds_service.storage.feedback import FeedbackStore
-from cds_service.storage.issued_cards import IssuedCardLog
-from cds_service.storage.database import open_database
 from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 from support.tokens import claims, jwks, make_key, sign
 from support.viewer_requests import RULE_ID, critical_request
+
+from cds_service.storage.analytics import Period, feedback_report
+from cds_service.storage.database import open_database
+from cds_service.storage.feedback import FeedbackStore
+from cds_service.storage.issued_cards import IssuedCardLog
 
 SERVICE = SERVICE_IDS["patient-view"]
 REASONS = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"

@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 import requests
-
 from support.hookcalls import (
     SERVICE_IDS,
     assert_operation_outcome,

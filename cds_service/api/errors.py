@@ -20,7 +20,6 @@ from ..wire.errors import (
     ErrorKind,
     operation_outcome,
 )
-
 from .observability import annotate
 
 log = logging.getLogger("cds_service.errors")

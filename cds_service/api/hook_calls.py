@@ -4,23 +4,25 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flask import Blueprint
+from flask.typing import ResponseReturnValue
 
-from ..server import metrics
 from ..evaluation import answer_hook, read_request, service_for, validate_envelope
+from ..server import metrics
+from ..server.logs import fingerprint, loggable_hook_instance
 from .context import authenticate, claims, components, json_bytes
-from .observability import annotate, patient_hash, record_summary
+from .observability import annotate, record_summary
 
 bp = Blueprint("hook_calls", __name__)
 bp.before_request(authenticate)
 
 
 @bp.post("/cds-services/<service_id>")
-def call_service(service_id: str):
+def call_service(service_id: str) -> ResponseReturnValue:
     parts = components()
     service = service_for(parts.runtime, service_id)
     body = read_request(parts.runtime, json_bytes())
     validate_envelope(body)
-    annotate(hookInstance=body["hookInstance"])
+    annotate(hookInstance=loggable_hook_instance(body["hookInstance"]))
     identity = claims()
     answer = answer_hook(
         parts.runtime, service, body, allowed_fhir_servers=identity.fhir_servers if identity else None
@@ -36,7 +38,7 @@ def call_service(service_id: str):
         metrics.count_unread(record.unread)
         annotate(unread=record.unread)
     annotate(
-        patient=patient_hash(answer.call.patient_id),
+        patient=fingerprint(answer.call.patient_id),
         cards=len(answer.issued),
         rules=[i.rule_id for i in answer.issued],
         incomplete=sorted(record.incomplete),

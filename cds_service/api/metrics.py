@@ -1,16 +1,18 @@
-"""``GET /metrics``: Prometheus exposition, added up over every worker of this instance.
+"""``GET /metrics`` on the main port: Prometheus exposition, added up over every worker of this instance.
 
-Not authenticated, like the probes: it holds counts and latencies by service, rule and status, never patient
-data, and scrapers (Prometheus, the Kubernetes annotations in deploy/) do not carry CDS Hooks JWTs. Expose it
-only inside the cluster (deploy/ does) or turn it off with ``metrics_enabled = false``.
+It holds counts and latencies by service, rule and status, never patient data; still, when authentication is on
+it needs a JWT like the CDS Hooks routes, so the main port tells an outsider nothing. Scrapers carry no CDS Hooks
+JWT: give them ``metrics_bind`` (a separate address, see cds_service.server.metrics), as deploy/kubernetes does.
 """
 from __future__ import annotations
 
 from flask import Blueprint, Response
 
 from ..server.metrics import exposition
+from .context import authenticate
 
 bp = Blueprint("metrics", __name__)
+bp.before_request(authenticate)
 
 
 @bp.get("/metrics")

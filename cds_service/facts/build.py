@@ -17,7 +17,7 @@ from ..record.model import PatientRecord
 from .fhir import READ_ERRORS, guarded, not_a_resource, reference_name
 from .findings import FindingReader
 from .labs import DERIVED_FROM, LabReader
-from .medications import MedicationReader, current_medications
+from .medications import MedicationReader, current_medications, medication_history
 from .model import Finding, PatientFacts
 from .patient import demographics
 from .terminology import Terminology
@@ -125,8 +125,11 @@ def build_facts(
                 findings.extend(symptoms.observation(observation) or ())
         except READ_ERRORS as exc:
             warnings.append(f"{reference_name(observation)}: could not be read ({type(exc).__name__}: {exc}), skipped")
-    for found_in_condition in guarded("Condition", record.of_type("Condition"), symptoms.condition, warnings):
-        findings.extend(found_in_condition)
+    history: list[Finding] = []
+    for found_in_condition in guarded("Condition", record.of_type("Condition"), symptoms.condition_history, warnings):
+        history.extend(found_in_condition)
+        if symptoms.is_current(found_in_condition):
+            findings.extend(found_in_condition)
 
     reader = MedicationReader(terminology, record.of_type("Medication"), warnings)
     medications = current_medications(
@@ -147,6 +150,9 @@ def build_facts(
         labs=labs.finish(),
         medications=medications,
         findings=tuple(findings),
+        medication_history=medication_history(reader, record.of_type("MedicationRequest"),
+                                              record.of_type("MedicationStatement")),
+        finding_history=(*history, *(f for f in findings if f.source == "Observation")),
         incomplete=record.incomplete,
         warnings=(*record.warnings, *warnings),
     )

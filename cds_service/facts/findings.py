@@ -3,7 +3,8 @@
 A Condition counts when its ``clinicalStatus`` is active, recurrence or relapse (a missing status counts as
 active unless the Condition has an abatement), and its ``verificationStatus`` is not refuted or
 entered-in-error. An inactive, remission or resolved Condition counts only while it abated within
-``condition_grace`` (30 days, a chosen default, not a guideline figure).
+``condition_grace`` (30 days, a chosen default, not a guideline figure). ``condition_history`` keeps every
+Condition whatever its clinical status, with its onset and abatement, for timing criteria.
 
 An Observation documents a symptom when its code is a symptom code, or a symptom-panel code whose
 ``valueCodeableConcept`` is one (``symptom-observations.json``), unless it says the symptom is absent
@@ -13,7 +14,7 @@ dated by effectiveDateTime, effectivePeriod (end, else start) or issued; an unda
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,23 +45,34 @@ class FindingReader:
 
     # ------------------------------------------------------------------ conditions
     def condition(self, resource: Mapping[str, Any]) -> list[Finding] | None:
+        """The Condition's findings when it is current (see the module docstring), else None."""
+        found = self.condition_history(resource)
+        return found if found and self.is_current(found) else None
+
+    def is_current(self, found: Sequence[Finding]) -> bool:
+        """Whether one Condition's findings (they share its status and abatement) are current at ``now``."""
+        first = found[0]
+        if first.status in ACTIVE:
+            return True
+        return first.abated is not None and first.abated >= self._now - self._condition_grace
+
+    def condition_history(self, resource: Mapping[str, Any]) -> list[Finding] | None:
+        """The Condition's findings whatever its clinical status (never refuted or entered in error), with its
+        onset and abatement dates."""
         concepts = self._concepts(resource.get("code"))
         if not concepts or code_of(resource.get("verificationStatus")) in EXCLUDED_VERIFICATION:
             return None
         status = code_of(resource.get("clinicalStatus"))
         if status is None:
             status = "resolved" if any(key in resource for key in ABATEMENT) else "active"
-        if status not in ACTIVE:
-            abated = moment(resource.get("abatementDateTime")) or period_end(resource.get("abatementPeriod"))
-            if abated is None or abated < self._now - self._condition_grace:
-                return None
+        abated = moment(resource.get("abatementDateTime")) or period_end(resource.get("abatementPeriod"))
         onset = moment(resource.get("onsetDateTime")) or period_start(resource.get("onsetPeriod"))
         recorded = moment(resource.get("recordedDate"))
         name = reference_name(resource)
         text = concept_text(resource.get("code"))
         return [
             Finding(concept, self._shown(system, code, display, text), "Condition", Coding(system, code, display),
-                    status, onset, recorded, name)
+                    status, onset, recorded, name, abated)
             for system, code, display, concept in concepts
         ]
 

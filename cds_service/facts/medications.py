@@ -9,6 +9,9 @@ Which orders count as current (clinical-reference.md §2 "How to match"):
   or ``not-taken``;
 * every draft order of an order hook (``selected`` says whether it is in ``context.selections``).
 
+The medication history (``medication_history``) keeps every request and statement that records a course, current
+or not, with its start and, for a stopped or completed one, its recorded end: timing criteria read it.
+
 The medication is read from ``medicationCodeableConcept`` or from the ``Medication`` that
 ``medicationReference`` points at: contained (``#id``), or in the record (``Medication/x``, ``urn:uuid:x``, or a
 full URL ending in ``Medication/x``), where the record layer also puts Medications it read from the FHIR server.
@@ -30,6 +33,8 @@ Kind = Literal["request", "statement", "draft"]
 CURRENT_REQUEST = frozenset({"active", "on-hold"})
 CURRENT_STATEMENT = frozenset({"active", "intended"})
 NEVER_STATEMENT = frozenset({"entered-in-error", "not-taken"})
+NEVER_TAKEN = NEVER_STATEMENT | {"cancelled", "draft"}  # a course that never happened: not in the history
+ENDED_REQUEST = frozenset({"completed", "stopped"})  # a request whose validity period end is when it ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,7 @@ class Candidate:
     medicine: Medicine
     resource: Mapping[str, Any]
     selected: bool = False
+    ended: datetime | None = None
 
     def use(self) -> MedicationUse:
         medicine = self.medicine
@@ -66,6 +72,7 @@ class Candidate:
             date=self.when,
             reference=reference_name(self.resource),
             codes=medicine.codes,
+            ended=self.ended,
         )
 
 
@@ -106,6 +113,30 @@ class MedicationReader:
                    or moment(resource.get("dateAsserted")))
         return self._candidate(resource, "statement", status, started)
 
+    def past_or_present(self, resource: Mapping[str, Any]) -> MedicationUse | None:
+        """A request or statement of any status as a course with its start and (when recorded) its end; None for
+        one that never happened (entered in error, not taken, cancelled, a draft, an order not to give)."""
+        status = resource.get("status")
+        if resource.get("doNotPerform") is True or status in NEVER_TAKEN:
+            return None
+        if resource.get("resourceType") == "MedicationStatement":
+            period = resource.get("effectivePeriod")
+            started = (moment(resource.get("effectiveDateTime")) or period_start(period)
+                       or moment(resource.get("dateAsserted")))
+            ended = period_end(period)
+            kind: Kind = "statement"
+        else:
+            dispense = resource.get("dispenseRequest")
+            validity = dispense.get("validityPeriod") if isinstance(dispense, dict) else None
+            started = moment(resource.get("authoredOn")) or period_start(validity)
+            ended = period_end(validity) if status in ENDED_REQUEST else None
+            kind = "request"
+        found = self._candidate(resource, kind, status, started, warn_missing=False, warn_unresolved=False)
+        if found is None:
+            return None
+        found.ended = ended
+        return found.use()
+
     def draft(self, resource: Mapping[str, Any], selections: frozenset[str]) -> MedicationUse | None:
         if resource.get("resourceType") not in ("MedicationRequest", "MedicationStatement"):
             return None  # draft ServiceRequests and the like carry no medication
@@ -120,14 +151,14 @@ class MedicationReader:
 
     def _candidate(
         self, resource: Mapping[str, Any], kind: Kind, status: object, when: datetime | None, *,
-        warn_missing: bool = True,
+        warn_missing: bool = True, warn_unresolved: bool = True,
     ) -> Candidate | None:
         medicine = self._medicine(resource)
         if medicine is None:
             if warn_missing:
                 self._warn(resource, "no medication (neither medicationCodeableConcept nor medicationReference)")
             return None
-        if medicine.unresolved:
+        if medicine.unresolved and warn_unresolved:
             self._warn(resource, f"medication reference {medicine.unresolved!r} not found; classified by its text")
         shown = status if isinstance(status, str) else "unknown"
         return Candidate(kind, shown, when, medicine, resource)
@@ -181,7 +212,7 @@ class MedicationReader:
         terminology = self._terminology
         ingredients: set[str] = set()
         for system, code, _ in found:
-            if system == RXNORM or system == ATC:
+            if system in (RXNORM, ATC):
                 ingredients |= terminology.ingredients_for(system, code)
         words = " ".join([text, *(display for _, _, display in found if display)])
         named = frozenset(ingredients) if ingredients else terminology.ingredients_in_text(words)
@@ -226,6 +257,16 @@ def current_medications(
             kept[key] = candidate
     drafted = guarded("draft order", drafts, lambda r: reader.draft(r, selections), warnings)
     return (*(c.use() for c in kept.values()), *drafted)
+
+
+def medication_history(
+    reader: MedicationReader, requests: Iterable[Any], statements: Iterable[Any]
+) -> tuple[MedicationUse, ...]:
+    """Every request and statement that records a course, current or not, with its start and end dates
+    (a resource that cannot be read was already reported by ``current_medications``)."""
+    unreported: list[str] = []
+    return (*guarded("MedicationRequest", requests, reader.past_or_present, unreported),
+            *guarded("MedicationStatement", statements, reader.past_or_present, unreported))
 
 
 def _newer(candidate: Candidate, known: Candidate) -> bool:

@@ -67,6 +67,7 @@ class MedicationUse:
     date: datetime | None  # authoredOn / effective start / dateAsserted
     reference: str  # "MedicationRequest/<id>" or "MedicationStatement/<id>"
     codes: tuple[Coding, ...] = ()
+    ended: datetime | None = None  # history only: when a stopped or completed course ended, if recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Finding:
     onset: datetime | None
     recorded: datetime | None
     resource: str  # "Condition/<id>" or "Observation/<id>"
+    abated: datetime | None = None  # a Condition's abatementDateTime (or abatementPeriod end)
 
     @property
     def date(self) -> datetime | None:
@@ -100,6 +102,10 @@ class PatientFacts:
     labs: Mapping[str, Sequence[LabResult]] = field(default_factory=dict)
     medications: tuple[MedicationUse, ...] = ()
     findings: tuple[Finding, ...] = ()  # only current ones: active, not refuted, not resolved long ago
+    # Every recorded course, current or not (requests and statements, drafts excluded), with start and end dates;
+    # and every Condition finding whatever its clinical status, with onset and abatement: for timing criteria.
+    medication_history: tuple[MedicationUse, ...] = ()
+    finding_history: tuple[Finding, ...] = ()
     incomplete: frozenset[str] = frozenset()  # data groups that could not be obtained in full
     warnings: tuple[str, ...] = ()
 

@@ -17,7 +17,6 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
 from ..schemas import validator as schema_validator
 from .units import UnitTable
 
@@ -87,6 +86,22 @@ class MedicationClass:
 
 
 @dataclass(frozen=True, slots=True)
+class Interaction:
+    """One interacting ingredient pair of an interaction set, with what its source says of it."""
+
+    first: str
+    second: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class InteractionSet:
+    name: str
+    title: str
+    pairs: tuple[Interaction, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Concept:
     name: str
     title: str
@@ -101,6 +116,7 @@ class Terminology:
         self.analytes: dict[str, Analyte] = {}
         self.medication_classes: dict[str, MedicationClass] = {}
         self.concepts: dict[str, Concept] = {}
+        self.interactions: dict[str, InteractionSet] = {}
         self.entries: dict[tuple[str, str], CodeEntry] = {}  # keyed by SystemCode
         self._lab: dict[str, str] = {}  # LOINC code -> analyte
         self._ingredients: dict[tuple[str, str], frozenset[str]] = {}  # (system, folded code) -> ingredient names
@@ -117,6 +133,7 @@ class Terminology:
         for name, doc in documents.items():
             self._add_entries(name, doc)
         self._check_classes()
+        self._check_interactions()
         self._systemic_only = frozenset(c.name for c in self.medication_classes.values() if c.systemic_only)
         self._ingredient_classes: dict[str, frozenset[str]] = _invert(
             {c.name: c.ingredients for c in self.medication_classes.values()}
@@ -156,6 +173,16 @@ class Terminology:
         for name, spec in doc.get("classes", {}).items():
             item = MedicationClass(name, spec["title"], frozenset(spec["ingredients"]), spec["systemic_only"])
             self._define(self.medication_classes, file, f"classes/{name}", name, item)
+        sources = {s["id"] for s in doc["sources"]}
+        for name, spec in doc.get("interactions", {}).items():
+            for index, pair in enumerate(spec["pairs"]):
+                if pair["source"] not in sources:
+                    raise ValueSetError(f"{file}: at interactions/{name}/pairs/{index}/source: "
+                                        f"'{pair['source']}' is not in sources")
+            pairs = tuple(Interaction(first, second, pair["note"])
+                          for pair in spec["pairs"] for first in pair["first"] for second in pair["second"])
+            interactions = InteractionSet(name, spec["title"], pairs)
+            self._define(self.interactions, file, f"interactions/{name}", name, interactions)
         for name, spec in doc.get("concepts", {}).items():
             self._define(self.concepts, file, f"concepts/{name}", name, Concept(name, spec["title"], spec["kind"]))
         if "negation_strings" in doc:
@@ -215,6 +242,14 @@ class Terminology:
             missing = sorted(item.ingredients - coded)
             if missing:
                 raise ValueSetError(f"classes/{item.name}: no RxNorm entry names ingredient(s) {', '.join(missing)}")
+
+    def _check_interactions(self) -> None:
+        """Every ingredient of an interaction pair belongs to a medication class (else no medicine could match)."""
+        known = {i for c in self.medication_classes.values() for i in c.ingredients}
+        for item in self.interactions.values():
+            missing = sorted({i for p in item.pairs for i in (p.first, p.second)} - known)
+            if missing:
+                raise ValueSetError(f"interactions/{item.name}: ingredient(s) {', '.join(missing)} are in no class")
 
     # ------------------------------------------------------------------ prefetch code lists
     def lab_loinc_codes(self) -> list[str]:

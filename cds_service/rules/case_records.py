@@ -178,6 +178,8 @@ def medication_request(
     }
     if "since" in item:
         resource["authoredOn"] = _stamp(at(now, item["since"]))
+    if "until" in item:
+        resource["dispenseRequest"] = {"validityPeriod": {"end": _stamp(at(now, item["until"]))}}
     return resource
 
 
@@ -189,8 +191,9 @@ def medication_statement(item: Mapping[str, Any], index: int, now: datetime, pat
         "medicationCodeableConcept": _concept(item),
         "subject": _subject(patient_id),
     }
-    if "since" in item:
-        resource["effectivePeriod"] = {"start": _stamp(at(now, item["since"]))}
+    period = {key: _stamp(at(now, item[name])) for key, name in (("start", "since"), ("end", "until")) if name in item}
+    if period:
+        resource["effectivePeriod"] = period
     return resource
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TypeAlias
 
 from ..facts.model import Finding, LabResult, MedicationUse, PatientFacts
@@ -23,15 +23,19 @@ from .model import (
     CompositeCriterion,
     Criterion,
     FindingCriterion,
+    InteractionCriterion,
     LabCriterion,
     MedicationCriterion,
+    TimingCriterion,
 )
 
 # Names a record or facts layer may use in ``incomplete`` for the data each kind of criterion reads.
 DATA_GROUPS: dict[type, frozenset[str]] = {
     LabCriterion: frozenset({"labs"}),
     MedicationCriterion: frozenset({"medications", "medrequests", "medstatements"}),
+    InteractionCriterion: frozenset({"medications", "medrequests", "medstatements"}),
     FindingCriterion: frozenset({"conditions", "symptoms", "findings"}),
+    TimingCriterion: frozenset({"medications", "medrequests", "medstatements", "conditions", "symptoms", "findings"}),
 }
 FUTURE_TOLERANCE = timedelta(hours=1)  # clock skew between the EHR and this service
 
@@ -45,6 +49,34 @@ class Absence:
 
 
 @dataclass(frozen=True, slots=True)
+class Pairing:
+    """Evidence of an interaction criterion: ``first`` and ``second`` are different medications taken together."""
+
+    first: MedicationUse
+    second: MedicationUse
+    first_ingredient: str
+    second_ingredient: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Evidence of a timing criterion: from a course event of ``medication`` to an event of ``finding``."""
+
+    medication: MedicationUse
+    since: str  # start, stop or restart
+    since_date: datetime
+    finding: Finding
+    until: str  # onset or resolution
+    until_date: datetime
+    points: int | None  # None: a span no band scores (e.g. symptoms documented before the statin)
+
+    @property
+    def days(self) -> int:
+        return (self.until_date - self.since_date).days
+
+
+@dataclass(frozen=True, slots=True)
 class Age:
     """Evidence of the patient's age: whole years at the evaluation time, from the birth date."""
 
@@ -52,7 +84,7 @@ class Age:
     birth_date: date
 
 
-Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence | Age
+Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence | Pairing | Timing | Age
 # id(criterion) -> its result over one patient's facts; ids are stable because the rule set holds its criteria
 Memo: TypeAlias = "dict[int, Match]"
 
@@ -77,19 +109,26 @@ def evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None = None
 
 
 def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> Match:
-    kind = type(criterion)
-    if kind is CompositeCriterion:
+    if type(criterion) is CompositeCriterion:
         return _composite(criterion, facts, memo)
-    if kind is LabCriterion:
+    if type(criterion) is LabCriterion:
         return _lab(criterion, facts)
-    if kind is AgeCriterion:
+    if type(criterion) is AgeCriterion:
         return _age(criterion, facts)
-    if kind is MedicationCriterion:
-        found: tuple[Evidence, ...] = tuple(
+    if type(criterion) is InteractionCriterion:
+        found: tuple[Evidence, ...] = _pairings(criterion, facts)
+        return Match(True, found) if found else _not_found(criterion, facts)
+    if type(criterion) is TimingCriterion:
+        timing = _timing(criterion, facts)
+        return Match(True, (timing,)) if timing else _not_found(criterion, facts)
+    if type(criterion) is MedicationCriterion:
+        found = tuple(
             m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
         )
-    else:
+    elif type(criterion) is FindingCriterion:
         found = _current_findings(criterion, facts)
+    else:
+        raise TypeError(f"unknown criterion {criterion!r}")
     return Match(True, found) if found else _not_found(criterion, facts)
 
 
@@ -207,3 +246,103 @@ def _in_range(result: LabResult, check: str) -> Tri:
     if check == "above_range":
         return None if result.ref_high is None else result.value > result.ref_high
     return None if result.ref_low is None else result.value < result.ref_low
+
+
+def _pairings(criterion: InteractionCriterion, facts: PatientFacts) -> tuple[Pairing, ...]:
+    """Each pair of different medications (in use as the criterion says) whose ingredients the criterion pairs.
+
+    The second must bring an ingredient the first does not hold: a combination tablet of both drugs, or the same
+    product recorded twice (a prescription and a statement), is not an interaction with itself.
+    """
+    uses = [m for m in facts.medications if _use_matches(criterion.use, m)]
+    found: list[Pairing] = []
+    for first in uses:
+        for second in uses:
+            if first is second:
+                continue
+            for one, other, note in criterion.pairs:
+                if one in first.ingredients and other in second.ingredients and other not in first.ingredients:
+                    found.append(Pairing(first, second, one, other, note))
+    return tuple(found)
+
+
+@dataclass(slots=True)
+class _Course:
+    """Overlapping dated uses of a medication class merged into one course (``end`` None: still running)."""
+
+    start: datetime
+    end: datetime | None
+    last: MedicationUse  # the use that ends the course (or the latest to start, for a running one)
+
+
+def _courses(facts: PatientFacts, classes: frozenset[str]) -> list[_Course]:
+    """The dated courses of ``classes`` in the medication history, oldest first. A use with no recorded end is
+    taken to run on (a prescription renewed by a newer one does not end the course)."""
+    spans = sorted(
+        ((_aware(m.date), _aware(m.ended) if m.ended else None, m)
+         for m in facts.medication_history if m.classes & classes and m.date),
+        key=lambda span: span[0],
+    )
+    courses: list[_Course] = []
+    for start, end, use in spans:
+        last = courses[-1] if courses else None
+        if last is None or (last.end is not None and start > last.end):
+            courses.append(_Course(start, end, use))
+        elif last.end is not None and (end is None or end >= last.end):
+            last.end, last.last = end, use
+    return courses
+
+
+Episode: TypeAlias = tuple[datetime, datetime | None, Finding]  # onset, abatement, the finding
+
+
+def _episodes(findings: tuple[Finding, ...], concepts: frozenset[str]) -> list[Episode]:
+    """The findings of ``concepts`` that have an onset date, as (onset, abatement, finding), earliest first."""
+    return sorted(
+        ((_aware(f.onset), _aware(f.abated) if f.abated else None, f)
+         for f in findings if f.concept in concepts and f.onset),
+        key=lambda episode: episode[0],
+    )
+
+
+def _timing(criterion: TimingCriterion, facts: PatientFacts) -> Timing | None:
+    """The criterion's span over the facts, scored by its bands; None when the record does not show it.
+
+    start -> onset: the running course's start to the earliest dated current symptom (it may come first).
+    stop -> resolution: an earlier course's recorded end to the abatement of a symptom that was present then.
+    restart -> onset: the running course's start to the first symptom after it, when symptoms also began during
+    the stopped course before it.
+    """
+    current = [m for m in facts.medications if m.classes & criterion.classes and m.kind != "draft"]
+    courses = _courses(facts, criterion.classes)
+    if not current or not courses or (courses[-1].end is not None and courses[-1].end < facts.now):
+        return None  # no running course with a dated start (a planned end still to come keeps it running)
+    running = courses[-1]
+    medication = max(current, key=lambda m: _aware(m.date) if m.date else running.start)
+    stopped = courses[-2] if len(courses) > 1 else None
+    now = _episodes(facts.findings, criterion.concepts)
+    if criterion.since == "start":
+        since, picked = running.start, next(((e[0], e[2]) for e in now), None)
+    elif stopped is None or stopped.end is None:
+        return None
+    elif criterion.since == "stop":
+        since, medication = stopped.end, stopped.last
+        resolved = [(e[1], e[2]) for e in _episodes(facts.finding_history, criterion.concepts)
+                    if e[1] is not None and e[0] <= stopped.end <= e[1]]
+        picked = min(resolved, key=lambda r: r[0], default=None)
+    else:
+        since = running.start
+        history = _episodes(facts.finding_history, criterion.concepts)
+        earlier = any(stopped.start <= e[0] <= stopped.end for e in history)
+        picked = next(((e[0], e[2]) for e in now if e[0] >= since), None) if earlier else None
+    if picked is None:
+        return None
+    until, finding = picked
+    span = until - since
+    points = None if span < timedelta(0) else next(
+        (b.points for b in criterion.bands if b.under is None or span < b.under), None)
+    return Timing(medication, criterion.since, since, finding, criterion.until, until, points)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -20,18 +20,21 @@ from .expression import ExpressionError, parse
 from .model import (
     Action,
     AgeCriterion,
+    Band,
     CardTemplate,
     Coding,
     CompositeCriterion,
     Criterion,
     Escalation,
     FindingCriterion,
+    InteractionCriterion,
     LabCriterion,
     MedicationCriterion,
     Reference,
     Rule,
     Section,
     SuggestionTemplate,
+    TimingCriterion,
     binding_name,
 )
 from .resources import order_problem
@@ -55,6 +58,7 @@ _HINTS = {
 }
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available (the C parser)
 _COMPARISONS = ("below", "above", "at_least", "at_most", "above_uln")
+TIMING_SPANS = (("start", "onset"), ("stop", "resolution"), ("restart", "onset"))  # what the history can date
 
 
 class RuleError(ValueError):
@@ -67,6 +71,7 @@ class Vocabulary(Protocol):
     analytes: Any
     medication_classes: Any
     concepts: Any
+    interactions: Any  # name -> set whose ``pairs`` have ``first``, ``second`` and ``note``
 
 
 def parse_duration(text: str) -> timedelta:
@@ -208,6 +213,30 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
     if "age" in spec:
         limits = spec["age"]
         return AgeCriterion(limits.get("at_least"), limits.get("below"), label, spec.get("basis", ""))
+    if "interaction" in spec:
+        sets = _known(ctx, f"{where}/interaction", spec["interaction"], "interactions", "interaction set")
+        found = ctx.vocabulary.interactions if ctx.vocabulary is not None else {}
+        pairs = tuple((p.first, p.second, p.note) for name in sorted(sets) if name in found for p in found[name].pairs)
+        return InteractionCriterion(sets, pairs, spec.get("use", "current"), label)
+    if "timing" in spec:
+        timing = spec["timing"]
+        if (timing["since"], timing["until"]) not in TIMING_SPANS:
+            spans = ", ".join(f"{since} to {until}" for since, until in TIMING_SPANS)
+            raise ctx.fail(f"{where}/timing", f"times {spans}, not {timing['since']} to {timing['until']}")
+        bands = tuple(
+            Band(parse_duration(b["under"]) if "under" in b else None, b.get("under", ""), b["points"])
+            for b in timing["points"]
+        )
+        return TimingCriterion(
+            classes=_known(ctx, f"{where}/timing/medication", timing["medication"], "medication_classes",
+                           "medication class"),
+            since=timing["since"],
+            concepts=_known(ctx, f"{where}/timing/finding", timing["finding"], "concepts", "finding concept"),
+            until=timing["until"],
+            bands=bands,
+            label=label,
+            basis=spec.get("basis", ""),
+        )
     (analyte,) = _known(ctx, f"{where}/lab", [spec["lab"]], "analytes", "analyte")
     canonical = _canonical_unit(ctx.vocabulary, analyte)
     if "unit" in spec and canonical is not None and spec["unit"] != canonical:
@@ -232,9 +261,9 @@ def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids
         if isinstance(criterion, CompositeCriterion):
             for index, child in enumerate(criterion.children):
                 walk(f"{where}/{criterion.op}/{index}", child)
-        elif isinstance(criterion, (LabCriterion, AgeCriterion)) and _thresholds(criterion):
+        elif isinstance(criterion, TimingCriterion | LabCriterion | AgeCriterion) and _thresholds(criterion):
             if not criterion.basis:
-                numbers = ", ".join(f"{op} {value:g}" for op, value in _thresholds(criterion))
+                numbers = _thresholds(criterion)
                 raise ctx.fail(where, f"the threshold ({numbers}) needs a basis: the id of the reference behind it")
             if criterion.basis not in reference_ids:
                 raise ctx.fail(f"{where}/basis", f"{criterion.basis!r} is not one of the rule's references")
@@ -243,11 +272,15 @@ def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids
         walk(f"criteria/{name}", criterion)
 
 
-def _thresholds(criterion: LabCriterion | AgeCriterion) -> tuple[tuple[str, float], ...]:
-    if isinstance(criterion, LabCriterion):
-        return criterion.comparisons
-    limits = (("at_least", criterion.at_least), ("below", criterion.below))
-    return tuple((op, float(value)) for op, value in limits if value is not None)
+def _thresholds(criterion: LabCriterion | TimingCriterion | AgeCriterion) -> str:
+    """The criterion's numbers as text ("below 3.5", "under P4W 3 points", "at_least 65"); empty when none."""
+    if isinstance(criterion, TimingCriterion):
+        return ", ".join(f"under {b.under_text} {b.points} points" if b.under_text else f"{b.points} points"
+                         for b in criterion.bands)
+    if isinstance(criterion, AgeCriterion):
+        limits = (("at_least", criterion.at_least), ("below", criterion.below))
+        return ", ".join(f"{op} {value}" for op, value in limits if value is not None)
+    return ", ".join(f"{op} {value:g}" for op, value in criterion.comparisons)
 
 
 def _uses_ordering(criteria: Iterable[Criterion]) -> bool:
@@ -300,8 +333,8 @@ def _card(
         for i, e in enumerate(spec.get("escalate", ()))
     )
     detail = []
-    for i, section in enumerate(spec["detail"]):
-        section = {"text": section} if isinstance(section, str) else section
+    for i, written in enumerate(spec["detail"]):
+        section = {"text": written} if isinstance(written, str) else written
         when = block(f"card/detail/{i}/when", section.get("when"))
         block(f"card/detail/{i}/unless", section.get("unless"))
         detail.append(Section(check_template(f"card/detail/{i}", section["text"], when), when, section.get("unless")))

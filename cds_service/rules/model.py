@@ -58,6 +58,43 @@ class LabCriterion:
 
 
 @dataclass(frozen=True, slots=True)
+class InteractionCriterion:
+    """Two different medications taken together whose ingredients an interaction set pairs (``first`` with
+    ``second``): a combination product is never paired with itself."""
+
+    sets: frozenset[str]
+    pairs: tuple[tuple[str, str, str], ...]  # (first ingredient, second ingredient, note), from the value sets
+    use: Literal["current", "ordering", "any"] = "current"
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Points for a time span shorter than ``under`` (None: any longer span)."""
+
+    under: timedelta | None
+    under_text: str
+    points: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimingCriterion:
+    """The time from an event of a medication course to an event of a finding, scored by ``bands``.
+
+    ``since``: ``start`` (the start of the current course), ``stop`` (the end of a stopped course) or ``restart``
+    (the start of a course that follows a stopped one). ``until``: ``onset`` or ``resolution`` of the finding.
+    """
+
+    classes: frozenset[str]
+    since: Literal["start", "stop", "restart"]
+    concepts: frozenset[str]
+    until: Literal["onset", "resolution"]
+    bands: tuple[Band, ...]
+    label: str = ""
+    basis: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class AgeCriterion:
     """The patient's age in whole years at the evaluation time is at least ``at_least`` and below ``below``."""
 
@@ -74,7 +111,10 @@ class CompositeCriterion:
     label: str = ""
 
 
-Criterion: TypeAlias = FindingCriterion | MedicationCriterion | LabCriterion | AgeCriterion | CompositeCriterion
+Criterion: TypeAlias = (
+    FindingCriterion | MedicationCriterion | LabCriterion | AgeCriterion | InteractionCriterion | TimingCriterion
+    | CompositeCriterion
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,21 @@ single-line plain text (summary, labels): no raw HTML or Markdown from a record 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from ..facts.model import Finding, LabResult, MedicationUse
-from .criteria import Absence, Age, Evidence, Match
-from .model import AgeCriterion, CompositeCriterion, Criterion, LabCriterion, MedicationCriterion
+from .criteria import Absence, Age, Evidence, Match, Pairing, Timing
+from .model import (
+    AgeCriterion,
+    CompositeCriterion,
+    Criterion,
+    InteractionCriterion,
+    LabCriterion,
+    MedicationCriterion,
+    TimingCriterion,
+)
 
 PLACEHOLDER = re.compile(r"\{([a-z0-9_]+)(?:\.([a-z_]+))?\}")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
@@ -25,6 +33,8 @@ FIELDS: dict[str, frozenset[str]] = {
     "missing": frozenset({"analyte", "within"}),
     "medication": frozenset({"names", "ingredients", "date"}),
     "finding": frozenset({"names", "date"}),
+    "interaction": frozenset({"first", "second", "note"}),
+    "timing": frozenset({"span", "points"}),
     "age": frozenset({"years"}),
     "mixed": frozenset({"date"}),  # a composite of different kinds: only {name} and {name.date}
 }
@@ -51,6 +61,10 @@ def criterion_kind(criterion: Criterion) -> str:
         return kinds.pop() if len(kinds) == 1 else "mixed"
     if isinstance(criterion, LabCriterion):
         return "missing" if criterion.missing else "lab"
+    if isinstance(criterion, InteractionCriterion):
+        return "interaction"
+    if isinstance(criterion, TimingCriterion):
+        return "timing"
     if isinstance(criterion, AgeCriterion):
         return "age"
     return "medication" if isinstance(criterion, MedicationCriterion) else "finding"
@@ -140,6 +154,17 @@ def field_value(evidence: Sequence[Evidence], field: str | None) -> str:
         if field == "within":
             return _window(first.within_text)
         return f"no {analyte} in the last {_window(first.within_text)}"
+    if isinstance(first, Pairing):
+        pairs = [e for e in evidence if isinstance(e, Pairing)]
+        if field == "note":
+            return _join([p.note for p in pairs])
+        if field in ("first", "second"):
+            return _join([p.first_ingredient if field == "first" else p.second_ingredient for p in pairs])
+        return _join([f"{p.first_ingredient} with {p.second_ingredient}" for p in pairs])
+    if isinstance(first, Timing):
+        if field == "points":
+            return _points(first.points)
+        return span_text(first) if field == "span" else timing_text(first)
     if isinstance(first, MedicationUse):
         meds = [e for e in evidence if isinstance(e, MedicationUse)]
         if field == "names":
@@ -180,6 +205,29 @@ def _result(result: LabResult) -> str:
     return f"{running(analyte_name(result.analyte))} {value_text(result)} {unit_text(result.unit)}"
 
 
+_SINCE = {"start": "starting", "stop": "stopping", "restart": "restarting"}
+_UNTIL = {"onset": "began", "resolution": "resolved"}
+
+
+def span_text(timing: Timing) -> str:
+    """The span of a timing in days (under two weeks) or whole weeks: "10 days", "6 weeks"."""
+    days = abs(timing.days)
+    if days < 14:
+        return f"{days} day{'s' if days != 1 else ''}"
+    return f"{days // 7} weeks"
+
+
+def _points(points: int | None) -> str:
+    return "not scored" if points is None else f"{points} point{'s' if points != 1 else ''}"
+
+
+def timing_text(timing: Timing) -> str:
+    """``cramp began 6 weeks after starting atorvastatin 40 MG Oral Tablet (2 points)`` (plain text)."""
+    when = "before" if timing.days < 0 else "after"
+    return (f"{running(timing.finding.display)} {_UNTIL[timing.until]} {span_text(timing)} {when} "
+            f"{_SINCE[timing.since]} {timing.medication.name} ({_points(timing.points)})")
+
+
 def _evidence_date(evidence: Evidence) -> datetime | None:
     if isinstance(evidence, LabResult):
         return evidence.effective
@@ -187,6 +235,8 @@ def _evidence_date(evidence: Evidence) -> datetime | None:
         return evidence.date
     if isinstance(evidence, Finding):
         return evidence.date
+    if isinstance(evidence, Timing):
+        return evidence.until_date
     return None
 
 
@@ -215,7 +265,8 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
     label = f"{markdown(criterion.label)}: " if criterion.label else ""
     if isinstance(evidence, LabResult):
         unit = unit_text(evidence.unit)
-        text = f"{label}{markdown(analyte_name(evidence.analyte))} **{markdown(value_text(evidence))} {markdown(unit)}**"
+        name, value = markdown(analyte_name(evidence.analyte)), markdown(value_text(evidence))
+        text = f"{label}{name} **{value} {markdown(unit)}**"
         if evidence.reported and not plain(evidence.reported).endswith((f" {evidence.unit}", f" {unit}")):
             text += f" (reported as {markdown(evidence.reported)})"
         reference = lab_range(evidence)
@@ -228,14 +279,24 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
     if isinstance(evidence, Absence):
         analyte = markdown(running(analyte_name(evidence.analyte)))
         return f"{label}no {analyte} result in the last {_window(evidence.within_text)}"
+    if isinstance(evidence, Pairing):
+        # the note is the value set's own text (not patient data): shown as written
+        return f"{label}{_medication(evidence.first)} with {_medication(evidence.second)}: {evidence.note}"
+    if isinstance(evidence, Timing):
+        return f"{label}{markdown(timing_text(evidence))}"
     if isinstance(evidence, MedicationUse):
-        if evidence.kind == "draft":
-            return f"{label}**{markdown(evidence.name)}** (draft order in this session)"
-        kind = "prescription" if evidence.kind == "request" else "reported use"
-        since = f" since {_day(evidence.date)}" if evidence.date else ""
-        return f"{label}**{markdown(evidence.name)}** ({kind}, {markdown(evidence.status)}{since})"
+        return f"{label}{_medication(evidence)}"
     since = f" since {_day(evidence.date)}" if evidence.date else ""
     return f"{label}**{markdown(evidence.display)}** ({evidence.source}, {markdown(evidence.status)}{since})"
+
+
+def _medication(evidence: MedicationUse) -> str:
+    """``**atorvastatin 40 MG Oral Tablet** (prescription, active since 2026-01-02)`` (Markdown)."""
+    if evidence.kind == "draft":
+        return f"**{markdown(evidence.name)}** (draft order in this session)"
+    kind = "prescription" if evidence.kind == "request" else "reported use"
+    since = f" since {_day(evidence.date)}" if evidence.date else ""
+    return f"**{markdown(evidence.name)}** ({kind}, {markdown(evidence.status)}{since})"
 
 
 def placeholders(template: str) -> list[tuple[str, str | None]]:

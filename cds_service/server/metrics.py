@@ -1,5 +1,8 @@
 """Prometheus metrics: what the service records, and the exposition for ``GET /metrics``.
 
+Where: ``GET /metrics`` on the main port (behind a JWT when authentication is on), or, with ``metrics_bind``, on
+a separate address served by prometheus-client's HTTP server in ``serve``'s master process (for the scraper).
+
 Under ``cds-service serve`` several gunicorn workers each keep their own values; ``PROMETHEUS_MULTIPROC_DIR``
 (set by the CLI before this module is first imported) makes prometheus-client write them to per-process files
 that :func:`exposition` adds up, so any worker answers ``/metrics`` for all of them. Without that variable (tests,
@@ -13,8 +16,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from ..config import Settings, host_and_port
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # EHRs drop a hook's cards after about a second, so the interesting resolution is below that.
@@ -39,7 +52,9 @@ FHIR_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 FHIR_ERRORS = Counter(
-    "cds_fhir_errors", "FHIR requests that gave no usable resource, by resource type and reason.", ["resource", "reason"]
+    "cds_fhir_errors",
+    "FHIR requests that gave no usable resource, by resource type and reason.",
+    ["resource", "reason"],
 )
 UNREAD = Counter(
     "cds_unread_resources",
@@ -89,8 +104,27 @@ def count_feedback(service: str, outcomes: Iterable[str], repeats: int) -> None:
 
 def exposition() -> tuple[bytes, str]:
     """The metrics text and its content type, added up over all workers in multiprocess mode."""
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def _registry() -> CollectorRegistry:
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def metrics_address(settings: Settings) -> tuple[str, int] | None:
+    """The (host, port) of ``metrics_bind``, or None when the metrics are off or served on the main port."""
+    if not settings.metrics_enabled or settings.metrics_bind is None:
+        return None
+    return host_and_port(settings.metrics_bind)
+
+
+def serve_metrics(address: tuple[str, int]) -> None:
+    """Serve the exposition of every worker at ``address`` from a thread of this process (``serve`` runs it in
+    gunicorn's master, before the workers are forked): prometheus-client's own HTTP server, which answers
+    nothing but the metrics."""
+    host, port = address
+    start_http_server(port, addr=host, registry=_registry())

@@ -148,7 +148,7 @@ def feedback_report(
             .where(issued_cards.c.card_uuid.is_(None), feedback.c.outcome_at >= since, feedback.c.outcome_at < until)
             .group_by(feedback.c.outcome)
         )
-        unattributed = {outcome: count for outcome, count in conn.execute(orphans)}
+        unattributed: dict[str, int] = {outcome: count for outcome, count in conn.execute(orphans)}  # noqa: C416 - rows, not pairs
     for outcomes in rules.values():
         outcomes.reasons.sort(key=lambda r: (-r.cards, r.code))
     ordered = sorted(rules.values(), key=lambda r: (-r.shown, r.rule_id))

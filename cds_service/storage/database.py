@@ -96,7 +96,8 @@ def insert_ignoring_duplicates(engine: Engine, table: Table, *unique_columns: st
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
     if dialect is None:
         raise ValueError(f"unsupported database dialect {engine.dialect.name!r}: use SQLite or PostgreSQL")
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique_columns) or None)
+    insert: Insert = dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique_columns) or None)
+    return insert
 
 
 def is_reachable(engine: Engine) -> bool:
@@ -104,5 +105,5 @@ def is_reachable(engine: Engine) -> bool:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
-    except Exception:  # noqa: BLE001 - any driver error means "not ready"
+    except Exception:
         return False
