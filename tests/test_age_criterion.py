@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from support.rule_files import edit_rule_file
 
 from cds_service.facts.model import PatientFacts
 from cds_service.rules.check import load_terminology
@@ -14,7 +15,6 @@ from cds_service.rules.engine import RuleError, RuleSet
 from cds_service.rules.loader import shipped_rules_dir
 from cds_service.rules.model import AgeCriterion
 from cds_service.rules.templates import evidence_line, field_value
-from support.rule_files import edit_rule_file
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 TERMINOLOGY = load_terminology(shipped_rules_dir())
