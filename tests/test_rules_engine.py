@@ -12,9 +12,11 @@ from support.rule_files import edit_rule_file
 
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
 from cds_service.rules.check import load_terminology
+from cds_service.rules.criteria import evaluate as evaluate_criterion
 from cds_service.rules.engine import RuleError, RuleSet, evaluate
 from cds_service.rules.expression import Expression, ExpressionError, parse
 from cds_service.rules.loader import parse_duration, shipped_rules_dir
+from cds_service.rules.model import MedicationCriterion
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 RULES_DIR = shipped_rules_dir()
@@ -30,11 +32,12 @@ def lab(analyte: str, value: float, unit: str, days_ago: int = 2, high: float | 
     )
 
 
-def med(ingredient: str, cls: str, kind: str = "request", selected: bool = False) -> MedicationUse:
+def med(ingredient: str, cls: str, kind: str = "request", selected: bool = False,
+        as_needed: bool | None = None) -> MedicationUse:
     return MedicationUse(
         name=f"{ingredient} tablet", ingredients=frozenset({ingredient}), classes=frozenset({cls}), kind=kind,
         status="draft" if kind == "draft" else "active", selected=selected, date=NOW - timedelta(days=300),
-        reference=f"MedicationRequest/{ingredient}",
+        reference=f"MedicationRequest/{ingredient}", as_needed=as_needed,
     )
 
 
@@ -183,7 +186,7 @@ def test_future_dated_results_are_ignored() -> None:
         (lambda d: d["criteria"]["require_low_potassium"].update(lab="potasium"), "unknown analyte potasium"),
         (lambda d: d["criteria"]["require_diuretic"].update(medication=["loop"]), "unknown medication class loop"),
         (lambda d: d["criteria"]["require_low_potassium"].update(unit="mEq/L"), "canonical unit 'mmol/L'"),
-        (lambda d: d.update(condition="all of require_* and any of exclude_*"), "'exclude_*' matches no criteria"),
+        (lambda d: d.update(condition="all of require_* and any of other_*"), "'other_*' matches no criteria"),
         (lambda d: d["card"].update(summary="Low {potasium} on {diuretic}"), "{potasium} names no require_"),
         (lambda d: d["card"].update(summary="Low {low_potassium.dose}"), "lab evidence has"),
         (lambda d: d["card"].update(source="nowhere"), "'nowhere' is not the id of one"),
@@ -273,3 +276,14 @@ def test_potassium_sparing_diuretics_are_never_told_to_add_potassium(culprits: t
             assert "potassium replacement" not in text and "potassium supplement" not in text.replace(
                 "before any potassium supplement", ""
             )
+
+
+@pytest.mark.parametrize(("as_needed", "criterion", "matches"), [
+    (None, None, True), (True, None, True), (False, None, True),
+    (None, False, True), (False, False, True), (True, False, False),  # as_needed: false drops only recorded PRN use
+    (None, True, False), (False, True, False), (True, True, True),  # as_needed: true needs recorded PRN use
+])
+def test_medication_criterion_reads_as_needed(as_needed: bool | None, criterion: bool | None, matches: bool) -> None:
+    block = MedicationCriterion(frozenset({"beta2_agonist"}), as_needed=criterion)
+    found = facts(meds=[med("albuterol", "beta2_agonist", as_needed=as_needed)])
+    assert evaluate_criterion(block, found).state is matches

@@ -7,12 +7,13 @@ Vocabulary (names are defined by the value sets in ``rules/valuesets/``, never i
   ferritin, hba1c, body_temperature, oxygen_saturation
 * medication ``classes``: statin, loop_diuretic, thiazide_diuretic, potassium_sparing_diuretic, beta2_agonist,
   methylxanthine, systemic_corticosteroid, statin_interacting, proton_pump_inhibitor, metformin, levothyroxine,
-  potassium_supplement, magnesium_supplement, anticoagulant
+  potassium_supplement, magnesium_supplement, mineralocorticoid_antagonist, ace_inhibitor, arb, trimethoprim,
+  potassium_wasting_corticosteroid, insulin, anticoagulant
 * finding ``concept``: cramp, spasm, myalgia, muscle_weakness, statin_myopathy, rhabdomyolysis, dyspnea,
   dizziness, fever, neck_stiffness, paresthesia, numbness, cellulitis, dvt, limb_swelling, limb_erythema,
   leg_pain, chest_pain, fasciculation, muscle_wasting, malignancy, vte_history, myoglobinuria, seizure, smoker, pad,
-  hypothyroidism, ckd, diabetes, hypoglycemia, dehydration, hypokalemia, hyponatremia, hypomagnesemia,
-  hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency
+  hypothyroidism, ckd, ckd_stage_3_5, dialysis, heart_failure, diabetes, hypoglycemia, dehydration, hypokalemia,
+  hyponatremia, hypomagnesemia, hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ class MedicationUse:
     reference: str  # "MedicationRequest/<id>" or "MedicationStatement/<id>"
     codes: tuple[Coding, ...] = ()
     ended: datetime | None = None  # history only: when a stopped or completed course ended, if recorded
+    as_needed: bool | None = None  # True: every dosage is as needed (PRN); False: a regular dosage; None: no dosage
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,6 +180,8 @@ def medication_request(
         resource["authoredOn"] = _stamp(at(now, item["since"]))
     if "until" in item:
         resource["dispenseRequest"] = {"validityPeriod": {"end": _stamp(at(now, item["until"]))}}
+    if "as_needed" in item:
+        resource["dosageInstruction"] = [_dosage(item["as_needed"])]
     return resource
 
 
@@ -194,7 +196,17 @@ def medication_statement(item: Mapping[str, Any], index: int, now: datetime, pat
     period = {key: _stamp(at(now, item[name])) for key, name in (("start", "since"), ("end", "until")) if name in item}
     if period:
         resource["effectivePeriod"] = period
+    if "as_needed" in item:
+        resource["dosage"] = [_dosage(item["as_needed"])]
     return resource
+
+
+def _dosage(as_needed: bool) -> dict[str, Any]:
+    """A FHIR Dosage: as needed, or once daily."""
+    if as_needed:
+        return {"text": "as needed", "asNeededBoolean": True}
+    return {"text": "once daily", "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+            "asNeededBoolean": False}
 
 
 def patient(item: Mapping[str, Any] | None, patient_id: str = PATIENT_ID) -> Resource:

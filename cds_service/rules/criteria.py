@@ -123,7 +123,8 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         return Match(True, (timing,)) if timing else _not_found(criterion, facts)
     if type(criterion) is MedicationCriterion:
         found = tuple(
-            m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
+            m for m in facts.medications_in(criterion.classes)
+            if _use_matches(criterion.use, m) and _dosing_matches(criterion.as_needed, m)
         )
     elif type(criterion) is FindingCriterion:
         found = _current_findings(criterion, facts)
@@ -173,6 +174,12 @@ def _use_matches(use: str, medication: MedicationUse) -> bool:
     if use == "ordering":
         return medication.kind == "draft" and medication.selected
     return medication.kind != "draft"
+
+
+def _dosing_matches(as_needed: bool | None, medication: MedicationUse) -> bool:
+    if as_needed is None:
+        return True
+    return (medication.as_needed is True) == as_needed
 
 
 def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple[Finding, ...]:

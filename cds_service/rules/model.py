@@ -35,11 +35,15 @@ class FindingCriterion:
 
 @dataclass(frozen=True, slots=True)
 class MedicationCriterion:
-    """A medication of one of ``classes``: taken now (``current``), being ordered (``ordering``) or either."""
+    """A medication of one of ``classes``: taken now (``current``), being ordered (``ordering``) or either.
+
+    ``as_needed`` True matches only medicines whose recorded dosage is as needed (PRN); False matches every other
+    (a regular dosage, or none recorded); None ignores the dosage."""
 
     classes: frozenset[str]
     use: Literal["current", "ordering", "any"] = "current"
     label: str = ""
+    as_needed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
