@@ -451,6 +451,42 @@ def test_which_conditions_are_current(terminology: Terminology, kwargs: dict[str
     assert bool(facts.findings_of({"cramp"})) is counted
 
 
+def _category(*codes: str, system: str = "http://terminology.hl7.org/CodeSystem/condition-category") -> list[Any]:
+    return [{"coding": [{"system": system, "code": code}]} for code in codes]
+
+
+ENCOUNTER, PROBLEM = _category("encounter-diagnosis"), _category("problem-list-item")
+
+
+@pytest.mark.parametrize(("kwargs", "counted"), [
+    ({"category": ENCOUNTER, "recordedDate": ago(10)}, True),
+    ({"category": ENCOUNTER, "recordedDate": ago(29)}, True),
+    ({"category": ENCOUNTER, "recordedDate": ago(31)}, False),
+    ({"category": ENCOUNTER, "onsetDateTime": ago(3 * 365), "recordedDate": ago(3 * 365)}, False),  # one old visit
+    ({"category": ENCOUNTER, "onsetDateTime": ago(400), "recordedDate": ago(5)}, True),  # noted at a recent visit
+    ({"category": ENCOUNTER, "onsetDateTime": ago(5)}, True),  # no recordedDate: the onset dates the statement
+    ({"category": ENCOUNTER, "recordedDate": ago(5), "clinical": "resolved", "abatementDateTime": ago(60)}, False),
+    ({"category": PROBLEM, "onsetDateTime": ago(3 * 365), "recordedDate": ago(3 * 365)}, True),  # while active
+    ({"category": PROBLEM, "recordedDate": ago(3 * 365), "clinical": "inactive"}, False),
+    ({"category": _category("encounter-diagnosis", "problem-list-item"), "recordedDate": ago(400)}, True),
+    ({"category": _category("encounter-diagnosis", system="http://example.org/local"), "recordedDate": ago(400)},
+     False),  # matched by code, whatever the system
+    ({"category": _category("health-concern"), "recordedDate": ago(400)}, True),  # neither: its status decides
+])
+def test_an_encounter_diagnosis_speaks_for_its_visit(
+    terminology: Terminology, kwargs: dict[str, Any], counted: bool
+) -> None:
+    facts = facts_of(terminology, condition("c", SNOMED, "55300003", **kwargs))
+    assert bool(facts.findings_of({"cramp"})) is counted
+    assert len(facts.finding_history) == 1  # timing criteria still see every Condition
+
+
+def test_an_undated_encounter_diagnosis_is_not_used(terminology: Terminology) -> None:
+    facts = facts_of(terminology, condition("c", SNOMED, "55300003", category=ENCOUNTER))
+    assert not facts.findings
+    assert "Condition/c: encounter diagnosis without a date, not used" in facts.warnings
+
+
 def test_conditions_the_rules_need(terminology: Terminology) -> None:
     facts = facts_of(terminology, condition("t", SNOMED, "83664006"), condition("k", ICD, "N18.32"),
                      condition("d", SNOMED, "44054006"), condition("h", SNOMED, "38341003"))

@@ -178,6 +178,16 @@ def test_future_dated_results_are_ignored() -> None:
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
+def _merging(rule: dict, groups: list[str]) -> None:
+    """Give the rule ``merges_with`` in its place, right after ``group``."""
+    fields = list(rule.items())
+    rule.clear()
+    for key, value in fields:
+        rule[key] = value
+        if key == "group":
+            rule["merges_with"] = groups
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -192,6 +202,7 @@ def test_future_dated_results_are_ignored() -> None:
         (lambda d: d["card"].update(source="nowhere"), "'nowhere' is not the id of one"),
         (lambda d: d["card"].update(override_reasons=["because"]), "unknown codes because"),
         (lambda d: d["card"].update(summary="x" * 140), "is too long"),
+        (lambda d: _merging(d, ["hypokalemia"]), "at merges_with: names the rule's own group 'hypokalemia'"),
     ],
 )
 def test_invalid_rules_name_file_and_path(rules_copy: Path, change, message: str) -> None:
@@ -248,16 +259,53 @@ def test_a_failing_rule_costs_only_its_own_card(caplog: pytest.LogCaptureFixture
     assert "rule red-flag-urgent failed" in caplog.text
 
 
-def test_on_order_hooks_the_card_about_the_order_comes_first_among_equals() -> None:
-    record = facts(
-        labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 3.1, "mmol/L")],
-        meds=[med("atorvastatin", "statin", "draft", True), med("furosemide", "loop_diuretic")],
-    )
-    cards = evaluate(RULESET, record, "order-select", max_cards=5)
-    assert [(c.rule_id, c.indicator) for c in cards] == [
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_on_order_hooks_a_patient_level_card_shows_only_when_critical(hook: str) -> None:
+    """The low potassium on furosemide is a patient-level finding: shown on patient-view, left out while a statin
+    is being ordered, unless it is critical (then it comes first, by indicator)."""
+    ordering = [med("atorvastatin", "statin", "draft", True), med("furosemide", "loop_diuretic")]
+    record = facts(labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 3.1, "mmol/L")], meds=ordering)
+    assert [c.rule_id for c in evaluate(RULESET, record, "patient-view", max_cards=5)] == ["diuretic-hypokalemia"]
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, record, hook, max_cards=5)] == [
         ("draft-statin-raised-ck", "warning"),
-        ("diuretic-hypokalemia", "warning"),
     ]
+    severe = facts(labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 2.4, "mmol/L")], meds=ordering)
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, severe, hook, max_cards=5)] == [
+        ("diuretic-hypokalemia", "critical"),
+        ("draft-statin-raised-ck", "warning"),
+    ]
+
+
+def test_on_order_hooks_nothing_is_answered_before_a_drug_is_chosen() -> None:
+    record = facts(labs=[lab("ck", 900, "U/L", high=200)],
+                   meds=[med("atorvastatin", "statin"), med("atorvastatin", "statin", "draft", False)])
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, record, "patient-view", max_cards=5)] == [
+        ("statin-muscle-symptoms-ck", "warning"),
+    ]
+    assert evaluate(RULESET, record, "order-select", max_cards=5) == []
+
+
+@pytest.mark.parametrize("ck", [900, 2400])
+def test_a_finding_the_order_makes_worse_is_one_card_the_orders(ck: int) -> None:
+    """Atorvastatin taken and being ordered with a raised CK: the draft card carries the CK card's finding."""
+    record = facts(labs=[lab("ck", ck, "U/L", high=200)],
+                   meds=[med("atorvastatin", "statin"), med("atorvastatin", "statin", "draft", True)])
+    (card,) = evaluate(RULESET, record, "order-sign", max_cards=5)
+    assert (card.rule_id, card.related) == ("draft-statin-raised-ck", ("statin-muscle-symptoms-ck",))
+    assert card.indicator == ("critical" if ck > 2000 else "warning")
+    detail = card.card["detail"]
+    assert "**Also relevant**" in detail and f"CK {ck} U/L" in detail.split("**Also relevant**")[1]
+    labels = [s["label"] for s in card.card["suggestions"]]
+    assert labels[0] == "Remove the draft atorvastatin order" and "Order a repeat CK" in labels
+
+
+def test_an_order_for_a_diuretic_merges_the_low_potassium_it_makes_worse() -> None:
+    record = facts(labs=[lab("potassium", 2.4, "mmol/L")],
+                   meds=[med("furosemide", "loop_diuretic"), med("furosemide", "loop_diuretic", "draft", True)])
+    (card,) = evaluate(RULESET, record, "order-sign", max_cards=5)
+    assert (card.rule_id, card.indicator, card.related) == (
+        "draft-diuretic-low-electrolyte", "critical", ("diuretic-hypokalemia",)
+    )
 
 
 @pytest.mark.parametrize(
@@ -268,7 +316,8 @@ def test_on_order_hooks_the_card_about_the_order_comes_first_among_equals() -> N
 @pytest.mark.parametrize("potassium", [2.4, 3.1])
 def test_potassium_sparing_diuretics_are_never_told_to_add_potassium(culprits: tuple, potassium: float) -> None:
     meds = [med("spironolactone", "potassium_sparing_diuretic"), *(med(name, cls) for name, cls in culprits)]
-    for hook in ("patient-view", "order-sign"):
+    # order hooks answer a patient-level problem only when it is critical
+    for hook in ("patient-view", "order-sign") if potassium < 2.5 else ("patient-view",):
         cards = evaluate(RULESET, facts(labs=[lab("potassium", potassium, "mmol/L")], meds=meds), hook, max_cards=10)
         assert cards, "a low potassium with cramps always gets a card"
         for card in cards:

@@ -85,6 +85,7 @@ class Finding:
     recorded: datetime | None
     resource: str  # "Condition/<id>" or "Observation/<id>"
     abated: datetime | None = None  # a Condition's abatementDateTime (or abatementPeriod end)
+    category: str = ""  # a Condition's problem-list-item or encounter-diagnosis (facts.findings), else ""
 
     @property
     def date(self) -> datetime | None:
