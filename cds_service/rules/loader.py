@@ -223,7 +223,8 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         return FindingCriterion(concepts, within, label)
     if "medication" in spec:
         classes = _known(ctx, f"{where}/medication", spec["medication"], "medication_classes", "medication class")
-        return MedicationCriterion(classes, spec.get("use", "current"), label, spec.get("as_needed"))
+        taken_for = parse_duration(spec["taken_for"]) if "taken_for" in spec else None
+        return MedicationCriterion(classes, spec.get("use", "current"), label, spec.get("as_needed"), taken_for)
     if "age" in spec:
         limits = spec["age"]
         return AgeCriterion(limits.get("at_least"), limits.get("below"), label, spec.get("basis", ""))
