@@ -60,7 +60,7 @@ def json_bytes() -> bytes:
     """The raw request body, once its media type says JSON (415 otherwise; 413 if too large)."""
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise CdsError(UNSUPPORTED_MEDIA_TYPE, f"Got {mimetype}; send application/json.")
+        raise CdsError(UNSUPPORTED_MEDIA_TYPE, "Send the body as application/json.")  # never echo the header
     raw = request.get_data(cache=False)
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit:
