@@ -32,8 +32,17 @@ def authenticate() -> None:
     if request.method == "OPTIONS" or not auth.enabled:
         return
     base = server_base_url(request.environ)
-    audiences = [auth.audience_for(path, base) for path in endpoint_paths()]
+    audiences = [auth.audience_for(path, base) for path in _own_paths()]
     g.claims = auth.authenticate(request.headers.get("Authorization"), audiences)
+
+
+def _own_paths() -> tuple[str, ...]:
+    """The endpoint's spellings, or its route pattern when the path names no known service: a URL may hold a
+    token, and the audience is logged when a JWT is refused (no token's ``aud`` names the pattern, so it is)."""
+    service_id = (request.view_args or {}).get("service_id")
+    rule = request.url_rule
+    unknown = service_id is not None and components().runtime.registry.get(str(service_id)) is None
+    return (rule.rule,) if unknown and rule is not None else endpoint_paths()
 
 
 def server_base_url(environ: Mapping[str, Any]) -> str:

@@ -45,7 +45,7 @@ def _service_label() -> str:
     return "-"
 
 
-def _logged_path(service: str) -> str:
+def logged_path() -> str:
     """The path, when every part of it is the service's own: a route without variables or a known service id.
 
     Anything else a client put in the URL (an unknown service id, a path no route knows) may hold a token or a
@@ -53,7 +53,7 @@ def _logged_path(service: str) -> str:
     rule = request.url_rule
     if rule is None:
         return "(no route)"
-    if rule.arguments and service == "-":
+    if rule.arguments and _service_label() == "-":
         return rule.rule
     return request.path
 
@@ -72,7 +72,7 @@ def register(app: Flask) -> None:
         metrics.observe_request(endpoint, service, response.status_code, seconds)
         fields: dict[str, Any] = {
             "method": request.method,
-            "path": _logged_path(service),
+            "path": logged_path(),
             "service": service,
             "status": response.status_code,
             "duration_ms": round(seconds * 1000, 1),
