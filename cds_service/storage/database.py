@@ -1,13 +1,14 @@
 """The shared database (SQLAlchemy Core): SQLite by default, PostgreSQL when ``database_url`` says so.
 
-It holds what several workers and instances must agree on: clinician feedback and seen JWT ids (replay
-protection). Access tokens and JWTs themselves are never stored. The tables below are the code's model of the
+It holds what several workers and instances must agree on: clinician feedback, the cards issued (for analytics
+and the repeat check), hook calls per day, and seen JWT ids (replay protection). Access tokens and JWTs themselves are never stored. The tables below are the code's model of the
 schema; the database gets them from the Alembic migrations (cds_service.storage.schema), which a test keeps equal.
 """
 from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Date,
     DateTime,
     Engine,
     Index,
@@ -57,8 +58,25 @@ issued_cards = Table(
     Column("rule_id", String(128), nullable=False),
     Column("indicator", String(16), nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
+    # Since revision 0002 (empty or NULL in older rows): the UTC day of issued_at, for per-day analytics; whether
+    # the card was shown or only recorded (a silent rule); the hashed patient id; and the finding's fingerprint
+    # (cds_service.governance.finding_fingerprint), which the repeat check looks up.
+    Column("issued_on", Date, nullable=True),
+    Column("deployment", String(8), nullable=False, server_default="active"),
+    Column("patient", String(16), nullable=False, server_default=""),
+    Column("finding", String(64), nullable=False, server_default=""),
 )
 Index("ix_issued_cards_issued_at", issued_cards.c.issued_at)
+Index("ix_issued_cards_issued_on", issued_cards.c.issued_on)
+Index("ix_issued_cards_finding", issued_cards.c.finding, issued_cards.c.issued_at)
+
+hook_calls_daily = Table(  # hook calls answered per UTC day and service: the denominator of firing rates
+    "hook_calls_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("service_id", String(128), primary_key=True),
+    Column("calls", Integer, nullable=False),
+)
 
 seen_jti = Table(
     "seen_jti",
