@@ -7,7 +7,6 @@ with its status and duration. Probes and scrapes are logged at DEBUG to keep the
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict
@@ -23,11 +22,6 @@ from .paths import path_as_called
 
 log = logging.getLogger("cds_service.requests")
 QUIET_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics.metrics"})
-
-
-def patient_hash(patient_id: str) -> str:
-    """A short one-way hash of the patient id, so logs can correlate calls without naming the patient."""
-    return hashlib.sha256(patient_id.encode()).hexdigest()[:16]
 
 
 def record_summary(record: PatientRecord) -> dict[str, Any]:

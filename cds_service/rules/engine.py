@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .cards import Firing, build_card
+from .cards import Firing, build_card, evidence_lines
 from ..facts.model import PatientFacts
 from .criteria import Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
@@ -41,6 +41,7 @@ class IssuedCard:
     indicator: str
     card: dict[str, Any]
     related: tuple[str, ...] = ()  # ids of rules about the same problem whose findings were merged in
+    evidence: tuple[str, ...] = ()  # the card's evidence lines (Markdown): what the repeat check compares
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,8 @@ class RuleSet:
 
     @classmethod
     def load(cls, directory: Path | None, terminology: Vocabulary | None) -> RuleSet:
-        """Load every rule below ``directory`` (None: the shipped rules); RuleError on the first bad file."""
+        """Load every rule below ``directory`` (None: the shipped rules), deprecated ones too (a site may still
+        deploy them: cds_service.governance); RuleError on the first bad file."""
         directory = directory or shipped_rules_dir()
         if not directory.is_dir():
             raise RuleError(f"{directory}: the rules directory does not exist")
@@ -70,8 +72,7 @@ class RuleSet:
             if rule.id in seen:
                 raise RuleError(f"{path}: at id: {rule.id!r} is also the id of {seen[rule.id]}")
             seen[rule.id] = path
-            if rule.status != "deprecated":
-                rules.append(rule)
+            rules.append(rule)
         return cls.of(rules, directory)
 
     @classmethod
@@ -176,4 +177,5 @@ def _issue(group: Sequence[Firing], facts: PatientFacts) -> IssuedCard:
         indicator=primary.indicator,
         card=build_card(primary, related, facts),
         related=tuple(f.rule.id for f in related),
+        evidence=tuple(evidence_lines(primary)),
     )

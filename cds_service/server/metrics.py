@@ -26,7 +26,12 @@ REQUEST_SECONDS = Histogram(
     ["endpoint", "service", "status"],
     buckets=LATENCY_BUCKETS,
 )
-CARDS = Counter("cds_cards", "Cards returned to the EHR, by rule and indicator.", ["rule", "indicator"])
+CARDS = Counter(
+    "cds_cards",
+    "Cards issued, by rule, indicator and deployment: active (returned to the EHR) or silent (recorded only).",
+    ["rule", "indicator", "deployment"],
+)
+REPEATS = Counter("cds_card_repeats", "Cards left out as repeats of a finding issued recently, by rule.", ["rule"])
 INCOMPLETE = Counter(
     "cds_hook_incomplete_records",
     "Hook calls answered while some prefetch key's data was partial or missing, by service.",
@@ -57,10 +62,15 @@ def observe_request(endpoint: str, service: str, status: int, seconds: float) ->
     REQUEST_SECONDS.labels(endpoint, service, str(status)).observe(seconds)
 
 
-def count_cards(service: str, cards: Iterable[tuple[str, str]], incomplete: bool) -> None:
-    """Count the (rule id, indicator) of each card sent, and the call if its record was incomplete."""
-    for rule, indicator in cards:
-        CARDS.labels(rule, indicator).inc()
+def count_cards(
+    service: str, cards: Iterable[tuple[str, str, str]], repeats: Iterable[str], incomplete: bool
+) -> None:
+    """Count the (rule id, indicator, deployment) of each card issued, the rule ids of the repeats left out, and
+    the call if its record was incomplete."""
+    for rule, indicator, deployment in cards:
+        CARDS.labels(rule, indicator, deployment).inc()
+    for rule in repeats:
+        REPEATS.labels(rule).inc()
     if incomplete:
         INCOMPLETE.labels(service).inc()
 

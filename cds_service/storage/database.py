@@ -117,6 +117,17 @@ def insert_ignoring_duplicates(engine: Engine, table: Table, *unique_columns: st
     return dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique_columns) or None)
 
 
+def add_to_counts(engine: Engine, table: Table, count_column: str) -> Insert:
+    """``INSERT`` into ``table`` that adds ``count_column`` to the row with the same primary key when there is one
+    (``ON CONFLICT DO UPDATE``), so several processes can add to one counter."""
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[engine.dialect.name]
+    insert = dialect.insert(table)
+    keys = [column.name for column in table.primary_key.columns]
+    return insert.on_conflict_do_update(
+        index_elements=keys, set_={count_column: table.c[count_column] + insert.excluded[count_column]}
+    )
+
+
 def is_reachable(engine: Engine) -> bool:
     try:
         with engine.connect() as conn:
