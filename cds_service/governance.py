@@ -100,9 +100,8 @@ def _repeat(card: IssuedCard, seen_indicator: str | None) -> bool:
 def _known_rules(key: str, table: Mapping[str, object], ruleset: RuleSet) -> None:
     unknown = sorted(set(table) - set(ruleset.by_id))
     if unknown:
-        raise ConfigError(
-            f"configuration error: {key}.{unknown[0]}: unknown rule id (the rules are {', '.join(sorted(ruleset.by_id))})"
-        )
+        known = ", ".join(sorted(ruleset.by_id))
+        raise ConfigError(f"configuration error: {key}.{unknown[0]}: unknown rule id (the rules are {known})")
 
 
 def with_override_reasons(ruleset: RuleSet, site: Mapping[str, OverrideReason]) -> RuleSet:
@@ -119,7 +118,8 @@ def with_override_reasons(ruleset: RuleSet, site: Mapping[str, OverrideReason]) 
         )
     codings = {code: Coding(reason.system, code, reason.display) for code, reason in site.items()}
     rules = [
-        replace(r, card=replace(r.card, override_reasons=tuple(codings.get(c.code, c) for c in r.card.override_reasons)))
-        for r in ruleset.rules
+        replace(rule, card=replace(rule.card, override_reasons=tuple(codings.get(c.code, c) for c in offered)))
+        for rule in ruleset.rules
+        for offered in [rule.card.override_reasons]
     ]
     return RuleSet.of(rules, ruleset.directory)

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service import create_app
+from support.governance import EVERY_CALL_ANEW
 
 FIXTURE_NOW = "2026-11-01T00:00:00Z"  # the evaluation time the project's fixtures are written for
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def make_app(tmp_path: Path) -> Iterator[Any]:
     apps: list[Flask] = []
 
     def build(**config: Any) -> Flask:
-        settings = {"data_dir": str(tmp_path / "data"), "now": FIXTURE_NOW, **config}
+        settings = {"data_dir": str(tmp_path / "data"), "now": FIXTURE_NOW, **EVERY_CALL_ANEW, **config}
         app = create_app(settings)
         app.testing = True
         apps.append(app)

@@ -196,7 +196,7 @@ def test_analytics_page_shows_the_dismissal_per_rule(page, server) -> None:
     open_viewer(page, base)
     call_with_pasted_request(page, todays_critical_request())
     card = page.locator("article.card").first
-    card.locator("select.dismiss__reason").select_option(label="Recommended action was already completed")
+    card.locator("select.dismiss__reason").select_option(label="Already done")
     card.locator("button.dismiss__button").click()
     page.wait_for_selector("article.card[data-outcome='overridden']")
 
@@ -212,7 +212,7 @@ def test_analytics_page_shows_the_dismissal_per_rule(page, server) -> None:
         RULE_ID, str(rule["shown"]), f"{rule['shownByIndicator']['critical']} / 0 / 0",
         str(rule["accepted"]), str(rule["overridden"]), str(rule["noFeedback"]),
     ]
-    assert "Recommended action was already completed (action-completed): " in cells[7]
+    assert "Already done (action-completed): " in cells[7]
     screenshot(page, "viewer-analytics")
 
 

@@ -39,7 +39,10 @@ def call_service(service_id: str):
     )
     record = answer.record
     metrics.count_cards(
-        service.id, ((i.rule_id, i.indicator, how) for i, how in issued), (i.rule_id for i in answer.repeats), bool(record.incomplete)
+        service.id,
+        ((i.rule_id, i.indicator, how) for i, how in issued),
+        (i.rule_id for i in answer.repeats),
+        bool(record.incomplete),
     )
     if record.unread:
         metrics.count_unread(record.unread)

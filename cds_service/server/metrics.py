@@ -14,7 +14,9 @@ import os
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # EHRs drop a hook's cards after about a second, so the interesting resolution is below that.
@@ -97,10 +99,35 @@ def count_feedback(service: str, outcomes: Iterable[str], repeats: int) -> None:
         FEEDBACK_REPEATS.labels(service).inc(repeats)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics text and its content type, added up over all workers in multiprocess mode."""
+class _FiringRateAnomalies(Collector):
+    """``cds_rule_firing_rate_anomaly``: read from the database at each scrape, so it is one value for every worker
+    and instance (cds_service.storage.analytics explains the check)."""
+
+    def __init__(self, anomalies: Mapping[str, bool]) -> None:
+        self._anomalies = anomalies
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "cds_rule_firing_rate_anomaly",
+            "1 when the rule's firing rate today (cards per hook call, UTC day) is outside its usual band, else 0.",
+            labels=["rule"],
+        )
+        for rule, flagged in sorted(self._anomalies.items()):
+            gauge.add_metric([rule], 1.0 if flagged else 0.0)
+        yield gauge
+
+
+def exposition(anomalies: Mapping[str, bool] | None = None) -> tuple[bytes, str]:
+    """The metrics text and its content type, added up over all workers in multiprocess mode, with the firing-rate
+    gauge of ``anomalies`` (rule id -> flagged) when given."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    if anomalies is not None:
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(_FiringRateAnomalies(anomalies))
+        text += generate_latest(extra)
+    return text, CONTENT_TYPE_LATEST

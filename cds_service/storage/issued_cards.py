@@ -71,10 +71,8 @@ class IssuedCardLog:
         """Count one hook call of ``service_id`` at ``at`` (UTC) and queue one row per card it issued (an
         ``IssuedRow``, or its first fields); ``patient`` is the hashed patient id."""
         day = at.date()
-        rows = [
-            {"service_id": service_id, "issued_at": at, "issued_on": day, "patient": patient, **IssuedRow(*card)._asdict()}
-            for card in cards
-        ]
+        call = {"service_id": service_id, "issued_at": at, "issued_on": day, "patient": patient}
+        rows = [{**call, **IssuedRow(*card)._asdict()} for card in cards]
         with self._calls_lock:
             self._calls[(day, service_id)] += 1
         self._dropped += max(len(self._pending) + len(rows) - MAX_PENDING, 0)
@@ -88,7 +86,8 @@ class IssuedCardLog:
         found: dict[str, str] = {}
 
         def note(finding: str, issued_at: datetime, indicator: str) -> None:
-            if issued_at >= since[finding] and INDICATOR_RANK[indicator] < INDICATOR_RANK.get(found.get(finding, ""), 9):
+            earlier = found.get(finding)
+            if issued_at >= since[finding] and (earlier is None or INDICATOR_RANK[indicator] < INDICATOR_RANK[earlier]):
                 found[finding] = indicator
 
         for row in list(self._pending):
@@ -125,7 +124,7 @@ class IssuedCardLog:
                     if batch:
                         conn.execute(self._insert, batch)
                     if calls:
-                        counts = [{"day": day, "service_id": service, "calls": n} for (day, service), n in calls.items()]
+                        counts = [{"day": d, "service_id": service, "calls": n} for (d, service), n in calls.items()]
                         conn.execute(self._add_calls, counts)
             except SQLAlchemyError as exc:
                 self._pending.extendleft(reversed(batch))
