@@ -17,14 +17,12 @@ from cds_service import create_app
 from cds_service.config import ConfigError
 from cds_service.storage.analytics import BASELINE_DAYS, MIN_CALLS
 from cds_service.storage.database import issued_cards
-from cds_service.storage.issued_cards import IssuedRow
+from support.governance import EXPERIMENTAL, GOVERNED, seed_history
 from support.hookcalls import PATIENT_ID, SERVICE_IDS
 from support.viewer_requests import RULE_ID, critical_request
 
 PV = SERVICE_IDS["patient-view"]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-EXPERIMENTAL = "potassium-sparing-hyperkalemia"  # status: experimental
-GOVERNED = {"repeat_after": "P1D", "rule_deployment": {}}  # the site defaults (test builders start elsewhere)
 NOT_APPLICABLE = "Not relevant for this patient"
 
 
@@ -196,23 +194,9 @@ def test_a_site_names_its_own_override_reasons(make_app) -> None:
 # --- firing-rate check --------------------------------------------------------------------------------------------
 
 
-def seed_history(app: Any, rule_id: str, today_firings: int) -> None:
-    """Fifteen days of hook calls: the rule fired on 10 % of 100 calls a day (9 to 11), today on ``today_firings``
-    of ``MIN_CALLS`` calls."""
-    log = app.extensions["cds_service"].issued
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    for back in range(BASELINE_DAYS, -1, -1):
-        at = today - timedelta(days=back)
-        calls, firings = (MIN_CALLS, today_firings) if back == 0 else (100, 9 + back % 3)
-        for n in range(calls):
-            cards = [IssuedRow(str(uuid.uuid4()), rule_id, "warning", "silent")] if n < firings else []
-            log.add(PV, cards, at)
-    log.flush()
-
-
 def test_a_jump_in_a_rule_s_firing_rate_is_flagged_on_the_page_data_and_the_gauge(make_app) -> None:
     app = make_app(**GOVERNED)
-    seed_history(app, EXPERIMENTAL, today_firings=12)  # 60 % of today's calls
+    seed_history(app.extensions["cds_service"].engine, EXPERIMENTAL, today_firings=12)  # 60 % of today's calls
     with app.test_client() as client:
         report = client.get("/analytics").get_json()
         gauge = client.get("/metrics").get_data(as_text=True)
@@ -229,7 +213,7 @@ def test_a_jump_in_a_rule_s_firing_rate_is_flagged_on_the_page_data_and_the_gaug
 
 def test_a_usual_day_is_not_flagged(make_app) -> None:
     app = make_app(**GOVERNED)
-    seed_history(app, EXPERIMENTAL, today_firings=2)  # 10 %
+    seed_history(app.extensions["cds_service"].engine, EXPERIMENTAL, today_firings=2)  # 10 %
     with app.test_client() as client:
         assert client.get("/analytics").get_json()["flaggedRules"] == []
         assert f'cds_rule_firing_rate_anomaly{{rule="{EXPERIMENTAL}"}} 0.0' in client.get("/metrics").get_data(

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from cds_service.storage.database import feedback, open_database
 from cds_service.viewer.examples import shift_days, shifted
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
+from support.governance import EXPERIMENTAL, GOVERNED, as_environment, seed_history
 from support.hookcalls import SERVICE_IDS
 from support.live import serve
 from support.viewer_requests import RULE_ID, critical_request
@@ -208,11 +209,11 @@ def test_analytics_page_shows_the_dismissal_per_rule(page, server) -> None:
     rule = next(r for r in report["rules"] if r["ruleId"] == RULE_ID)
     assert rule["overridden"] >= 1
     cells = row.locator("td").all_inner_texts()
-    assert cells[:6] == [
-        RULE_ID, str(rule["shown"]), f"{rule['shownByIndicator']['critical']} / 0 / 0",
+    assert cells[:8] == [
+        RULE_ID, "active", str(rule["shown"]), "0", f"{rule['shownByIndicator']['critical']} / 0 / 0",
         str(rule["accepted"]), str(rule["overridden"]), str(rule["noFeedback"]),
     ]
-    assert "Already done (action-completed): " in cells[7]
+    assert "Already done (action-completed): " in cells[10]
     screenshot(page, "viewer-analytics")
 
 
@@ -247,3 +248,36 @@ def test_markdown_renders_the_subset_cards_use(page, server) -> None:
         [source for source, _ in MARKDOWN_CASES],
     )
     assert rendered == [html for _, html in MARKDOWN_CASES]
+
+
+def test_analytics_page_shows_silent_firings_and_flags_an_unusual_firing_rate(page, tmp_path) -> None:
+    """A site on its defaults: the experimental rule runs silent. Fifteen days of history in the server's database
+    (the rule fired on about a tenth of the calls), then today it fires on most: the page flags it."""
+    env = as_environment(GOVERNED)
+    with serve(tmp_path, env=env) as base:
+        engine = open_database(f"sqlite:///{tmp_path / 'data' / 'cds-service.sqlite3'}")
+        try:
+            seed_history(engine, EXPERIMENTAL, today_firings=12)
+        finally:
+            engine.dispose()
+        example = next(n for n, e in json.loads(EXPECTATIONS.read_text())["fixtures"].items()
+                       if e["rules"] == [EXPERIMENTAL])
+        page.goto(f"{base}/viewer/")
+        page.wait_for_selector("body[data-ready='true']")
+        page.select_option("#example", Path(example).stem)
+        page.click("#call")
+        expect(page.locator("#call-status")).to_contain_text("0 cards")  # silent: recorded, not shown
+
+        page.click("text=Feedback analytics")
+        page.wait_for_selector("body[data-ready='true']")
+        row = page.locator(f"tr[data-rule-id='{EXPERIMENTAL}']")
+        expect(row).to_have_attribute("data-flagged", "true")
+        cells = row.locator("td").all_inner_texts()
+        report = page.evaluate("async () => (await fetch('../analytics')).json()")
+        silent = next(r for r in report["rules"] if r["ruleId"] == EXPERIMENTAL)["silent"]
+        assert cells[:4] == [EXPERIMENTAL, "silent", "0", str(silent)]
+        assert cells[11].startswith("Unusual firing rate: ")
+        today = datetime.now(UTC).date().isoformat()  # twelve seeded silent firings, one from the viewer's call
+        assert page.locator(f"tr[data-day='{today}'] td").all_inner_texts() == [today, "21", "0", "13", "0.00"]
+        expect(page.locator("p.flagged")).to_have_text(f"Unusual firing rate today: {EXPERIMENTAL}.")
+        screenshot(page, "viewer-analytics-silent-flagged")

@@ -8,12 +8,24 @@ tests of governance itself (tests/test_governance.py, tests/test_repeats.py) set
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import Engine
+
+from cds_service.storage.analytics import BASELINE_DAYS, MIN_CALLS
+from cds_service.storage.issued_cards import IssuedCardLog, IssuedRow
+
+from .hookcalls import SERVICE_IDS
+
+EXPERIMENTAL = "potassium-sparing-hyperkalemia"  # status: experimental, so silent on a site's defaults
+GOVERNED: Mapping[str, Any] = {"repeat_after": "P1D", "rule_deployment": {}}  # a site's defaults
 
 EVERY_CALL_ANEW: Mapping[str, Any] = {
     "repeat_after": "PT0S",
-    "rule_deployment": {"potassium-sparing-hyperkalemia": "active"},  # experimental: silent by default
+    "rule_deployment": {EXPERIMENTAL: "active"},
 }
 
 
@@ -22,3 +34,16 @@ def as_environment(settings: Mapping[str, Any]) -> dict[str, str]:
     return {
         f"CDS_{key.upper()}": value if isinstance(value, str) else json.dumps(value) for key, value in settings.items()
     }
+
+
+def seed_history(engine: Engine, rule_id: str, today_firings: int) -> None:
+    """Fifteen days of patient-view calls in ``engine``'s database, as the service records them: the rule fired
+    silently on 9 to 11 of 100 calls a day, and today on ``today_firings`` of ``MIN_CALLS`` calls."""
+    log = IssuedCardLog(engine, 60)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    for back in range(BASELINE_DAYS, -1, -1):
+        calls, firings = (MIN_CALLS, today_firings) if back == 0 else (100, 9 + back % 3)
+        for n in range(calls):
+            cards = [IssuedRow(str(uuid.uuid4()), rule_id, "warning", "silent")] if n < firings else []
+            log.add(SERVICE_IDS["patient-view"], cards, today - timedelta(days=back))
+    log.flush()
