@@ -17,23 +17,13 @@ from cds_service import create_app
 from cds_service.config import ConfigError
 from cds_service.storage.analytics import BASELINE_DAYS, MIN_CALLS
 from cds_service.storage.database import issued_cards
-from support.governance import EXPERIMENTAL, GOVERNED, seed_history
+from support.governance import EXPERIMENTAL, GOVERNED, potassium_request, seed_history
 from support.hookcalls import PATIENT_ID, SERVICE_IDS
 from support.viewer_requests import RULE_ID, critical_request
 
 PV = SERVICE_IDS["patient-view"]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NOT_APPLICABLE = "Not relevant for this patient"
-
-
-def potassium_request(value: float, user: str = "Practitioner/COREPRACTITIONER1", day: str = "2026-10-27") -> dict:
-    """Cramps on furosemide with one potassium result: below 2.5 mmol/L critical, below 3.5 a warning."""
-    body = critical_request()
-    lab = body["prefetch"]["labs"]["entry"][0]["resource"]
-    lab["valueQuantity"]["value"] = value
-    lab["effectiveDateTime"] = f"{day}T09:00:00Z"
-    body["context"]["userId"] = user
-    return body
 
 
 def fixture_request(name: str) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""Settings for tests about what the rules conclude rather than about rule governance.
+"""Rule governance in tests: the settings evaluation tests start from, a site's defaults, and governance data.
 
 Those tests call the same fixture patients again and again and expect every rule's card each time, the
 experimental ones too; a site's defaults (repeats left out for a day, experimental rules silent) would hide
 cards from the second call on. The test builders (``make_app``, ``serve``, ``ServiceInstance``) start from these;
-tests of governance itself (tests/test_governance.py, tests/test_repeats.py) set the keys they test.
+tests of governance itself (tests/test_governance.py, tests/test_repeats.py) start from ``GOVERNED``.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from cds_service.storage.analytics import BASELINE_DAYS, MIN_CALLS
 from cds_service.storage.issued_cards import IssuedCardLog, IssuedRow
 
 from .hookcalls import SERVICE_IDS
+from .viewer_requests import critical_request
 
 EXPERIMENTAL = "potassium-sparing-hyperkalemia"  # status: experimental, so silent on a site's defaults
 GOVERNED: Mapping[str, Any] = {"repeat_after": "P1D", "rule_deployment": {}}  # a site's defaults
@@ -34,6 +35,18 @@ def as_environment(settings: Mapping[str, Any]) -> dict[str, str]:
     return {
         f"CDS_{key.upper()}": value if isinstance(value, str) else json.dumps(value) for key, value in settings.items()
     }
+
+
+def potassium_request(
+    value: float, user: str = "Practitioner/COREPRACTITIONER1", day: str = "2026-10-27"
+) -> dict[str, Any]:
+    """Cramps on furosemide with one potassium result: below 2.5 mmol/L critical, below 3.5 a warning."""
+    body = critical_request()
+    lab = body["prefetch"]["labs"]["entry"][0]["resource"]
+    lab["valueQuantity"]["value"] = value
+    lab["effectiveDateTime"] = f"{day}T09:00:00Z"
+    body["context"]["userId"] = user
+    return body
 
 
 def seed_history(engine: Engine, rule_id: str, today_firings: int) -> None:
