@@ -13,6 +13,7 @@ from fhir.resources.R4B.patient import Patient
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime, answer_hook
 from cds_service.wire.validation import empty_elements, first_error, response_problems
+from support.governance import EVERY_CALL_ANEW
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EXPECTATIONS = json.loads((FIXTURES / "expectations.json").read_text("utf-8"))
@@ -21,7 +22,7 @@ NAMES = sorted(EXPECTATIONS["fixtures"])
 
 @pytest.fixture(scope="module")
 def runtime() -> Runtime:
-    return Runtime.load(load_config(overrides={"now": EXPECTATIONS["now"]}))
+    return Runtime.load(load_config(overrides={"now": EXPECTATIONS["now"], **EVERY_CALL_ANEW}))
 
 
 def _load(name: str) -> dict[str, Any]:
