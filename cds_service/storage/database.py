@@ -2,7 +2,8 @@
 
 It holds what several workers and instances must agree on: clinician feedback, the cards issued (for
 analytics and the repeat check), hook calls per day, and seen JWT ids (replay protection). Access tokens and
-JWTs themselves are never stored. The tables below are the code's model of the schema; the database gets them from the Alembic migrations (cds_service.storage.schema), which a test keeps equal.
+JWTs themselves are never stored. The tables below are the code's model of the schema; the database gets them
+from the Alembic migrations (cds_service.storage.schema), which a test keeps equal.
 """
 from __future__ import annotations
 
