@@ -290,12 +290,12 @@ def firing_rates(conn: Any, calls: Mapping[date, int], day: date, rule_ids: Iter
     """Each rule's firing rate on ``day`` with its baseline (``calls``: hook calls per day, covering the baseline)."""
     first = day - timedelta(days=BASELINE_DAYS)
     on = issued_cards.c.issued_on
+    firings: dict[str, dict[date, int]] = {rule_id: {} for rule_id in rule_ids}
     query = (
         select(issued_cards.c.rule_id, on, func.count())
-        .where(on >= first, on <= day, issued_cards.c.rule_id.in_(list(set(rule_ids))))
+        .where(on >= first, on <= day, issued_cards.c.rule_id.in_(list(firings)))
         .group_by(issued_cards.c.rule_id, on)
     )
-    firings: dict[str, dict[date, int]] = {rule_id: {} for rule_id in rule_ids}
     for rule_id, on_day, count in conn.execute(query):
         firings[rule_id][_as_date(on_day)] = count
     before = [first + timedelta(days=n) for n in range(BASELINE_DAYS)]

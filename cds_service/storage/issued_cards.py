@@ -70,7 +70,7 @@ class IssuedCardLog:
     def add(self, service_id: str, cards: Iterable[tuple[str, ...]], at: datetime, patient: str = "") -> None:
         """Count one hook call of ``service_id`` at ``at`` (UTC) and queue one row per card it issued (an
         ``IssuedRow``, or its first fields); ``patient`` is the hashed patient id."""
-        day = at.date()
+        day = at.astimezone(UTC).date()
         call = {"service_id": service_id, "issued_at": at, "issued_on": day, "patient": patient}
         rows = [{**call, **IssuedRow(*card)._asdict()} for card in cards]
         with self._calls_lock:
