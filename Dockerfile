@@ -34,8 +34,9 @@ WORKDIR /home/cds
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
-# Listening beyond loopback needs trusted JWT issuers (CDS_CONFIG=/path/config.toml or CDS_TRUSTED_ISSUERS):
-# without them `serve` exits with a message saying so. Arguments after the image name are appended to the
-# entrypoint: local demos may append --insecure (deploy/compose does); production must not.
+# Listening beyond loopback needs trusted JWT issuers (CDS_CONFIG=/path/config.toml or CDS_TRUSTED_ISSUERS) and
+# the URL clients call (CDS_PUBLIC_BASE_URL, which JWT aud is checked against): without them `serve` exits with a
+# message saying so. Arguments after the image name are appended to the entrypoint: local demos may append
+# --insecure (deploy/compose does); production must not.
 ENTRYPOINT ["cds-service", "serve", "--host", "0.0.0.0", "--port", "8080"]
 CMD []

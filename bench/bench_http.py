@@ -119,7 +119,8 @@ def _lab(rng: random.Random, analyte: Analyte, at: datetime, recent: bool, seria
         "valueQuantity": _quantity(value, analyte.unit),
     }
     if rng.random() < 0.6:
-        lab["referenceRange"] = [{"low": _quantity(analyte.low, analyte.unit), "high": _quantity(analyte.high, analyte.unit)}]
+        low, high = _quantity(analyte.low, analyte.unit), _quantity(analyte.high, analyte.unit)
+        lab["referenceRange"] = [{"low": low, "high": high}]
     if value < analyte.low or value > analyte.high:
         flag = "L" if value < analyte.low else "H"
         lab["interpretation"] = [_coding(INTERPRETATION, flag, "Low" if flag == "L" else "High")]
@@ -158,7 +159,9 @@ def make_prefetch(count: int, now: datetime, seed: int) -> dict[str, Any]:
                 "http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed", "Confirmed"
             ),
             "category": [
-                _coding("http://terminology.hl7.org/CodeSystem/condition-category", "problem-list-item", "Problem List Item")
+                _coding(
+                    "http://terminology.hl7.org/CodeSystem/condition-category", "problem-list-item", "Problem List Item"
+                )
             ],
             "code": _coding(SNOMED, code, display),
             "subject": subject,
@@ -175,7 +178,10 @@ def make_prefetch(count: int, now: datetime, seed: int) -> dict[str, Any]:
             "medicationCodeableConcept": _coding(RXNORM, rxcui, display),
             "subject": subject,
             "authoredOn": authored.date().isoformat(),
-            "dosageInstruction": [{"text": "1 tablet by mouth once daily", "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}}],
+            "dosageInstruction": [{
+                "text": "1 tablet by mouth once daily",
+                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+            }],
         }
 
     cramp = {
@@ -365,6 +371,14 @@ class Sample:
         return self.completed_in_windows / self.busy_seconds if self.busy_seconds else 0.0
 
 
+@dataclass(frozen=True)
+class Reply:
+    seconds: float
+    status: int  # 0 when no answer came
+    payload: bytes
+    failure: str = ""  # the exception's name when no answer came
+
+
 class Client:
     """One keep-alive connection, as an EHR's HTTP client pool would hold."""
 
@@ -382,17 +396,20 @@ class Client:
         self.conn.close()
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
 
-    def post(self, body: bytes) -> tuple[float, bool]:
+    def send(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:
+        """POST ``body`` to ``path`` as JSON (``headers`` may override that); reconnects after a connection error."""
         started = time.perf_counter()
         try:
-            self.conn.request("POST", HOOK_PATH, body=body, headers={"Content-Type": "application/json"})
+            self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
             response = self.conn.getresponse()
-            payload = response.read()
-            ok = response.status == 200 and b'"cards"' in payload
-        except (OSError, http.client.HTTPException):
+            return Reply(time.perf_counter() - started, response.status, response.read())
+        except (OSError, http.client.HTTPException) as error:
             self.reconnect()
-            ok = False
-        return time.perf_counter() - started, ok
+            return Reply(time.perf_counter() - started, 0, b"", type(error).__name__)
+
+    def post(self, body: bytes) -> tuple[float, bool]:
+        reply = self.send(HOOK_PATH, body)
+        return reply.seconds, reply.status == 200 and b'"cards"' in reply.payload
 
     def close(self) -> None:
         self.conn.close()
@@ -508,7 +525,11 @@ class Plan:
 
 def machine() -> str:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor() or "unknown CPU",
     )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -518,6 +539,21 @@ def machine() -> str:
     )
 
 
+def server_env(work: Path) -> dict[str, str]:
+    """The servers' environment: a fresh data directory under ``work``, INFO logs, metrics in the service's own
+    temporary directory."""
+    env = {**os.environ, "CDS_DATA_DIR": str(work / "data"), "CDS_LOG_LEVEL": "INFO"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+def service_command(workers: int, threads: int) -> list[str]:
+    """The production server as an operator starts it (``cds-service serve``); ``running`` adds the port."""
+    return [
+        sys.executable, "-m", "cds_service.server.cli", "serve", "--workers", str(workers), "--threads", str(threads)
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     plan = (
         Plan(args.sizes, {200: 30, 1000: 20, 5000: 8}, args.clients, 2.0, 2, not args.random_split)
@@ -525,11 +561,12 @@ def run(args: argparse.Namespace) -> int:
         else Plan(args.sizes, {200: 200, 1000: 150, 5000: 50}, args.clients, 4.0, 3, not args.random_split)
     )
     work = Path(tempfile.mkdtemp(prefix="cds-bench-"))
-    env = {**os.environ, "CDS_DATA_DIR": str(work / "data"), "CDS_LOG_LEVEL": "INFO"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    common = ["--workers", str(args.workers), "--threads", str(args.threads)]
-    service_cmd = [sys.executable, "-m", "cds_service.server.cli", "serve", *common]
-    floor_cmd = [sys.executable, str(Path(__file__).with_name("floor_app.py")), *common]
+    env = server_env(work)
+    service_cmd = service_command(args.workers, args.threads)
+    floor_cmd = [
+        sys.executable, str(Path(__file__).with_name("floor_app.py")),
+        "--workers", str(args.workers), "--threads", str(args.threads),
+    ]
     print(f"machine: {machine()}", flush=True)
     print(f"gunicorn: {args.workers} workers x {args.threads} threads (gthread), keep-alive clients", flush=True)
     rows = []
@@ -538,7 +575,7 @@ def run(args: argparse.Namespace) -> int:
             floor_cmd, env, work / "floor.log"
         ) as floor:
             servers = {"service": service, "floor": floor}
-            keys = _prefetch_keys(service.port)
+            keys = prefetch_keys(service.port)
             for size in plan.sizes:
                 bodies = hook_bodies(size, keys, BODY_VARIANTS)
                 warm = {name: Sample() for name in servers}
@@ -558,7 +595,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if goals_met(rows) else 1
 
 
-def _prefetch_keys(port: int) -> list[str]:
+def prefetch_keys(port: int) -> list[str]:
+    """The prefetch keys the service's discovery document asks for."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/cds-services")
     services = json.loads(conn.getresponse().read())["services"]

@@ -14,6 +14,7 @@ from .api.paths import MergedSlashes
 from .api.state import EXTENSION_KEY, ServiceState
 from .config import Settings, load_config
 from .server.logs import configure_logging
+from .server.metrics import metrics_address
 from .viewer.blueprint import bp as viewer
 from .wire.validation import compile_schemas
 
@@ -63,6 +64,6 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     if settings.viewer_enabled and not state.authenticator.enabled:
         # The viewer's pages call the service without a token: development and demo deployments only.
         app.register_blueprint(viewer)
-    if settings.metrics_enabled:
-        app.register_blueprint(metrics.bp)
+    if metrics_address(settings) is None and settings.metrics_enabled:
+        app.register_blueprint(metrics.bp)  # with metrics_bind, `serve` serves them on that address instead
     return app

@@ -13,6 +13,7 @@ value and, where it can be told, the source.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import tomllib
@@ -21,6 +22,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -79,6 +81,51 @@ def _absolute_http_url(value: str) -> str:
     return value
 
 
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (also written [::1] or ::ffff:127.x.y.z)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # other host names are not resolved: they could point anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _https_unless_loopback(value: str) -> str:
+    """A key source must be https, as FHIR servers must: keys fetched in the clear could be swapped on the way
+    (an allowlisted jku is trusted even where the keys are pinned). Plain http only to a loopback host."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() != "https" and not is_loopback(parts.hostname or ""):
+        raise ValueError("must be an https URL (http only on loopback)")
+    return value
+
+
+def host_and_port(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9464`` for IPv6) as its parts; ValueError for anything else."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("not host:port (127.0.0.1:9464, [::1]:9464)")
+    return host, int(port)
+
+
+def _host_port(value: str) -> str:
+    host_and_port(value)
+    return value
+
+
+def _ip_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        raise ValueError("not an IP address or network (10.0.0.5, 10.0.0.0/8)") from None
+    return value
+
+
 def _utc_if_naive(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -96,6 +143,9 @@ def _upper(value: Any) -> Any:
 _HTTP_URL = TypeAdapter(HttpUrl)
 Text = Annotated[str, Field(min_length=1)]
 Url = Annotated[str, AfterValidator(_absolute_http_url)]
+KeyUrl = Annotated[Url, AfterValidator(_https_unless_loopback)]  # where an issuer's JWKS may be fetched
+HostPort = Annotated[str, AfterValidator(_host_port)]
+IpNetwork = Annotated[str, AfterValidator(_ip_network)]
 EmptyIsNone = BeforeValidator(_empty_is_none)
 # A path or a time arrives as text from every source (TOML has no path type): pydantic parses it.
 LaxPath = Annotated[Path, Strict(False), AfterValidator(Path.expanduser)]
@@ -117,10 +167,10 @@ class IssuerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     iss: Text
-    jwks_url: Annotated[Url | None, EmptyIsNone] = None
+    jwks_url: Annotated[KeyUrl | None, EmptyIsNone] = None
     jwks_file: Annotated[LaxPath | None, EmptyIsNone] = None
     jwks: dict[str, Any] | None = None  # a JWKS document (public keys) registered inline
-    jku_allowlist: list[Url] = []  # jku values a token may name
+    jku_allowlist: list[KeyUrl] = []  # jku values a token may name
     fhir_servers: list[Url] | None = None  # FHIR servers this issuer's tokens may use; None = fhir_allowlist
     tenants: list[Text] | None = None  # allowed tenant claims; None = any
 
@@ -217,7 +267,7 @@ class Settings(BaseSettings):
     hook_budget_seconds: Seconds = 1.2  # total time a hook call may take
     fhir_budget_margin_seconds: SecondsOrZero = 0.2  # kept back for evaluation and the response
     # --- authentication -------------------------------------------------------------------------------------
-    public_base_url: Annotated[Url | None, EmptyIsNone] = None  # external base URL for JWT aud; None = the request's
+    public_base_url: Annotated[Url | None, EmptyIsNone] = None  # the URL clients call (JWT aud); None = bound address
     trusted_issuers: list[IssuerSettings] = []
     allow_sandbox_issuer: bool = False  # trust the public CDS Hooks sandbox issuer (its private key is public)
     jwt_leeway_seconds: Annotated[int, Field(ge=0)] = 30  # clock skew allowed on exp and iat
@@ -227,6 +277,9 @@ class Settings(BaseSettings):
     jwks_min_refresh_seconds: SecondsOrZero = 30  # at most one refresh per JWKS URL in this time
     jwks_timeout_seconds: Seconds = 2.0  # connect and read timeout of one JWKS fetch
     auth_required: Annotated[bool | None, EmptyIsNone] = None  # None = on when trusted issuers exist
+    # --- network exposure -------------------------------------------------------------------------------------
+    forwarded_allow_ips: list[IpNetwork] = []  # proxies whose X-Forwarded-Proto gunicorn believes; [] = no one's
+    metrics_bind: Annotated[HostPort | None, EmptyIsNone] = None  # /metrics served there (by serve), not on the port
     # --- operations -------------------------------------------------------------------------------------------
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "INFO"
     metrics_enabled: bool = True
@@ -239,7 +292,9 @@ class Settings(BaseSettings):
             try:
                 make_url(value)
             except ArgumentError:
-                raise ValueError("not a SQLAlchemy database URL (dialect+driver://user:password@host/database)") from None
+                raise ValueError(
+                    "not a SQLAlchemy database URL (dialect+driver://user:password@host/database)"
+                ) from None
         return value
 
     @field_validator("cors_origins")

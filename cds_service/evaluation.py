@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .facts.build import FactWindows, build_facts, first_day_within
+from .facts.model import PatientFacts
+from .facts.terminology import Terminology
 from .governance import Governance, SeenLookup, finding_fingerprint, with_override_reasons
+from .record.model import PatientRecord
+from .record.obtain import obtain_record
+from .record.settings import RecordSettings
+from .record.templates import LABS, build_prefetch_templates
+from .rules.engine import IssuedCard, RuleSet, evaluate
 from .wire.errors import (
     AUTHORIZATION_WITHOUT_SERVER,
     HOOK_MISMATCH,
@@ -23,15 +31,8 @@ from .wire.errors import (
     UNKNOWN_SERVICE,
     CdsError,
 )
-from .facts.build import FactWindows, build_facts, first_day_within
-from .facts.model import PatientFacts
-from .facts.terminology import Terminology
-from .wire.request_body import parse_hook_body
 from .wire.hook_request import HookCall
-from .record.model import PatientRecord
-from .record.obtain import RecordSettings, obtain_record
-from .record.templates import LABS, build_prefetch_templates
-from .rules.engine import IssuedCard, RuleSet, evaluate
+from .wire.request_body import parse_hook_body
 from .wire.services import Service, ServiceRegistry
 from .wire.validation import card_problems, describe, first_violation
 
@@ -130,7 +131,7 @@ def answer_hook(
     ``seen`` looks up findings issued before (the issued-card record); without it nothing counts as a repeat.
     """
     if body["hook"] != service.hook:
-        raise CdsError(HOOK_MISMATCH, f"This service answers {service.hook}, not {body['hook']}.")
+        raise CdsError(HOOK_MISMATCH, f"This service answers {service.hook}, not the hook the request names.")
     started = time.perf_counter()
     call = HookCall.from_request(service.id, body)
     settings = runtime.record_settings

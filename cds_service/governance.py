@@ -24,6 +24,7 @@ from .config import ConfigError, Deployment, OverrideReason, Settings
 from .rules.engine import IssuedCard, RuleSet
 from .rules.loader import load_override_reasons, shipped_rules_dir
 from .rules.model import INDICATOR_RANK, Coding
+from .server.logs import fingerprint
 
 DEPLOYMENTS: tuple[Deployment, ...] = ("active", "silent", "off")
 BY_STATUS: Mapping[str, Deployment] = {
@@ -37,17 +38,11 @@ BY_STATUS: Mapping[str, Deployment] = {
 SeenLookup = Callable[[Mapping[str, datetime]], Mapping[str, str]]
 
 
-def patient_hash(patient_id: str) -> str:
-    """A short one-way hash of a patient (or user) id, so logs and the database can correlate calls without
-    naming the patient."""
-    return hashlib.sha256(patient_id.encode()).hexdigest()[:16]
-
-
 def finding_fingerprint(deployment: str, patient: str, user: str, card: IssuedCard) -> str:
     """The identity of one finding as the repeat check sees it (see the module documentation); ids are hashed
     before they are combined, so neither the patient's nor the user's id can be read back."""
-    parts = [deployment, patient_hash(patient), patient_hash(user), card.rule_id, *card.evidence]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    parts = [deployment, fingerprint(patient), fingerprint(user), card.rule_id, *card.evidence]
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from support.governance import EVERY_CALL_ANEW
 
 from cds_service import create_app
-from support.governance import EVERY_CALL_ANEW
 
 FIXTURE_NOW = "2026-11-01T00:00:00Z"  # the evaluation time the project's fixtures are written for
 REPO = Path(__file__).resolve().parent.parent
@@ -75,5 +75,5 @@ def client(app: Flask) -> Iterator[FlaskClient]:
         yield test_client
 
 
-from support.fhir_server import *  # noqa: E402,F401,F403  (fhir_server, counting_server)
-from support.rule_files import rules_copy  # noqa: F401  (a fixture)
+from support.fhir_server import *  # noqa: E402, F403  (fhir_server, counting_server)
+from support.rule_files import rules_copy  # noqa: E402, F401  (a fixture)

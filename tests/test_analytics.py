@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
-
-from cds_service.storage.analytics import Period, feedback_report
-from cds_service.storage.feedback import FeedbackStore
-from cds_service.storage.issued_cards import IssuedCardLog
-from cds_service.storage.database import open_database
 from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 from support.tokens import claims, jwks, make_key, sign
 from support.viewer_requests import RULE_ID, critical_request
+
+from cds_service.storage.analytics import Period, feedback_report
+from cds_service.storage.database import open_database
+from cds_service.storage.feedback import FeedbackStore
+from cds_service.storage.issued_cards import IssuedCardLog
 
 SERVICE = SERVICE_IDS["patient-view"]
 REASONS = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
@@ -197,4 +197,5 @@ def test_endpoint_is_authenticated_when_auth_is_on(make_app) -> None:
         token = sign(key, claims(issuer, "http://localhost/analytics"))
         response = client.get("/analytics", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
-        assert response.get_json()["totals"] == {"shown": 0, "silent": 0, "accepted": 0, "overridden": 0, "hookCalls": 0}
+        totals = response.get_json()["totals"]
+        assert totals == {"shown": 0, "silent": 0, "accepted": 0, "overridden": 0, "hookCalls": 0}

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from cds_service.rules.cards import service_request
 from cds_service.facts.build import build_facts
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
 from cds_service.record.model import PatientRecord
+from cds_service.rules.cards import service_request
 from cds_service.rules.cases import load_cases, run_case
 from cds_service.rules.check import load_terminology
 from cds_service.rules.engine import RuleSet, evaluate

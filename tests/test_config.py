@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.live import free_port
 
 from cds_service import create_app
 from cds_service.config import ConfigError, Settings, database_url, load_config
-from support.live import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CDS_SERVICE = Path(sys.executable).parent / "cds-service"  # the installed console script
@@ -158,7 +158,7 @@ def test_bad_variables_are_refused(monkeypatch, name, value, message):
 
 
 def test_the_budget_must_leave_time_to_fetch():
-    with pytest.raises(ConfigError, match="^configuration error: fhir_budget_margin_seconds must be less than hook_"):
+    with pytest.raises(ConfigError, match=r"^configuration error: fhir_budget_margin_seconds must be less than hook_"):
         load_config(overrides={"hook_budget_seconds": 0.2})
 
 
@@ -169,9 +169,9 @@ def test_the_highest_source_is_named(tmp_path, monkeypatch):
 
 
 def test_overrides_are_checked_like_the_file():
-    with pytest.raises(ConfigError, match="^configuration error: nope: unknown key$"):
+    with pytest.raises(ConfigError, match=r"^configuration error: nope: unknown key$"):
         load_config(overrides={"nope": 1})
-    with pytest.raises(ConfigError, match="^configuration error: max_cards = 'eight': input should be a valid int"):
+    with pytest.raises(ConfigError, match=r"^configuration error: max_cards = 'eight': input should be a valid int"):
         create_app({"max_cards": "eight"})
 
 
@@ -192,7 +192,7 @@ def test_unreadable_files_are_reported(tmp_path, content):
 
 
 def test_a_missing_file_is_reported(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read configuration file .*missing.toml: No such file"):
+    with pytest.raises(ConfigError, match=r"cannot read configuration file .*missing.toml: No such file"):
         load_config(tmp_path / "missing.toml")
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import requests
-
-from cds_service.record.client import POOL_THREADS
 from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, empty_prefetch, hook_request, searchset
 from support.live import serve
+
+from cds_service.record.client import POOL_THREADS
 
 PV = SERVICE_IDS["patient-view"]
 BUDGET = 1.0  # seconds; the default is 1.2
@@ -39,8 +39,8 @@ class _QuietServer(ThreadingHTTPServer):
 class HangingServer:
     """A FHIR server that holds every request until closed: ``mode`` "silent" sends nothing, "trickle" sends
     200 headers and then one body byte every 0.2 s, "trickle-headers" a status line and then one header byte
-    every 0.2 s (each read gets a byte well within the read timeout, so only a deadline stops it). Searches of the resource types in ``answers`` are answered
-    at once with the Bundle given there."""
+    every 0.2 s (each read gets a byte well within the read timeout, so only a deadline stops it). Searches of the
+    resource types in ``answers`` are answered at once with the Bundle given there."""
 
     def __init__(self, mode: str, answers: dict[str, dict[str, Any]] | None = None) -> None:
         release = threading.Event()
@@ -49,7 +49,7 @@ class HangingServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 server.requests += 1
                 resource_type = self.path.split("?", 1)[0].removeprefix("/fhir/").split("/", 1)[0]
                 if resource_type in server.answers:
@@ -78,7 +78,7 @@ class HangingServer:
 
             do_POST = do_GET  # noqa: N815 - long searches go as POST _search
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._release = release

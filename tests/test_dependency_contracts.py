@@ -31,12 +31,11 @@ from gunicorn import util
 from gunicorn.config import Config
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
+from support.fhir_server import CountingServer
 
 from cds_service.record.hangup import DeadlineAdapter, _HTTPConnection, _HTTPPool
 from cds_service.server import cli
 from cds_service.server.gunicorn_errors import write_json_error
-from support.fhir_server import CountingServer
-
 
 # --- pysimdjson (cds_service.wire.request_body) ------------------------------------------------------------------
 

@@ -15,9 +15,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from cds_service.server.cli import build_parser, gunicorn_options
 from cds_service.config import ENV_PREFIX, Settings, load_config
 from cds_service.security.issuers import load_issuers
+from cds_service.security.modes import check_bind_safety
+from cds_service.server.cli import build_parser, gunicorn_options
+from cds_service.server.metrics import metrics_address
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "deploy" / "kubernetes"
@@ -105,7 +107,7 @@ def test_every_command_is_one_the_cli_accepts() -> None:
 
 def test_insecure_after_the_image_name_serves_on_all_interfaces() -> None:
     """As the Dockerfile says: ``docker run IMAGE --insecure`` appends to the ENTRYPOINT (replacing CMD)."""
-    parsed = cli(instruction("ENTRYPOINT") + ["--insecure"])
+    parsed = cli([*instruction("ENTRYPOINT"), "--insecure"])
     assert parsed.insecure and (parsed.host, parsed.port) == ("0.0.0.0", 8080)
 
 
@@ -115,7 +117,7 @@ def test_the_pod_drains_before_gunicorn_stops() -> None:
     command = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and len(command) == 2
     drain = gunicorn_options("0.0.0.0", 8080, 2, 4, "INFO")["graceful_timeout"]
-    assert 0 < int(command[1]) and int(command[1]) + drain < pod["terminationGracePeriodSeconds"]
+    assert int(command[1]) > 0 and int(command[1]) + drain < pod["terminationGracePeriodSeconds"]
 
 
 def test_the_data_dir_is_made_in_the_image_for_its_user() -> None:
@@ -156,9 +158,9 @@ def with_extras(requirement: Requirement) -> list[Requirement]:
     for extra in requirement.extras:
         for line in importlib.metadata.requires(requirement.name) or []:
             dependency = Requirement(line)
-            if dependency.marker and dependency.marker.evaluate({"extra": extra}):
-                if not dependency.marker.evaluate({"extra": ""}):
-                    added.append(dependency)
+            marker = dependency.marker
+            if marker and marker.evaluate({"extra": extra}) and not marker.evaluate({"extra": ""}):
+                added.append(dependency)
     return [requirement, *added]
 
 
@@ -213,3 +215,22 @@ def test_the_pod_runs_as_the_image_user_without_root() -> None:
     assert container()["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/metrics"} in container()["env"]
     assert any(m["mountPath"] == "/tmp" for m in container()["volumeMounts"])
+
+
+def test_every_public_bind_has_a_public_base_url_and_kubernetes_scrapes_metrics_bind(tmp_path: Path) -> None:
+    """deploy/ listens on 0.0.0.0: with authentication on, serve needs public_base_url (JWT aud), and the scraper
+    reads the metrics where metrics_bind serves them, not from the main port (which needs a JWT)."""
+    path = tmp_path / "config.toml"
+    path.write_text(manifests()["ConfigMap"]["data"]["config.toml"])
+    config = load_config(path)
+    assert check_bind_safety("0.0.0.0", config, insecure=False) is None
+    pod = manifests()["Deployment"]["spec"]["template"]
+    host, port = metrics_address(config) or ("", 0)
+    assert host == "0.0.0.0" and pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert {"name": "metrics", "containerPort": port} in container()["ports"]
+    assert all(p["targetPort"] == "http" for p in manifests()["Service"]["spec"]["ports"])  # never the metrics
+    compose = yaml.safe_load((REPO / "deploy" / "compose" / "docker-compose.yml").read_text())
+    assert compose["x-instance"]["environment"]["CDS_PUBLIC_BASE_URL"] == "http://127.0.0.1:8080"
+    readme = (REPO / "README.md").read_text()
+    docker_run = readme[readme.index("docker run") : readme.index("```", readme.index("docker run"))]
+    assert "CDS_PUBLIC_BASE_URL=https://" in docker_run

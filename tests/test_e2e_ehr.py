@@ -31,12 +31,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from sqlalchemy import Engine, create_engine, select
-
-from cds_service.storage.database import issued_cards
 from support.ehr import EhrSimulator, HookExchange, fill_template
 from support.fhir_server import FhirTestServer
 from support.hookcalls import assert_operation_outcome, assert_valid_response
 from support.live import serve
+
+from cds_service.storage.database import issued_cards
 
 pytestmark = [pytest.mark.fhir, pytest.mark.slow]
 
@@ -95,7 +95,7 @@ class SlowPagesFhirServer:
         pages = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 form = self.rfile.read(length).decode() if length else ""
@@ -110,7 +110,7 @@ class SlowPagesFhirServer:
 
             do_POST = do_GET  # noqa: N815
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (silence stderr)
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

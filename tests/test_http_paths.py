@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
+from support.hookcalls import SERVICE_IDS, assert_operation_outcome, hook_request
+from support.tokens import JsonServer, Scenario, jwks, make_key
+from support.wsgi_server import running
 from werkzeug.routing import Rule
 
 from cds_service import create_app
 from cds_service.viewer.examples import shipped_examples
-from support.hookcalls import SERVICE_IDS, assert_operation_outcome, hook_request
-from support.tokens import JsonServer, Scenario, jwks, make_key
-from support.wsgi_server import running
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_NOW = "2026-11-01T00:00:00Z"

@@ -8,17 +8,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support.histories import long_history
 
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime
 from cds_service.facts.build import FactWindows, build_facts
-from cds_service.wire.hook_request import HookCall
 from cds_service.record.model import PatientRecord
 from cds_service.record.obtain import obtain_record
 from cds_service.rules.engine import evaluate
 from cds_service.viewer.examples import shipped_examples
-
-from support.histories import long_history
+from cds_service.wire.hook_request import HookCall
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -20,12 +20,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, make_url, text
+from support.infra import missing_binaries, postgres_cluster
+from support.live import free_port
 
 from cds_service.config import ConfigError
 from cds_service.storage.database import metadata, open_database
 from cds_service.storage.schema import MIGRATIONS, alembic_config
-from support.infra import missing_binaries, postgres_cluster
-from support.live import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 from sqlalchemy import create_engine, select
-
-from cds_service.storage.database import feedback as feedback_table
 from support.hookcalls import SERVICE_IDS, hook_request
 from support.infra import ServiceInstance, missing_binaries, nginx_proxy, postgres_cluster, service_instances
 from support.tokens import claims, jwks, make_key, sign
+
+from cds_service.storage.database import feedback as feedback_table
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,16 +57,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "CDS_TRUSTED_ISSUERS": json.dumps([{"iss": ISSUER, "jwks": jwks(KEY)}]),
             "CDS_NOW": "2026-11-01T00:00:00Z",
         }
-        with service_instances(home, 2, env) as instances:
-            with nginx_proxy([f"127.0.0.1:{i.port}" for i in instances]) as nginx:
-                yield Cluster(nginx, instances, postgres.url)
+        with (
+            service_instances(home, 2, env) as instances,
+            nginx_proxy([f"127.0.0.1:{i.port}" for i in instances]) as nginx,
+        ):
+            yield Cluster(nginx, instances, postgres.url)
 
 
 def test_a_jti_used_on_one_instance_is_refused_by_the_other(cluster: Cluster) -> None:
     first, second = cluster.instances
     path = f"/cds-services/{PV}"
     headers = bearer(path)
-    assert requests.post(first.base_url + path, json=hook_request("patient-view"), headers=headers, timeout=10).status_code == 200
+    answer = requests.post(first.base_url + path, json=hook_request("patient-view"), headers=headers, timeout=10)
+    assert answer.status_code == 200
     replay = requests.post(second.base_url + path, json=hook_request("patient-view"), headers=headers, timeout=10)
     assert replay.status_code == 401
     assert replay.headers["WWW-Authenticate"] == "Bearer"

@@ -16,11 +16,11 @@ import requests
 from flask import Flask
 from gunicorn import glogging
 from prometheus_client.parser import text_string_to_metric_families
+from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, empty_prefetch, hook_request, searchset
+from support.live import serve
 
 from cds_service.server.cli import gunicorn_options
 from cds_service.server.logs import JsonFormatter
-from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, empty_prefetch, hook_request, searchset
-from support.live import serve
 
 PV = SERVICE_IDS["patient-view"]
 TOKEN = "tok-SECRET-observability-4711"
@@ -103,7 +103,12 @@ def test_a_hook_call_is_one_json_line_with_what_operators_need(client, logged) -
     assert line["patient"] == hashlib.sha256(PATIENT_ID.encode()).hexdigest()[:16]
     assert sorted(line["sources"]["prefetch"]) == sorted(k for k, v in body["prefetch"].items() if v is not None)
     assert line["resources"]["Observation"] == sum(
-        1 for v in body["prefetch"].values() if v for e in v.get("entry", []) if e["resource"]["resourceType"] == "Observation")
+        1
+        for v in body["prefetch"].values()
+        if v
+        for e in v.get("entry", [])
+        if e["resource"]["resourceType"] == "Observation"
+    )
     others = [r.getMessage() for r in logged.records if r.levelno >= logging.INFO and r.name != "cds_service.requests"]
     assert not others, f"one line per request, but also: {others}"
     text = json.dumps(line)
@@ -171,7 +176,8 @@ def test_fhir_errors_are_counted_by_reason(make_app, counting_server, logged) ->
 def test_metrics_count_latency_cards_and_feedback(app: Flask) -> None:
     client = app.test_client()
     before = metric_values(client.get("/metrics").get_data(as_text=True))
-    response = client.post(f"/cds-services/{PV}", json=hook_request("patient-view", cramps_on_furosemide_with_low_potassium()))
+    body = hook_request("patient-view", cramps_on_furosemide_with_low_potassium())
+    response = client.post(f"/cds-services/{PV}", json=body)
     cards = response.get_json()["cards"]
     entry = {"card": cards[0]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-01T10:00:00Z"}
     for _ in range(2):  # the second is a repeat

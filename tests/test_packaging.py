@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from support.hookcalls import hook_request
 
 REPO = Path(__file__).resolve().parent.parent

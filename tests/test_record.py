@@ -7,23 +7,6 @@ import time
 from dataclasses import replace
 
 import pytest
-
-from cds_service.config import Settings, load_config
-from cds_service.wire.errors import FHIR_SERVER_NOT_ALLOWED, RECORD_UNAVAILABLE, CdsError
-from cds_service.facts.terminology import Terminology
-from cds_service.wire.hook_request import HookCall
-from cds_service.record import RecordSettings, build_prefetch_templates, client, obtain_record
-from cds_service.record.access import FhirEndpoint, is_absolute, normalize_base
-from cds_service.record.templates import (
-    CONDITIONS,
-    LABS,
-    MEDREQUESTS,
-    MEDSTATEMENTS,
-    PATIENT,
-    SYMPTOMS,
-    fill,
-    resource_type_of,
-)
 from support.fhir_server import CountingServer
 from support.record_scenario import (
     OPERATION_OUTCOME,
@@ -36,6 +19,23 @@ from support.record_scenario import (
     scenario_resources,
     searchset,
 )
+
+from cds_service.config import Settings, load_config
+from cds_service.facts.terminology import Terminology
+from cds_service.record import RecordSettings, build_prefetch_templates, client, obtain_record
+from cds_service.record.access import FhirEndpoint, is_absolute, normalize_base
+from cds_service.record.templates import (
+    CONDITIONS,
+    LABS,
+    MEDREQUESTS,
+    MEDSTATEMENTS,
+    PATIENT,
+    SYMPTOMS,
+    fill,
+    resource_type_of,
+)
+from cds_service.wire.errors import FHIR_SERVER_NOT_ALLOWED, RECORD_UNAVAILABLE, CdsError
+from cds_service.wire.hook_request import HookCall
 
 TEMPLATES = build_prefetch_templates(ScenarioCodes())
 TOKEN = "unit-token-0d9e"
@@ -120,7 +120,7 @@ def test_full_prefetch_needs_no_fhir_server():
 
 
 def test_null_keys_are_empty_and_need_no_server():
-    record = obtain_record(hook_call({key: None for key in TEMPLATES}), TEMPLATES, settings())
+    record = obtain_record(hook_call(dict.fromkeys(TEMPLATES)), TEMPLATES, settings())
     assert record.resources == {}
     assert record.incomplete == frozenset()
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import requests
 from sqlalchemy import create_engine, func, select
-
-from cds_service.storage.database import issued_cards
 from support.governance import GOVERNED, as_environment, potassium_request
 from support.hookcalls import SERVICE_IDS
 from support.infra import ServiceInstance, missing_binaries, postgres_cluster, service_instances
+
+from cds_service.storage.database import issued_cards
 
 pytestmark = [
     pytest.mark.slow,

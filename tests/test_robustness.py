@@ -19,7 +19,6 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support.hookcalls import (
     SERVICE_IDS,
     assert_operation_outcome,

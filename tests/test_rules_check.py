@@ -6,8 +6,9 @@ import io
 import re
 from pathlib import Path
 
-from cds_service.rules.check import run_check
 from support.rule_files import edit_rule_file
+
+from cds_service.rules.check import run_check
 
 
 def check(directory: Path | None) -> tuple[int, str]:
@@ -68,7 +69,9 @@ def test_a_rule_without_cases_and_orphan_cases_fail(rules_copy: Path) -> None:
 
 def test_cases_need_a_silent_case_per_exclusion(rules_copy: Path) -> None:
     cases = rules_copy / "electrolytes" / "hyponatremia-no-diuretic.cases.yaml"
-    edit_rule_file(cases, lambda d: d["cases"][0].update(tests=[t for t in d["cases"][0]["tests"] if t["expect"] != "silent"]))
+    edit_rule_file(
+        cases, lambda d: d["cases"][0].update(tests=[t for t in d["cases"][0]["tests"] if t["expect"] != "silent"])
+    )
     code, report = check(rules_copy)
     assert code == 1 and "needs a silent case for every exclude_* block" in report
 

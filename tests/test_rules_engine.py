@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.rule_files import edit_rule_file
 
 from cds_service.config import load_config
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
@@ -16,7 +17,6 @@ from cds_service.rules.check import load_terminology
 from cds_service.rules.engine import RuleError, RuleSet, evaluate
 from cds_service.rules.expression import Expression, ExpressionError, parse
 from cds_service.rules.loader import parse_duration, shipped_rules_dir
-from support.rule_files import edit_rule_file
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 RULES_DIR = shipped_rules_dir()
@@ -91,7 +91,7 @@ def test_durations() -> None:
     assert parse_duration("P30D") == timedelta(days=30)
     assert parse_duration("P12M") == timedelta(days=360)
     assert parse_duration("P1Y2W") == timedelta(days=379)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="30 days"):
         parse_duration("30 days")
 
 
@@ -140,12 +140,12 @@ def test_cards_are_ordered_by_indicator_then_rule_and_capped() -> None:
 
 
 def test_incomplete_data_never_makes_an_absence_true() -> None:
-    base = dict(labs=[lab("potassium", 3.1, "mmol/L")])
+    base = {"labs": [lab("potassium", 3.1, "mmol/L")]}
     assert [c.rule_id for c in evaluate(RULESET, facts(**base), "patient-view", max_cards=10)] == [
         "hypokalemia-no-culprit"
     ]
     assert evaluate(RULESET, facts(**base, incomplete=["medrequests"]), "patient-view", max_cards=10) == []
-    on_diuretic = dict(meds=[med("furosemide", "loop_diuretic")])
+    on_diuretic = {"meds": [med("furosemide", "loop_diuretic")]}
     assert [c.rule_id for c in evaluate(RULESET, facts(**on_diuretic), "patient-view", max_cards=10)] == [
         "diuretic-no-recent-electrolytes"
     ]

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.patient import Patient
+from support.governance import EVERY_CALL_ANEW
 
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime, answer_hook
 from cds_service.wire.validation import empty_elements, first_error, response_problems
-from support.governance import EVERY_CALL_ANEW
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EXPECTATIONS = json.loads((FIXTURES / "expectations.json").read_text("utf-8"))

@@ -10,20 +10,20 @@ from pathlib import Path
 
 import pytest
 import requests
+from support.hookcalls import SERVICE_IDS
+from support.rule_files import edit_rule_file
+from support.wsgi_server import running
 
 from cds_service.facts.build import build_facts
 from cds_service.facts.model import Coding, Finding, MedicationUse, PatientFacts
 from cds_service.facts.terminology import Terminology, ValueSetError
+from cds_service.record.model import PatientRecord
 from cds_service.rules.check import load_terminology
 from cds_service.rules.criteria import Pairing, Timing, evaluate
 from cds_service.rules.engine import RuleError, RuleSet
 from cds_service.rules.loader import shipped_rules_dir
 from cds_service.rules.model import Band, InteractionCriterion, TimingCriterion
-from cds_service.record.model import PatientRecord
 from cds_service.rules.templates import field_value, timing_text
-from support.hookcalls import SERVICE_IDS
-from support.rule_files import edit_rule_file
-from support.wsgi_server import running
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "requests"
@@ -219,7 +219,7 @@ def test_dechallenge_and_rechallenge_come_from_a_stopped_course_and_a_restart() 
 def test_a_timing_criterion_needs_a_basis_from_the_rules_references(rules_copy: Path) -> None:
     path = rules_copy / "statin" / "statin-muscle-symptoms-no-ck.yaml"
     edit_rule_file(path, lambda rule: rule["criteria"]["note_sams_onset"].update(basis="nla-2099"))
-    with pytest.raises(RuleError, match="no-ck.yaml: at criteria/note_sams_onset/basis: 'nla-2099' is not one of"):
+    with pytest.raises(RuleError, match=r"no-ck\.yaml: at criteria/note_sams_onset/basis: 'nla-2099' is not one of"):
         RuleSet.load(rules_copy, TERMINOLOGY)
     edit_rule_file(path, lambda rule: rule["criteria"]["note_sams_onset"].pop("basis"))
     needs_basis = "no-ck.yaml: at criteria/note_sams_onset: the threshold .under P4W 3 points.* needs a basis"

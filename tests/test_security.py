@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
+from support.tokens import ATTACKS, Attack, JsonServer, Scenario, claims, jwks, make_key, sign, signed_as_is
 
 from cds_service.config import ConfigError, Settings, load_config
-from cds_service.wire.errors import UNAUTHORIZED, CdsError
 from cds_service.security.auth import Authenticator, Claims
 from cds_service.security.issuers import SANDBOX_ISSUER, SANDBOX_JKU
 from cds_service.security.modes import check_bind_safety
 from cds_service.storage.database import open_database, seen_jti
-from support.tokens import ATTACKS, Attack, JsonServer, Scenario, claims, jwks, make_key, sign, signed_as_is
+from cds_service.wire.errors import UNAUTHORIZED, CdsError
 
 ISS = "https://ehr.example.org"
 AUD = "https://cds.example.org/cds-services/cramps-patient-view"
 SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
-FIVE_MINUTES_AGO = datetime.now(timezone.utc) - timedelta(minutes=5)
+FIVE_MINUTES_AGO = datetime.now(UTC) - timedelta(minutes=5)
 
 
 @pytest.fixture
@@ -79,9 +79,8 @@ def authenticator(tmp_path: Path, engine: Engine, scenario: Scenario) -> Authent
 def refusal_reason(auth: Authenticator, header: str | None, caplog: pytest.LogCaptureFixture, aud: str = AUD) -> str:
     """Authenticate expecting a 401; return the reason logged on cds_service.security."""
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="cds_service.security"):
-        with pytest.raises(CdsError) as raised:
-            auth.authenticate(header, aud)
+    with caplog.at_level(logging.WARNING, logger="cds_service.security"), pytest.raises(CdsError) as raised:
+        auth.authenticate(header, aud)
     assert raised.value.kind is UNAUTHORIZED
     assert raised.value.detail is None
     assert raised.value.headers == {"WWW-Authenticate": "Bearer"}
@@ -164,7 +163,9 @@ def test_attack_is_refused_for_its_reason(
     assert jwks_server.hits["/evil/jwks.json"] == 0
 
 
-def test_replayed_jti_is_refused(authenticator: Authenticator, scenario: Scenario, caplog: pytest.LogCaptureFixture) -> None:
+def test_replayed_jti_is_refused(
+    authenticator: Authenticator, scenario: Scenario, caplog: pytest.LogCaptureFixture
+) -> None:
     header = scenario.bearer()
     assert authenticator.authenticate(header, AUD) is not None
     assert "was already used" in refusal_reason(authenticator, header, caplog)
@@ -290,8 +291,8 @@ def test_any_header_or_claim_values_are_refused_cleanly(
     token = signed_as_is(scenario.key, header, {**claims(ISS, AUD), **claim_changes})
     try:
         auth.authenticate("Bearer " + token, AUD)
-    except CdsError as error:
-        assert error.kind is UNAUTHORIZED
+    except CdsError as error:  # a refusal is fine; any other exception fails the test
+        assert error.kind is UNAUTHORIZED  # noqa: PT017 - either outcome is allowed, so pytest.raises does not fit
 
 
 # --- JWKS fetching --------------------------------------------------------------------------------------------
@@ -446,38 +447,86 @@ def test_audience_uses_the_public_base_url(
     assert auth.audience_for("/cds-services/x", base) == expected
 
 
+@pytest.mark.parametrize("bound", ["http://10.0.0.5:8000", "http://0.0.0.0:8080", "http://cds.example.org"])
+def test_without_public_base_url_only_a_loopback_server_can_accept_tokens(
+    tmp_path: Path, engine: Engine, scenario: Scenario, bound: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve` refuses such a bind; an app served another way (gunicorn on 0.0.0.0 or a unix socket, whose
+    SERVER_NAME is then the Host header) refuses every token rather than trust an address clients do not call."""
+    auth = Authenticator(config(tmp_path, trusted_issuers=[jku_issuer(scenario)]), engine)
+    with pytest.raises(CdsError) as raised:
+        auth.audience_for("/cds-services/x", bound)
+    assert raised.value.kind is UNAUTHORIZED
+    assert "public_base_url is not set" in caplog.text
+
+
 # --- where an open service may listen -------------------------------------------------------------------------
+
+
+TRUSTED = {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}]}
+PUBLIC_URL = {"public_base_url": "https://cds.example.org"}
 
 
 @pytest.mark.parametrize(
     ("host", "settings", "insecure", "refused"),
     [
-        ("127.0.0.1", {}, False, False),
-        ("127.8.9.10", {}, False, False),
-        ("localhost", {}, False, False),
-        ("::1", {}, False, False),
-        ("[::1]", {}, False, False),
-        ("::ffff:127.0.0.1", {}, False, False),
-        ("0.0.0.0", {}, False, True),
-        ("::", {}, False, True),
-        ("10.1.2.3", {}, False, True),
-        ("myhost.local", {}, False, True),
-        ("localhost.evil.example", {}, False, True),
-        ("0.0.0.0", {}, True, False),
-        ("0.0.0.0", {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}]}, False, False),
-        ("0.0.0.0", {"allow_sandbox_issuer": True}, False, False),
-        (
-            "0.0.0.0",
-            {"trusted_issuers": [{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks"}], "auth_required": False},
-            False,
-            True,
-        ),
+        ("127.0.0.1", {}, False, None),
+        ("127.8.9.10", {}, False, None),
+        ("localhost", {}, False, None),
+        ("::1", {}, False, None),
+        ("[::1]", {}, False, None),
+        ("::ffff:127.0.0.1", {}, False, None),
+        ("0.0.0.0", {}, False, "--insecure"),
+        ("::", {}, False, "--insecure"),
+        ("10.1.2.3", {}, False, "--insecure"),
+        ("myhost.local", {}, False, "--insecure"),
+        ("localhost.evil.example", {}, False, "--insecure"),
+        ("0.0.0.0", {}, True, None),
+        ("0.0.0.0", {**TRUSTED, **PUBLIC_URL}, False, None),
+        ("0.0.0.0", {"allow_sandbox_issuer": True, **PUBLIC_URL}, False, None),
+        ("0.0.0.0", TRUSTED, False, "public_base_url"),
+        ("10.1.2.3", {"allow_sandbox_issuer": True}, True, "public_base_url"),
+        ("127.0.0.1", TRUSTED, False, None),
+        ("0.0.0.0", {**TRUSTED, "auth_required": False}, False, "--insecure"),
     ],
 )
-def test_open_service_listens_only_on_loopback_unless_insecure(
-    host: str, settings: dict[str, Any], insecure: bool, refused: bool
-) -> None:
+def test_where_serve_may_listen(host: str, settings: dict[str, Any], insecure: bool, refused: str | None) -> None:
+    """Open: loopback only (or --insecure). Authenticated beyond loopback: only with public_base_url, since the
+    bound address (0.0.0.0, a pod IP) is not what clients call and the Host header may not stand in for it."""
     message = check_bind_safety(host, load_config(overrides=settings), insecure)
-    assert (message is not None) == refused
-    if refused:
-        assert "--insecure" in message and host in message
+    if refused is None:
+        assert message is None
+    else:
+        assert message is not None and refused in message and host in message and "\n" not in message
+
+
+# --- where keys may be fetched from --------------------------------------------------------------------------
+
+EVIL_HTTP = "http://ehr.example.org/jwks.json"
+
+
+@pytest.mark.parametrize(
+    ("entry", "refused"),
+    [
+        ({"jwks_url": EVIL_HTTP}, f"trusted_issuers[0].jwks_url = '{EVIL_HTTP}'"),
+        ({"jwks_url": "http://10.0.0.7/jwks.json"}, "jwks_url = 'http://10.0.0.7/jwks.json'"),
+        ({"jwks_url": "http://localhost.evil.example/k"}, "jwks_url = 'http://localhost.evil.example/k'"),
+        ({"jku_allowlist": ["https://ehr.example.org/a", EVIL_HTTP]}, f"jku_allowlist[1] = '{EVIL_HTTP}'"),
+        ({"jwks": {"keys": [make_key().jwk]}, "jku_allowlist": [EVIL_HTTP]}, f"jku_allowlist[0] = '{EVIL_HTTP}'"),
+        ({"jwks_url": "https://ehr.example.org/jwks.json"}, None),
+        ({"jwks_url": "http://127.0.0.1:8081/jwks.json"}, None),
+        ({"jwks_url": "http://localhost:8081/jwks.json"}, None),
+        ({"jku_allowlist": ["http://[::1]:8081/jwks.json", "https://ehr.example.org/jwks.json"]}, None),
+    ],
+)
+def test_keys_are_fetched_over_https_only_except_on_loopback(
+    tmp_path: Path, engine: Engine, entry: dict[str, Any], refused: str | None
+) -> None:
+    """A JWKS fetched over plain http to another host could be swapped on the way: refused at start, with a
+    message naming the key and the URL."""
+    if refused is None:
+        assert Authenticator(config(tmp_path, trusted_issuers=[{"iss": ISS, **entry}]), engine).enabled
+        return
+    with pytest.raises(ConfigError) as raised:
+        config(tmp_path, trusted_issuers=[{"iss": ISS, **entry}])
+    assert f"{refused}: must be an https URL (http only on loopback)" in str(raised.value)

@@ -11,7 +11,6 @@ import pytest
 import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
 from support.hookcalls import SERVICE_IDS, hook_request
 from support.wsgi_server import running
 
@@ -98,7 +97,8 @@ raw_bodies = st.one_of(
     json_values.map(lambda value: json.dumps(value).encode()),
     st.builds(nested, st.integers(min_value=1, max_value=20000), st.sampled_from(["object", "array"])),
     st.sampled_from(
-        [b"", b"null", b"NaN", b'{"hook": NaN}', b'{"hook": Infinity}', b'{"a": 1e999}', b"\xff\xfe{}", b'{"a":"\\ud800"}']
+        [b"", b"null", b"NaN", b'{"hook": NaN}', b'{"hook": Infinity}', b'{"a": 1e999}', b"\xff\xfe{}",
+         b'{"a":"\\ud800"}']
     ),
 )
 

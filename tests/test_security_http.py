@@ -181,6 +181,46 @@ def test_open_mode_needs_no_token(start: Start) -> None:
     assert answered.status_code == 200, answered.text
 
 
+# --- aud is never taken from the request's Host header ------------------------------------------------------
+
+OTHER_HOST = "other-deployment.example.org"  # another service that trusts the same issuer
+FORGED = {  # what a client may claim about the address it called; none of it may change the expected aud
+    "Host": OTHER_HOST,
+    "X-Forwarded-Host": OTHER_HOST,
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Port": "443",
+    "Forwarded": f"host={OTHER_HOST};proto=https",
+}
+
+
+@pytest.mark.parametrize("public_base_url", ["", PUBLIC], ids=["bound address", "public_base_url"])
+def test_a_token_for_another_deployment_is_refused_whatever_the_host_header(
+    start: Start, jwks_server: JsonServer, public_base_url: str
+) -> None:
+    """A token minted for another deployment, replayed here with that deployment's Host header: 401. The
+    expected aud is public_base_url, or without it the address the server is bound to (werkzeug's and
+    gunicorn's SERVER_NAME and SERVER_PORT), never what the client says it called."""
+    issuer, scenario = trust(jwks_server, aud="")
+    base = start(trusted_issuers=[issuer], public_base_url=public_base_url)
+    path = "/cds-services"
+    for other in (f"http://{OTHER_HOST}", f"https://{OTHER_HOST}"):
+        assert_refused(get(base + path, headers={**FORGED, **bearer(scenario, other + path)}))
+    own = get(base + path, headers={**FORGED, **bearer(scenario, (public_base_url or base) + path)})
+    assert own.status_code == 200, own.text  # the forged headers neither help nor hurt a right token
+
+
+def test_metrics_need_a_token_when_authentication_is_on(guarded: Guarded) -> None:
+    assert_refused(get(guarded.base + "/metrics"))
+    scraped = get(guarded.base + "/metrics", headers=bearer(guarded.scenario, guarded.base + "/metrics"))
+    assert scraped.status_code == 200 and "cds_request_duration_seconds" in scraped.text
+
+
+def test_metrics_bind_takes_metrics_off_the_main_port(start: Start) -> None:
+    base = start(metrics_bind="127.0.0.1:9")  # served there by `serve` only (test_security_gunicorn.py)
+    assert get(base + "/metrics").status_code == 404
+    assert get(base + "/healthz").status_code == 200
+
+
 # --- nothing secret reaches the logs --------------------------------------------------------------------------
 
 
@@ -254,3 +294,31 @@ def test_allowlisted_fhir_server_is_contacted(start: Start, counting: CountingSe
     answered = call_with_fhir_server(f"{base}/cds-services/{SERVICE}", counting, {"Authorization": scenario.bearer()})
     assert answered.status_code == 200, answered.text
     assert counting.hits
+
+
+@pytest.mark.parametrize(
+    ("issuer_servers", "global_allowlist", "contacted"),
+    [
+        (["self"], [], True),  # the issuer's list is enough: it replaces fhir_allowlist
+        ([], ["self"], False),  # an issuer that lists no server allows none, whatever fhir_allowlist says
+        (None, ["self"], True),  # an issuer without fhir_servers: fhir_allowlist applies
+        (None, [], False),
+    ],
+    ids=["issuer list only", "issuer list empty", "no issuer list, global", "no list at all"],
+)
+def test_which_allowlist_applies_to_a_tokens_issuer(
+    start: Start,
+    counting: CountingServer,
+    jwks_server: JsonServer,
+    issuer_servers: list[str] | None,
+    global_allowlist: list[str],
+    contacted: bool,
+) -> None:
+    """README, Security, FHIR access: the issuer's fhir_servers when it has them, in place of fhir_allowlist."""
+    extra = {"fhir_servers": [counting.url for _ in issuer_servers]} if issuer_servers is not None else {}
+    issuer, scenario = trust(jwks_server, aud=f"{PUBLIC}/cds-services/{SERVICE}", **extra)
+    allowlist = [counting.url for _ in global_allowlist]
+    base = start(trusted_issuers=[issuer], fhir_allowlist=allowlist, public_base_url=PUBLIC)
+    answered = call_with_fhir_server(f"{base}/cds-services/{SERVICE}", counting, {"Authorization": scenario.bearer()})
+    assert answered.status_code == (200 if contacted else 412), answered.text
+    assert bool(counting.hits) == contacted

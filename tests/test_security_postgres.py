@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -52,7 +52,7 @@ def pg_engine() -> Iterator[Engine]:
 
 
 def in_minutes(minutes: int) -> datetime:
-    return datetime.now(timezone.utc) + timedelta(minutes=minutes)
+    return datetime.now(UTC) + timedelta(minutes=minutes)
 
 
 def test_a_jti_is_accepted_once(pg_engine: Engine) -> None:
@@ -96,6 +96,7 @@ def test_the_jti_of_an_expired_token_can_be_used_again(pg_engine: Engine) -> Non
     guard = ReplayGuard(pg_engine, purge_interval_seconds=3600)
     assert guard.first_use("https://ehr.example.org", "warm-up", in_minutes(5))  # this guard's purge is done
     with pg_engine.begin() as conn:
-        conn.execute(seen_jti.insert().values(issuer="https://ehr.example.org", jti="reused", expires_at=in_minutes(-5)))
+        row = {"issuer": "https://ehr.example.org", "jti": "reused", "expires_at": in_minutes(-5)}
+        conn.execute(seen_jti.insert().values(**row))
     assert guard.first_use("https://ehr.example.org", "reused", in_minutes(5))
     assert not guard.first_use("https://ehr.example.org", "reused", in_minutes(5))

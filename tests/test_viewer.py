@@ -9,13 +9,13 @@ from datetime import timedelta
 import pytest
 from flask import Flask
 from sqlalchemy import select
+from support.hookcalls import SERVICE_IDS, assert_operation_outcome
+from support.tokens import jwks, make_key
+from support.viewer_requests import SUMMARY, critical_request
 
 from cds_service import create_app
 from cds_service.storage.database import issued_cards
 from cds_service.viewer.examples import WRITTEN_FOR, shift_days, shifted, shipped_examples
-from support.hookcalls import SERVICE_IDS, assert_operation_outcome
-from support.tokens import jwks, make_key
-from support.viewer_requests import SUMMARY, critical_request
 
 LATER = WRITTEN_FOR + timedelta(days=500)  # a demo run long after the fixtures were written, across 29 February
 

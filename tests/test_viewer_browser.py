@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
-
-from cds_service.storage.database import feedback, open_database
-from cds_service.viewer.examples import shift_days, shifted
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
 from support.governance import EXPERIMENTAL, GOVERNED, as_environment, seed_history
 from support.hookcalls import SERVICE_IDS
 from support.live import serve
 from support.viewer_requests import RULE_ID, critical_request
+
+from cds_service.storage.database import feedback, open_database
+from cds_service.viewer.examples import shift_days, shifted
 
 pytestmark = pytest.mark.slow
 

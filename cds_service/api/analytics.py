@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, request
+from flask.typing import ResponseReturnValue
 
 from ..storage.analytics import Period, feedback_report
 from ..wire.errors import INVALID_PERIOD, CdsError
@@ -46,7 +47,7 @@ def requested_period(now: datetime) -> Period:
 
 
 @bp.get("/analytics")
-def analytics():
+def analytics() -> ResponseReturnValue:
     parts = components()
     displays = {
         (reason.system, reason.code): reason.display

@@ -1,16 +1,19 @@
 """Helpers every endpoint uses: the shared components, authentication, and reading the JSON body."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..security.auth import Claims
 from ..wire.errors import UNSUPPORTED_MEDIA_TYPE, CdsError
 from ..wire.json_body import parse_body
-from ..security.auth import Claims
 from .paths import endpoint_paths
 from .state import EXTENSION_KEY, ServiceState
+
+DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def components() -> ServiceState:
@@ -28,12 +31,24 @@ def authenticate() -> None:
     auth = components().authenticator
     if request.method == "OPTIONS" or not auth.enabled:
         return
-    audiences = [auth.audience_for(path, request.host_url) for path in endpoint_paths()]
+    base = server_base_url(request.environ)
+    audiences = [auth.audience_for(path, base) for path in endpoint_paths()]
     g.claims = auth.authenticate(request.headers.get("Authorization"), audiences)
 
 
+def server_base_url(environ: Mapping[str, Any]) -> str:
+    """This server's own address as the WSGI server reports it: ``wsgi.url_scheme``, ``SERVER_NAME`` and
+    ``SERVER_PORT``, which werkzeug and gunicorn fill from the listening socket, never from the Host header (a
+    client's Host or X-Forwarded-Host header cannot change it; the scheme follows X-Forwarded-Proto only from a
+    peer on gunicorn's ``forwarded_allow_ips``)."""
+    scheme, host, port = environ["wsgi.url_scheme"], environ["SERVER_NAME"], str(environ["SERVER_PORT"])
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" if DEFAULT_PORTS.get(scheme) == port else f"{scheme}://{host}:{port}"
+
+
 def claims() -> Claims | None:
-    return g.get("claims")
+    verified: Claims | None = g.get("claims")
+    return verified
 
 
 def json_body() -> dict[str, Any]:

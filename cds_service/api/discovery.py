@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint
+from flask.typing import ResponseReturnValue
 
 from .context import authenticate, components
 
@@ -10,5 +11,5 @@ bp.before_request(authenticate)
 
 
 @bp.get("/cds-services")
-def discovery():
+def discovery() -> ResponseReturnValue:
     return components().runtime.registry.discovery()

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from flask import Blueprint
+from flask.typing import ResponseReturnValue
 
-from ..server import metrics
-from ..wire.errors import INVALID_FEEDBACK, CdsError
 from ..evaluation import service_for
+from ..server import metrics
 from ..storage.feedback import timestamp_problem
+from ..wire.errors import INVALID_FEEDBACK, CdsError
 from ..wire.validation import first_error
 from .context import authenticate, components, json_body
 from .observability import annotate
@@ -16,7 +17,7 @@ bp.before_request(authenticate)
 
 
 @bp.post("/cds-services/<service_id>/feedback")
-def post_feedback(service_id: str):
+def post_feedback(service_id: str) -> ResponseReturnValue:
     parts = components()
     service = service_for(parts.runtime, service_id)
     body = json_body()

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from flask import Blueprint
+from flask.typing import ResponseReturnValue
 
-from ..server import metrics
 from ..evaluation import answer_hook, read_request, service_for, validate_envelope
-from ..governance import patient_hash
+from ..server import metrics
+from ..server.logs import fingerprint, loggable_hook_instance
 from ..storage.issued_cards import IssuedRow
 from .context import authenticate, claims, components, json_bytes
 from .observability import annotate, record_summary
@@ -15,12 +16,12 @@ bp.before_request(authenticate)
 
 
 @bp.post("/cds-services/<service_id>")
-def call_service(service_id: str):
+def call_service(service_id: str) -> ResponseReturnValue:
     parts = components()
     service = service_for(parts.runtime, service_id)
     body = read_request(parts.runtime, json_bytes())
     validate_envelope(body)
-    annotate(hookInstance=body["hookInstance"])
+    annotate(hookInstance=loggable_hook_instance(body["hookInstance"]))
     identity = claims()
     answer = answer_hook(
         parts.runtime,
@@ -29,7 +30,7 @@ def call_service(service_id: str):
         allowed_fhir_servers=identity.fhir_servers if identity else None,
         seen=parts.issued.seen,
     )
-    patient = patient_hash(answer.call.patient_id)
+    patient = fingerprint(answer.call.patient_id)
     issued = [(i, "active") for i in answer.issued] + [(i, "silent") for i in answer.silent]
     parts.issued.add(
         service.id,

@@ -14,9 +14,9 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from ..server import metrics
 from ..record.client import start_recording, stop_recording
 from ..record.model import PatientRecord
+from ..server import metrics
 from .context import components
 from .paths import path_as_called
 

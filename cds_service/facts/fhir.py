@@ -5,7 +5,7 @@ dateTime without a zone: each reader returns a plain value or None and never rai
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from math import isfinite
@@ -66,8 +66,9 @@ def codings(concept: Any) -> list[tuple[str, str, str]]:
 def concept_text(concept: Any) -> str:
     """``CodeableConcept.text``, else the first coding display, else ""."""
     for item in as_list(concept):
-        if isinstance(item, dict) and isinstance(item.get("text"), str) and item["text"].strip():
-            return item["text"].strip()
+        text = item.get("text") if isinstance(item, dict) else None
+        if isinstance(text, str) and text.strip():
+            return text.strip()
     for _, _, display in codings(concept):
         if display:
             return display
@@ -144,7 +145,7 @@ def not_a_resource(kind: str, index: int, item: Any) -> str:
     return f"{kind} item {index}: not a FHIR resource ({type(item).__name__}), skipped"
 
 
-def reference_name(resource: Resource) -> str:
+def reference_name(resource: Mapping[str, Any]) -> str:
     """``Type/id`` of a resource, for warnings and for the facts' ``resource`` fields."""
     kind = resource.get("resourceType")
     ident = resource.get("id")

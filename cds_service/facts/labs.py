@@ -40,7 +40,7 @@ Measured = tuple[datetime, float, str, Conversion, Mapping[str, Any], Mapping[st
 class LabSeries(Sequence[LabResult]):
     """One analyte's results, newest first; each ``LabResult`` is built the first time it is read."""
 
-    __slots__ = ("_rows", "_make", "_built")
+    __slots__ = ("_built", "_make", "_rows")
 
     def __init__(self, rows: Sequence[Any], make: Callable[[Any], LabResult]) -> None:
         self._rows = rows
@@ -133,7 +133,7 @@ class LabReader:
             unit_text = quantity.get("unit")
             conversion = units.find(unit_code, unit_text)
             if conversion is None:
-                shown = unit_code if isinstance(unit_code, str) and unit_code else unit_text
+                shown = unit_code if isinstance(unit_code, str) and unit_code else str(unit_text)
                 self._warn(observation, f"unknown unit {shown!r} for {analyte}")
                 return True
         effective = _effective(observation)

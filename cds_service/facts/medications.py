@@ -212,7 +212,7 @@ class MedicationReader:
         terminology = self._terminology
         ingredients: set[str] = set()
         for system, code, _ in found:
-            if system == RXNORM or system == ATC:
+            if system in (RXNORM, ATC):
                 ingredients |= terminology.ingredients_for(system, code)
         words = " ".join([text, *(display for _, _, display in found if display)])
         named = frozenset(ingredients) if ingredients else terminology.ingredients_in_text(words)

@@ -17,7 +17,6 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
 from ..schemas import validator as schema_validator
 from .units import UnitTable
 
@@ -182,8 +181,8 @@ class Terminology:
                                         f"'{pair['source']}' is not in sources")
             pairs = tuple(Interaction(first, second, pair["note"])
                           for pair in spec["pairs"] for first in pair["first"] for second in pair["second"])
-            item = InteractionSet(name, spec["title"], pairs)
-            self._define(self.interactions, file, f"interactions/{name}", name, item)
+            interactions = InteractionSet(name, spec["title"], pairs)
+            self._define(self.interactions, file, f"interactions/{name}", name, interactions)
         for name, spec in doc.get("concepts", {}).items():
             self._define(self.concepts, file, f"concepts/{name}", name, Concept(name, spec["title"], spec["kind"]))
         if "negation_strings" in doc:

@@ -119,7 +119,7 @@ _state_lock = threading.Lock()
 
 def _process_state() -> _ProcessState:
     """This process's session and pool, made afresh after a fork (gunicorn workers must not share sockets)."""
-    global _state
+    global _state  # noqa: PLW0603 - one session and pool per process, made anew in a forked child
     pid = os.getpid()
     if _state is None or _state.pid != pid:
         with _state_lock:

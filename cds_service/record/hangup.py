@@ -9,6 +9,7 @@ deadline themselves (``FhirClient._read_body``).
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import socket
 import threading
@@ -46,10 +47,8 @@ class _HangsUpAtDeadline:
 
         def hang_up() -> None:
             hung_up.set()
-            try:
+            with contextlib.suppress(OSError):  # already closed
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed
 
         timer = threading.Timer(max(moment - time.monotonic(), 0.0), hang_up)
         timer.daemon = True

@@ -93,7 +93,7 @@ def obtain_record(
     if record.incomplete:
         log.warning(
             "hook %s: incomplete keys %s (rules relying on absence stay silent): %s",
-            call.hook_instance,
+            call.log_id,
             ",".join(sorted(record.incomplete)),
             "; ".join(record.warnings),
         )
@@ -211,8 +211,9 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
     if bundle.get("resourceType") != "Bundle" or not isinstance(links, list):
         return None
     for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
+        url = link.get("url") if isinstance(link, dict) and link.get("relation") == "next" else None
+        if isinstance(url, str):
+            return url
     return None
 
 
@@ -223,10 +224,10 @@ def _endpoint(call: HookCall, settings: RecordSettings, *, needed: bool) -> Fhir
     except CdsError as refused:
         if needed:
             log.warning(
-                "hook %s: answering %s %s: %s", call.hook_instance, refused.status, refused.kind.code, refused.detail
+                "hook %s: answering %s %s: %s", call.log_id, refused.status, refused.kind.code, refused.detail
             )
             raise
-        log.info("hook %s: fhirServer not used: %s", call.hook_instance, refused.detail)
+        log.info("hook %s: fhirServer not used: %s", call.log_id, refused.detail)
         return None
 
 
@@ -300,7 +301,7 @@ def _refuse_empty(call: HookCall, queried: list[KeyResult]) -> None:
     kind = DEADLINE if timed_out else RECORD_UNAVAILABLE
     reasons = "; ".join(f"{r.key}: {r.problem}" for r in queried)
     log.warning(
-        "hook %s: answering %s %s: no queried key gave data (%s)", call.hook_instance, kind.status, kind.code, reasons
+        "hook %s: answering %s %s: no queried key gave data (%s)", call.log_id, kind.status, kind.code, reasons
     )
     raise CdsError(kind, f"The FHIR server gave no data ({queried[0].problem}).")
 
@@ -346,10 +347,10 @@ def _resolve_medications(
         return
     missing: dict[str, str] = {}
     if client is None:
-        missing = {med_id: "no usable fhirServer" for med_id in wanted}
+        missing = dict.fromkeys(wanted, "no usable fhirServer")
     else:
         read, late = _run_all({med_id: _read_medication(client, med_id) for med_id in wanted}, deadline)
-        missing = {med_id: "the time budget ran out" for med_id in late}
+        missing = dict.fromkeys(late, "the time budget ran out")
         for med_id, outcome in read.items():
             if isinstance(outcome, dict):
                 resources.setdefault("Medication", []).append(outcome)

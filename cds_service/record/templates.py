@@ -26,8 +26,11 @@ _TOKEN = re.compile(r"\{\{\s*context\.(\w+)\s*\}\}")
 
 
 class CodeLike(Protocol):
-    system: str
-    code: str
+    @property
+    def system(self) -> str: ...
+
+    @property
+    def code(self) -> str: ...
 
 
 class PrefetchTerminology(Protocol):

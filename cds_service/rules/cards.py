@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..facts.model import MedicationUse, PatientFacts
-from .uuids import random_uuid
 from .criteria import Match
 from .expression import Tri
 from .model import Action, Reference, Rule, Section, SuggestionTemplate, binding_name
 from .templates import evidence_line, markdown, plain, render
+from .uuids import random_uuid
 
 SUMMARY_LIMIT = 139  # CDS Hooks: "fewer than 140 characters"
 

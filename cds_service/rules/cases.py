@@ -13,9 +13,9 @@ from typing import Any
 
 from ..facts.build import FactWindows, build_facts
 from ..wire.validation import card_problems
+from .case_records import merge, record_of
 from .engine import IssuedCard, RuleSet, evaluate
 from .loader import RuleError, read_yaml, schema_error
-from .case_records import merge, record_of
 
 FROZEN_NOW = datetime(2026, 11, 1, tzinfo=UTC)
 HOOK_PREFERENCE = ("patient-view", "encounter-start", "order-select", "order-sign")

@@ -100,23 +100,24 @@ def evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None = None
 
 
 def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> Match:
-    kind = type(criterion)
-    if kind is CompositeCriterion:
+    if type(criterion) is CompositeCriterion:
         return _composite(criterion, facts, memo)
-    if kind is LabCriterion:
+    if type(criterion) is LabCriterion:
         return _lab(criterion, facts)
-    if kind is InteractionCriterion:
+    if type(criterion) is InteractionCriterion:
         found: tuple[Evidence, ...] = _pairings(criterion, facts)
         return Match(True, found) if found else _not_found(criterion, facts)
-    if kind is TimingCriterion:
+    if type(criterion) is TimingCriterion:
         timing = _timing(criterion, facts)
         return Match(True, (timing,)) if timing else _not_found(criterion, facts)
-    if kind is MedicationCriterion:
+    if type(criterion) is MedicationCriterion:
         found = tuple(
             m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
         )
-    else:
+    elif type(criterion) is FindingCriterion:
         found = _current_findings(criterion, facts)
+    else:
+        raise TypeError(f"unknown criterion {criterion!r}")
     return Match(True, found) if found else _not_found(criterion, facts)
 
 

@@ -14,8 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .cards import Firing, build_card, evidence_lines
 from ..facts.model import PatientFacts
+from .cards import Firing, build_card, evidence_lines
 from .criteria import Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
 from .expression import Tri

@@ -326,8 +326,8 @@ def _card(
         for i, e in enumerate(spec.get("escalate", ()))
     )
     detail = []
-    for i, section in enumerate(spec["detail"]):
-        section = {"text": section} if isinstance(section, str) else section
+    for i, written in enumerate(spec["detail"]):
+        section = {"text": written} if isinstance(written, str) else written
         when = block(f"card/detail/{i}/when", section.get("when"))
         block(f"card/detail/{i}/unless", section.get("unless"))
         detail.append(Section(check_template(f"card/detail/{i}", section["text"], when), when, section.get("unless")))

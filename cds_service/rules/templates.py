@@ -8,9 +8,9 @@ single-line plain text (summary, labels): no raw HTML or Markdown from a record 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from ..facts.model import Finding, LabResult, MedicationUse
 from .criteria import Absence, Evidence, Match, Pairing, Timing
@@ -259,7 +259,8 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
     label = f"{markdown(criterion.label)}: " if criterion.label else ""
     if isinstance(evidence, LabResult):
         unit = unit_text(evidence.unit)
-        text = f"{label}{markdown(analyte_name(evidence.analyte))} **{markdown(value_text(evidence))} {markdown(unit)}**"
+        name, value = markdown(analyte_name(evidence.analyte)), markdown(value_text(evidence))
+        text = f"{label}{name} **{value} {markdown(unit)}**"
         if evidence.reported and not plain(evidence.reported).endswith((f" {evidence.unit}", f" {unit}")):
             text += f" (reported as {markdown(evidence.reported)})"
         reference = lab_range(evidence)

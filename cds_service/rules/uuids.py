@@ -32,7 +32,7 @@ def _from_blocks() -> Iterator[str]:
 
 
 def _forget_blocks() -> None:
-    global _local
+    global _local  # noqa: PLW0603 - a forked child drops its parent's blocks
     _local = threading.local()
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from ..config import ConfigError, Settings
+from ..config import ConfigError, Settings, is_loopback
 from ..wire.errors import UNAUTHORIZED, CdsError
 from .issuers import load_issuers
 from .jwt import Claims, InvalidToken, TokenVerifier
@@ -77,13 +78,20 @@ class Authenticator:
             raise CdsError(UNAUTHORIZED, headers=dict(CHALLENGE)) from None
         except OperationalError:
             raise  # the replay store is unreachable: the web layer answers 503, the request is not served
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
+        except Exception as exc:
             logger.error("JWT verification failed for %s: %s", endpoint, type(exc).__name__, exc_info=True)
             raise CdsError(UNAUTHORIZED, headers=dict(CHALLENGE)) from None
         logger.debug("JWT accepted: iss=%s tenant=%s jti=%s", claims.iss, claims.tenant, claims.jti)
         return claims
 
-    def audience_for(self, path: str, request_base_url: str) -> str:
-        """The ``aud`` a token must carry to call ``path``: the public base URL (or the request's) plus the path."""
-        base = self._public_base_url or request_base_url.rstrip("/")
+    def audience_for(self, path: str, server_base_url: str) -> str:
+        """The ``aud`` a token must carry to call ``path``: ``public_base_url`` plus the path; without it, the
+        server's own bound address (never the request's Host header), and only when that is a loopback address,
+        as ``serve`` insists: otherwise (an app served some other way) every token is refused with a 401."""
+        base = self._public_base_url
+        if not base:
+            if not is_loopback(urlsplit(server_base_url).hostname or ""):
+                logger.warning("JWT refused: public_base_url is not set and this server is not bound to loopback")
+                raise CdsError(UNAUTHORIZED, headers=dict(CHALLENGE))
+            base = server_base_url.rstrip("/")
         return base + (path if path.startswith("/") else "/" + path)

@@ -1,16 +1,16 @@
 """Verification of the JWT a CDS client sends (CDS Hooks 2.0.1 "Trusting CDS Clients").
 
-Order of checks: header (alg on the configured asymmetric list, typ JWT, kid; PyJWT refuses unknown crit) -> issuer trusted ->
-jku allowlisted -> key by kid -> signature, aud (exact), exp and iat (with leeway), required claims -> lifetime
-cap, tenant -> jti seen for the first time. ``sub`` is not required (the spec removed it). Only a verified token
-reaches the replay store, so forged tokens cannot burn another client's jti.
+Order of checks: header (alg on the configured asymmetric list, typ JWT, kid; PyJWT refuses unknown crit) ->
+issuer trusted -> jku allowlisted -> key by kid -> signature, aud (exact), exp and iat (with leeway), required
+claims -> lifetime cap, tenant -> jti seen for the first time. ``sub`` is not required (the spec removed it).
+Only a verified token reaches the replay store, so forged tokens cannot burn another client's jti.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -152,7 +152,7 @@ class TokenVerifier:
         jti = payload["jti"]
         if not jti or len(jti) > MAX_JTI_LENGTH:
             raise InvalidToken("jti is empty or too long")
-        expires_at = datetime.fromtimestamp(exp + self._leeway, tz=timezone.utc)
+        expires_at = datetime.fromtimestamp(exp + self._leeway, tz=UTC)
         if not self._replay.first_use(issuer.iss, jti, expires_at):
             raise InvalidToken(f"jti {_shown(jti)} was already used")
         return Claims(iss=issuer.iss, jti=jti, tenant=tenant, exp=exp, fhir_servers=issuer.fhir_servers)

@@ -2,14 +2,13 @@
 
 With no trusted issuer the service is open, which is meant for local development (the sandbox on one's own
 machine). ``serve`` refuses to listen on anything but a loopback address in that mode unless ``--insecure`` is
-given.
+given, and in the authenticated mode without ``public_base_url``.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 
-from ..config import Settings
+from ..config import Settings, is_loopback
 
 logger = logging.getLogger("cds_service.security")
 
@@ -21,24 +20,21 @@ def auth_enabled(settings: Settings) -> bool:
     return bool(settings.trusted_issuers) or settings.allow_sandbox_issuer
 
 
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1 (also written [::1] or ::ffff:127.x.y.z)."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False  # other host names are not resolved: they could point anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
 def check_bind_safety(host: str, settings: Settings, insecure: bool) -> str | None:
-    """The message to refuse ``serve`` with, or None when binding to ``host`` is acceptable."""
-    if auth_enabled(settings) or is_loopback(host):
+    """The message to refuse ``serve`` with, or None when binding to ``host`` is acceptable.
+
+    Beyond loopback, authentication needs ``public_base_url``: the ``aud`` every token must carry is built from
+    it, and the bound address (0.0.0.0, a pod's IP) is not what clients call.
+    """
+    if is_loopback(host):
         return None
+    if auth_enabled(settings):
+        if settings.public_base_url:
+            return None
+        return (
+            f"refusing to serve on {host} without public_base_url: set it to the URL clients call "
+            "(https://cds.example.org), which JWT aud is checked against"
+        )
     if insecure:
         logger.warning("serving on %s WITHOUT authentication (--insecure): anyone who can reach it may call it", host)
         return None

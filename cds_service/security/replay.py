@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, delete, insert
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +27,7 @@ class ReplayGuard:
 
     def first_use(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """Record the jti; True the first time, False if it was already seen and has not expired."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self._purge_if_due(now)
         if self._insert(issuer, jti, expires_at):
             return True

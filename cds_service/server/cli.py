@@ -8,21 +8,27 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_config, masked_settings
+from ..config import ConfigError, Settings, load_config, masked_settings
 from .logs import configure_logging, logging_dict
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is first imported
 
 
-def gunicorn_options(host: str, port: int, workers: int, threads: int, log_level: str) -> dict[str, Any]:
+def gunicorn_options(
+    host: str, port: int, workers: int, threads: int, log_level: str, forwarded_allow_ips: Sequence[str] = ()
+) -> dict[str, Any]:
     """The gunicorn settings of ``serve`` (the benchmark's floor app runs under the same ones)."""
     from .gunicorn_logger import ServiceLogger
 
     return {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        # whose X-Forwarded-Proto (and the other secure-scheme headers) gunicorn believes: by default no one's,
+        # where gunicorn's own default believes any process on this host (127.0.0.1)
+        "forwarded_allow_ips": ",".join(forwarded_allow_ips),
         "workers": workers,
         "worker_class": "gthread",
         "threads": threads,
@@ -93,14 +99,32 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         app = create_app(settings)  # loads and checks rules, value sets and the database before any port is opened
+        _serve_metrics_apart(settings, app)
     except Exception:
         remove_metrics_dir()
         raise
 
-    options = gunicorn_options(args.host, args.port, args.workers, args.threads, settings.log_level)
+    options = gunicorn_options(
+        args.host, args.port, args.workers, args.threads, settings.log_level, settings.forwarded_allow_ips
+    )
     options.update(post_fork=_after_fork, child_exit=_child_exit, on_exit=remove_metrics_dir)
     run_gunicorn(app, options)
     return 0
+
+
+def _serve_metrics_apart(settings: Settings, app: Any) -> None:
+    """With ``metrics_bind``, serve the metrics on that address from this (gunicorn's master) process."""
+    from ..api.state import EXTENSION_KEY
+    from .metrics import FiringRateAnomalies, metrics_address, serve_metrics
+
+    address = metrics_address(settings)
+    if address is None:
+        return
+    try:
+        serve_metrics(address, FiringRateAnomalies(app.extensions[EXTENSION_KEY].firing_rate_anomalies))
+    except OSError as exc:
+        problem = exc.strerror or exc
+        raise ConfigError(f"metrics_bind = {settings.metrics_bind!r}: cannot listen there ({problem})") from None
 
 
 def _prepare_metrics_dir() -> str | None:
@@ -132,8 +156,8 @@ def _after_fork(_server: Any, worker: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..wire.errors import UNKNOWN_SERVICE, CdsError, operation_outcome
     from ..evaluation import Runtime, answer_hook, read_request, validate_envelope
+    from ..wire.errors import UNKNOWN_SERVICE, CdsError, operation_outcome
 
     settings = load_config(args.config, overrides={"now": args.now} if args.now else None)
     configure_logging(settings.log_level)
@@ -143,7 +167,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         validate_envelope(body)
         service = runtime.registry.for_hook(body["hook"])
         if service is None:
-            raise CdsError(UNKNOWN_SERVICE, f"No service answers the hook {body['hook']!r}.")
+            raise CdsError(UNKNOWN_SERVICE, "No service answers the hook the request names.")
         answer = answer_hook(runtime, service, body)
     except CdsError as error:
         print(json.dumps(operation_outcome(error.kind, error.detail), indent=2))  # the answer a server would give

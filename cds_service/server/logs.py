@@ -6,13 +6,39 @@ line: the per-request line (cds_service/api/observability.py) carries the patien
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+
+def fingerprint(value: str) -> str:
+    """The first 16 hex digits of the SHA-256 of ``value``: lets log lines be correlated without holding it."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def loggable_hook_instance(hook_instance: str) -> str:
+    """``hookInstance`` as a log line may hold it: a UUID (what CDS Hooks asks for) as it is, anything else only
+    fingerprinted, since a careless client may have put a token or a patient id there."""
+    try:
+        if str(uuid.UUID(hook_instance)) == hook_instance.lower():
+            return hook_instance
+    except ValueError:
+        pass
+    return "sha256:" + fingerprint(hook_instance)
+
+
+# The HTTP client libraries log request URLs (a FHIR search names the patient: ``Observation?patient=<id>``) at
+# DEBUG, and urllib3 again in its WARNING lines about retries and unreadable headers. They are held at ERROR
+# whatever ``log_level`` says; their ERROR lines hold no URL.
+QUIET_LIBRARIES = ("urllib3", "requests", "charset_normalizer")
+QUIET_LEVEL = "ERROR"
+
 
 # Attributes every LogRecord has; anything else on a record came from ``extra`` and is written as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -46,7 +72,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -68,17 +94,20 @@ def logging_dict(level: str) -> dict[str, Any]:
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
+            **{name: {"level": QUIET_LEVEL} for name in QUIET_LIBRARIES},
         },
     }
 
 
 def configure_logging(level: str) -> None:
-    """Send every log line to stderr as JSON at ``level`` (a ``logging`` level name).
+    """Send every log line to stderr as JSON at ``level`` (a ``logging`` level name); ``QUIET_LIBRARIES`` at ERROR.
 
     Idempotent, and it leaves other handlers on the root logger in place (a test runner's capture, say).
     """
     root = logging.getLogger()
     root.setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(QUIET_LEVEL)
     if not any(isinstance(handler, StderrHandler) for handler in root.handlers):
         handler = StderrHandler()
         handler.setFormatter(JsonFormatter())

@@ -1,5 +1,8 @@
 """Prometheus metrics: what the service records, and the exposition for ``GET /metrics``.
 
+Where: ``GET /metrics`` on the main port (behind a JWT when authentication is on), or, with ``metrics_bind``, on
+a separate address served by prometheus-client's HTTP server in ``serve``'s master process (for the scraper).
+
 Under ``cds-service serve`` several gunicorn workers each keep their own values; ``PROMETHEUS_MULTIPROC_DIR``
 (set by the CLI before this module is first imported) makes prometheus-client write them to per-process files
 that :func:`exposition` adds up, so any worker answers ``/metrics`` for all of them. Without that variable (tests,
@@ -11,12 +14,22 @@ prefetch keys), never from request data, so the number of series stays bounded.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from ..config import Settings, host_and_port
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # EHRs drop a hook's cards after about a second, so the interesting resolution is below that.
@@ -46,7 +59,9 @@ FHIR_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 FHIR_ERRORS = Counter(
-    "cds_fhir_errors", "FHIR requests that gave no usable resource, by resource type and reason.", ["resource", "reason"]
+    "cds_fhir_errors",
+    "FHIR requests that gave no usable resource, by resource type and reason.",
+    ["resource", "reason"],
 )
 UNREAD = Counter(
     "cds_unread_resources",
@@ -99,35 +114,60 @@ def count_feedback(service: str, outcomes: Iterable[str], repeats: int) -> None:
         FEEDBACK_REPEATS.labels(service).inc(repeats)
 
 
-class _FiringRateAnomalies(Collector):
-    """``cds_rule_firing_rate_anomaly``: read from the database at each scrape, so it is one value for every worker
-    and instance (cds_service.storage.analytics explains the check)."""
+class FiringRateAnomalies(Collector):
+    """``cds_rule_firing_rate_anomaly``: ``check`` reads it from the database at each scrape (rule id -> flagged;
+    None leaves the gauge out), so it is one value for every worker and instance (cds_service.storage.analytics
+    explains the check)."""
 
-    def __init__(self, anomalies: Mapping[str, bool]) -> None:
-        self._anomalies = anomalies
+    def __init__(self, check: Callable[[], Mapping[str, bool] | None]) -> None:
+        self._check = check
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        anomalies = self._check()
+        if anomalies is None:
+            return
         gauge = GaugeMetricFamily(
             "cds_rule_firing_rate_anomaly",
             "1 when the rule's firing rate today (cards per hook call, UTC day) is outside its usual band, else 0.",
             labels=["rule"],
         )
-        for rule, flagged in sorted(self._anomalies.items()):
+        for rule, flagged in sorted(anomalies.items()):
             gauge.add_metric([rule], 1.0 if flagged else 0.0)
         yield gauge
 
 
-def exposition(anomalies: Mapping[str, bool] | None = None) -> tuple[bytes, str]:
-    """The metrics text and its content type, added up over all workers in multiprocess mode, with the firing-rate
-    gauge of ``anomalies`` (rule id -> flagged) when given."""
+def exposition(extra: Collector | None = None) -> tuple[bytes, str]:
+    """The metrics text and its content type, added up over all workers in multiprocess mode, followed by what
+    ``extra`` collects."""
+    text = generate_latest(_registry())
+    if extra is not None:
+        own = CollectorRegistry(auto_describe=False)
+        own.register(extra)
+        text += generate_latest(own)
+    return text, CONTENT_TYPE_LATEST
+
+
+def _registry() -> CollectorRegistry:
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        text = generate_latest(registry)
-    else:
-        text = generate_latest(REGISTRY)
-    if anomalies is not None:
-        extra = CollectorRegistry(auto_describe=False)
-        extra.register(_FiringRateAnomalies(anomalies))
-        text += generate_latest(extra)
-    return text, CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def metrics_address(settings: Settings) -> tuple[str, int] | None:
+    """The (host, port) of ``metrics_bind``, or None when the metrics are off or served on the main port."""
+    if not settings.metrics_enabled or settings.metrics_bind is None:
+        return None
+    return host_and_port(settings.metrics_bind)
+
+
+def serve_metrics(address: tuple[str, int], extra: Collector | None = None) -> None:
+    """Serve the exposition of every worker, and what ``extra`` collects, at ``address`` from a thread of this
+    process (``serve`` runs it in gunicorn's master, before the workers are forked): prometheus-client's own HTTP
+    server, which answers nothing but the metrics."""
+    host, port = address
+    registry = _registry()
+    if extra is not None:
+        registry.register(extra)
+    start_http_server(port, addr=host, registry=registry)

@@ -115,7 +115,8 @@ def insert_ignoring_duplicates(engine: Engine, table: Table, *unique_columns: st
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
     if dialect is None:
         raise ValueError(f"unsupported database dialect {engine.dialect.name!r}: use SQLite or PostgreSQL")
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique_columns) or None)
+    insert: Insert = dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique_columns) or None)
+    return insert
 
 
 def add_to_counts(engine: Engine, table: Table, count_column: str) -> Insert:
@@ -124,9 +125,10 @@ def add_to_counts(engine: Engine, table: Table, count_column: str) -> Insert:
     dialect = {"sqlite": sqlite, "postgresql": postgresql}[engine.dialect.name]
     insert = dialect.insert(table)
     keys = [column.name for column in table.primary_key.columns]
-    return insert.on_conflict_do_update(
+    adding: Insert = insert.on_conflict_do_update(
         index_elements=keys, set_={count_column: table.c[count_column] + insert.excluded[count_column]}
     )
+    return adding
 
 
 def is_reachable(engine: Engine) -> bool:
@@ -134,5 +136,5 @@ def is_reachable(engine: Engine) -> bool:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
-    except Exception:  # noqa: BLE001 - any driver error means "not ready"
+    except Exception:
         return False

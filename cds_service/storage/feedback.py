@@ -8,15 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from .issued_cards import IssuedCardLog
 from .database import feedback, insert_ignoring_duplicates, issued_cards
+from .issued_cards import IssuedCardLog
 
 log = logging.getLogger("cds_service.storage.feedback")
 
@@ -43,7 +43,7 @@ def timestamp_problem(entries: Sequence[Mapping[str, Any]]) -> str | None:
         try:
             _parse_time(entry["outcomeTimestamp"])
         except ValueError:
-            return f"at feedback/{index}/outcomeTimestamp: {entry['outcomeTimestamp']!r} is not a real date and time"
+            return f"at feedback/{index}/outcomeTimestamp: expected a real date and time"
     return None
 
 

@@ -4,8 +4,8 @@ The pages call the real endpoints (``/cds-services``, ``/cds-services/{id}``, ``
 from the browser, with no token, so the viewer is registered only when authentication is off (see
 ``cds_service.app``). The pages link to their scripts, styles and the service relative to ``/viewer/``, so each
 page answers only at its own spelling (``strict_slashes``): ``/viewer`` answers a 404 that names ``/viewer/``,
-never a redirect (see ``api/paths.py``). Every answer carries a strict Content-Security-Policy: only this origin's scripts, styles
-and connections, so even a card that slipped markup past the Markdown renderer could not run a script.
+never a redirect (see ``api/paths.py``). Every answer carries a strict Content-Security-Policy: only this origin's
+scripts, styles and connections, so even a card that slipped markup past the Markdown renderer could not run a script.
 """
 from __future__ import annotations
 

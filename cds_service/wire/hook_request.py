@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..server.logs import loggable_hook_instance
 from .errors import INVALID_REQUEST, CdsError
 
 PATIENT_VIEW = "patient-view"
@@ -52,6 +53,11 @@ class HookCall:
     draft_orders: tuple[dict[str, Any], ...] = ()
     selections: frozenset[str] = frozenset()
 
+    @property
+    def log_id(self) -> str:
+        """The hookInstance as log lines may name this call (see ``loggable_hook_instance``)."""
+        return loggable_hook_instance(self.hook_instance)
+
     @classmethod
     def from_request(cls, service_id: str, body: Mapping[str, Any]) -> HookCall:
         hook = body["hook"]
@@ -79,8 +85,8 @@ def _fhir_server(url: str | None) -> str | None:
         return None
     try:
         urlsplit(url).port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        raise CdsError(INVALID_REQUEST, f"fhirServer is not a valid URL: {exc}.") from None
+    except ValueError:
+        raise CdsError(INVALID_REQUEST, "fhirServer is not a valid URL (its port cannot be read).") from None
     return url.rstrip("/") or None
 
 

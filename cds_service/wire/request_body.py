@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import simdjson
 
@@ -133,10 +133,11 @@ def _lean(
         if type(entries) is not _Array:
             kept[key] = value
             continue
-        if _distinct_keys(value) is None:
+        bundle = cast(simdjson.Object, value)  # only an Object has an entry Array
+        if _distinct_keys(bundle) is None:
             return None
         total += len(entries)  # every entry list counts toward the limit, as in check_prefetch_size
-        if value.get("resourceType") != "Bundle":
+        if bundle.get("resourceType") != "Bundle":
             kept[key] = value
             continue
         chosen = [entry for entry in entries if not _too_old(entry, observations_from, lab_results_from)]
@@ -208,7 +209,7 @@ def _lab_window(observation: Any, window_of: Mapping[str, int]) -> int | None:
 
 
 def _bundle(bundle: Any, entries: list[Any]) -> dict[str, Any]:
-    built = {key: _built(bundle[key]) for key in bundle.keys() if key != "entry"}
+    built = {key: _built(bundle[key]) for key in bundle.keys() if key != "entry"}  # noqa: SIM118 - a simdjson Object
     built["entry"] = [_built(entry) for entry in entries]
     return built
 

@@ -8,6 +8,7 @@ send it, and the tests check every response they produce with the same function.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import jsonschema_rs
 from jsonschema.exceptions import ValidationError, best_match
 
-from ..schemas import validator
+from ..schemas import schema, validator
 
 SCHEMA_NAMES = ("request", "response", "discovery", "feedback")
 
@@ -26,7 +27,7 @@ def fast_validator(name: str) -> jsonschema_rs.Validator:
 
     Only documents it refuses go through ``validator`` (python-jsonschema) for the message.
     """
-    return jsonschema_rs.validator_for(validator(name).schema)
+    return jsonschema_rs.validator_for(schema(name))
 
 
 def compile_schemas() -> None:
@@ -35,6 +36,7 @@ def compile_schemas() -> None:
     for name in SCHEMA_NAMES:
         validator(name)
         fast_validator(name)
+    _schema_names()
     _sound_cards()
 
 
@@ -42,19 +44,100 @@ def first_violation(name: str, document: Any) -> ValidationError | None:
     """The most relevant schema violation, or None when the document is valid."""
     if fast_validator(name).is_valid(document):
         return None
-    return best_match(validator(name).iter_errors(document))
+    error: ValidationError | None = best_match(validator(name).iter_errors(document))
+    return error
 
 
 def describe(error: ValidationError) -> str:
-    """One line naming where a violation is and what it is."""
-    where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-    return f"at {where}: {_short(error.message)}"
+    """One line naming where a violation is and what the schema expects there.
+
+    Never the offending value nor a property name the schemas do not define: a careless client may have put an
+    access token or a patient id exactly there, and error bodies end up in EHR and gateway logs. Only the
+    schema's own words (its property names, types and constraints) and array positions are used.
+    """
+    return f"at {_where(error)}: {_expected(error)}"
 
 
 def first_error(name: str, document: Any) -> str | None:
     """A one-line description of the most relevant schema violation, or None when the document is valid."""
     error = first_violation(name, document)
     return describe(error) if error is not None else None
+
+
+def _where(error: ValidationError) -> str:
+    """The path to the violation: array positions and schema-defined property names; any other name is ``*``."""
+    names = _schema_names()
+    parts = [str(p) if isinstance(p, int) or p in names else "*" for p in error.absolute_path]
+    return "/".join(parts) or "(root)"
+
+
+_LIMITS = frozenset({
+    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
+    "maxContains", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+})
+_CHOICES = {"anyOf": "matches none of the allowed forms", "oneOf": "does not match exactly one allowed form"}
+_NAMELESS = {
+    "additionalProperties": "holds a property that is not allowed here",
+    "unevaluatedProperties": "holds a property that is not allowed here",
+    "unevaluatedItems": "holds an item that is not allowed here",
+    "propertyNames": "holds a property name that is not allowed here",
+    "uniqueItems": "expected unique items",
+    "not": "has a form that is not allowed here",
+    None: "is not allowed here",  # a ``false`` schema
+}
+
+
+def _expected(error: ValidationError) -> str:
+    """What the schema asks for at the violation, in the schema's own terms (``validator_value`` is schema)."""
+    kind = error.validator if isinstance(error.validator, str) else None  # None: a ``false`` schema
+    rule: Any = error.validator_value
+    instance = error.instance
+    if kind == "type":
+        return "expected type " + " or ".join(map(str, rule if isinstance(rule, list) else [rule]))
+    if kind == "required":
+        missing = [name for name in rule if not isinstance(instance, dict) or name not in instance]
+        return f"{', '.join(missing)} is required"
+    if kind == "dependentRequired":
+        present = [name for name in rule if isinstance(instance, dict) and name in instance]
+        return "; ".join(f"{name} requires {', '.join(rule[name])}" for name in present)
+    if kind == "enum":
+        return "expected one of " + ", ".join(_short(json.dumps(value)) for value in rule)
+    if kind == "const":
+        return "expected " + _short(json.dumps(rule))
+    if kind == "pattern":
+        return f"expected a string matching {_short(str(rule))}"
+    if kind == "format":
+        return f"expected format {rule}"
+    if kind in _LIMITS:
+        return f"expected {kind} {rule}"
+    if kind in _CHOICES:
+        return _CHOICES[kind]
+    return _NAMELESS.get(kind, f"does not satisfy the schema's {kind}")
+
+
+@cache
+def _schema_names() -> frozenset[str]:
+    """Every property name the project's CDS Hooks schemas define (``properties``, ``required``, ...)."""
+    names: set[str] = set()
+    for name in SCHEMA_NAMES:
+        _collect_names(validator(name).schema, names)
+    return frozenset(names)
+
+
+def _collect_names(schema: Any, names: set[str]) -> None:
+    if isinstance(schema, list):
+        for item in schema:
+            _collect_names(item, names)
+        return
+    if not isinstance(schema, dict):
+        return
+    for keyword, value in schema.items():
+        if keyword in ("properties", "dependentRequired") and isinstance(value, dict):
+            names.update(value)
+        elif keyword == "required" and isinstance(value, list):
+            names.update(v for v in value if isinstance(v, str))
+        if keyword not in ("enum", "const"):
+            _collect_names(value, names)
 
 
 def _short(message: str, limit: int = 300) -> str:
@@ -88,11 +171,11 @@ _FILLED = {
 
 @cache
 def _sound_cards() -> jsonschema_rs.Validator:
-    schema = copy.deepcopy(validator("response").schema)
-    schema["$defs"]["filled"] = _FILLED
-    cards = schema["properties"]["cards"]
+    response = copy.deepcopy(schema("response"))
+    response["$defs"]["filled"] = _FILLED
+    cards = response["properties"]["cards"]
     cards["items"] = {"allOf": [cards["items"], {"$ref": "#/$defs/filled"}]}
-    return jsonschema_rs.validator_for(schema)
+    return jsonschema_rs.validator_for(response)
 
 
 def card_problems(card: dict[str, Any]) -> list[str]:
@@ -124,5 +207,4 @@ def _schema_problems(document: Any) -> Iterator[str]:
     if fast_validator("response").is_valid(document):
         return
     for error in validator("response").iter_errors(document):
-        where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-        yield f"at {where}: {_short(error.message)}"
+        yield describe(error)

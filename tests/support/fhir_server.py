@@ -9,8 +9,8 @@ import json
 import shutil
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ class CountingServer:
         headers: list[dict[str, str]] = []
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 hits.append(self.path)
                 headers.append(dict(self.headers))
                 body = json.dumps({"resourceType": "Bundle", "type": "searchset"}).encode()
@@ -167,7 +167,7 @@ class CountingServer:
 
             do_POST = do_GET  # noqa: N815
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (silence stderr)
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.hits = hits  # the path of each request

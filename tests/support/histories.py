@@ -52,6 +52,7 @@ def long_history(seed: int, now: datetime) -> PatientRecord:
                "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
                                                          "code": code, "display": text}], "text": text}}
               for code, text in rng.sample(drugs, rng.randint(0, 2))]
-    patient = {"resourceType": "Patient", "id": "p1", "gender": rng.choice(["male", "female"]), "birthDate": "1950-01-01"}
+    gender = rng.choice(["male", "female"])
+    patient = {"resourceType": "Patient", "id": "p1", "gender": gender, "birthDate": "1950-01-01"}
     return PatientRecord("p1", {"Patient": [patient], "Observation": labs + symptoms, "Condition": [cramp],
                                 "MedicationRequest": orders})

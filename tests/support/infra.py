@@ -96,9 +96,10 @@ class ServiceInstance:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / f"instance-{self.port}.log"
         home.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open while the instance runs; closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cds_service.server.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
+            [sys.executable, "-m", "cds_service.server.cli", "serve",
+             "--port", str(self.port), "--workers", str(workers)],
             env={
                 **os.environ,
                 "CDS_DATA_DIR": str(home / f"data-{self.port}"),

@@ -54,9 +54,10 @@ def serve(
     """Start ``cds-service serve`` with its own data directory; yield its base URL; stop it afterwards."""
     port = free_port()
     environment = {**os.environ, "CDS_DATA_DIR": str(tmp / "data"), **as_environment(EVERY_CALL_ANEW), **(env or {})}
-    log = open(tmp / f"serve-{port}.log", "wb")
+    log = open(tmp / f"serve-{port}.log", "wb")  # noqa: SIM115 - open while the server runs; closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "cds_service.server.cli", "serve", "--port", str(port), "--workers", str(workers), *args],
+        [sys.executable, "-m", "cds_service.server.cli", "serve",
+         "--port", str(port), "--workers", str(workers), *args],
         env=environment,
         cwd=tmp,  # an unrelated working directory: the installed package must carry its rules and schemas
         stdout=log,
