@@ -249,3 +249,21 @@ def test_patient_ids_are_never_stored(make_app) -> None:
     with state.engine.connect() as conn:
         rows = [dict(row) for row in conn.execute(select(issued_cards)).mappings()]
     assert rows and PATIENT_ID not in json.dumps(rows, default=str)
+
+
+def test_while_the_database_is_unreachable_cards_are_answered_and_this_process_still_knows_its_own(
+    make_app, tmp_path: Path
+) -> None:
+    database = tmp_path / "governed.sqlite3"
+    app = make_app(**GOVERNED, database_url=f"sqlite:///{database}", issued_cards_flush_seconds=3600)
+    state = app.extensions["cds_service"]
+    state.engine.dispose()
+    saved = database.rename(tmp_path / "saved.sqlite3")
+    database.mkdir()  # a directory where the database was: every connection fails
+    with app.test_client() as client:
+        assert len(call(client, potassium_request(3.0))) == 1
+        assert call(client, potassium_request(3.0)) == []  # from this process's queue of issued cards
+        assert len(call(client, potassium_request(3.0, user="Practitioner/colleague"))) == 1
+    database.rmdir()
+    saved.rename(database)
+    state.issued.flush()

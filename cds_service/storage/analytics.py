@@ -253,7 +253,7 @@ def feedback_report(
             .where(issued_cards.c.card_uuid.is_(None), latest.c.outcome_at >= since, latest.c.outcome_at < until)
             .group_by(latest.c.outcome)
         )
-        unattributed: dict[str, int] = dict(conn.execute(orphans).tuples().all())
+        unattributed: dict[str, int] = dict(conn.execute(orphans).all())
         first_day, last_day = since.date(), (until - timedelta(microseconds=1)).date()
         calls = _daily_calls(conn, first_day - timedelta(days=BASELINE_DAYS), last_day)
         evaluated = [rule_id for rule_id, how in deployed.items() if how != "off"]

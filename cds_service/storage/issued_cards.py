@@ -15,7 +15,9 @@ service the same way (``hook_calls_daily``, the denominator of firing rates).
 The repeat check (``seen``) reads the database and this process's queue, so a card is known at once to the
 process that issued it and, to the other workers and instances, once its batch is written: within
 ``issued_cards_flush_seconds``. Two calls for the same finding on two processes inside that interval can both
-show the card. While the database cannot be read, only this process's queue is known (the card shows).
+show the card. While the database cannot be read, only this process's queue is known (the card shows), and after
+a failed read the database is left alone for ``RETRY_SECONDS``, so an unreachable database slows at most one hook
+call per process in that time.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
@@ -66,6 +69,7 @@ class IssuedCardLog:
         self._dropped = 0  # rows pushed out of a full queue since the last report (reported with each write attempt)
         self._calls: Counter[tuple[date, str]] = Counter()  # hook calls not written yet, by day and service
         self._calls_lock = threading.Lock()
+        self._read_failed_at: float | None = None  # time.monotonic() of the last failed repeat-check read
 
     def add(self, service_id: str, cards: Iterable[tuple[str, ...]], at: datetime, patient: str = "") -> None:
         """Count one hook call of ``service_id`` at ``at`` (UTC) and queue one row per card it issued (an
@@ -93,6 +97,9 @@ class IssuedCardLog:
         for row in list(self._pending):
             if row["finding"] in since:
                 note(row["finding"], row["issued_at"], row["indicator"])
+        failed = self._read_failed_at
+        if failed is not None and time.monotonic() - failed < RETRY_SECONDS:
+            return found
         query = select(issued_cards.c.finding, issued_cards.c.issued_at, issued_cards.c.indicator).where(
             issued_cards.c.finding.in_(list(since)), issued_cards.c.issued_at >= min(since.values())
         )
@@ -100,7 +107,9 @@ class IssuedCardLog:
             with self._engine.connect() as conn:
                 for finding, issued_at, indicator in conn.execute(query):
                     note(finding, _aware(issued_at), indicator)
+            self._read_failed_at = None
         except SQLAlchemyError as exc:
+            self._read_failed_at = time.monotonic()
             log.warning("repeat check without the database (cards may repeat): %s", type(exc).__name__)
         return found
 
