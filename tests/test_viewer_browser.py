@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
-from sqlalchemy import select
+from sqlalchemy import Engine, func, select
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
 from support.governance import EXPERIMENTAL, GOVERNED, as_environment, seed_history
 from support.hookcalls import SERVICE_IDS
 from support.live import serve
 from support.viewer_requests import RULE_ID, critical_request
 
-from cds_service.storage.database import feedback, open_database
+from cds_service.storage.database import feedback, issued_cards, open_database
 from cds_service.viewer.examples import shift_days, shifted
 
 pytestmark = pytest.mark.slow
@@ -250,16 +251,26 @@ def test_markdown_renders_the_subset_cards_use(page, server) -> None:
     assert rendered == [html for _, html in MARKDOWN_CASES]
 
 
+def wait_for_firings(engine: Engine, rule_id: str, count: int) -> None:
+    """Until today's issued-card rows of ``rule_id`` number ``count``."""
+    today = datetime.now(UTC).date()
+    query = select(func.count()).where(issued_cards.c.rule_id == rule_id, issued_cards.c.issued_on == today)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one() >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} rows of {rule_id} today after 10 s")
+
+
 def test_analytics_page_shows_silent_firings_and_flags_an_unusual_firing_rate(page, tmp_path) -> None:
     """A site on its defaults: the experimental rule runs silent. Fifteen days of history in the server's database
     (the rule fired on about a tenth of the calls), then today it fires on most: the page flags it."""
     env = as_environment(GOVERNED)
     with serve(tmp_path, env=env) as base:
         engine = open_database(f"sqlite:///{tmp_path / 'data' / 'cds-service.sqlite3'}")
-        try:
-            seed_history(engine, EXPERIMENTAL, today_firings=12)
-        finally:
-            engine.dispose()
+        seed_history(engine, EXPERIMENTAL, today_firings=12)
         example = next(n for n, e in json.loads(EXPECTATIONS.read_text())["fixtures"].items()
                        if e["rules"] == [EXPERIMENTAL])
         page.goto(f"{base}/viewer/")
@@ -267,6 +278,8 @@ def test_analytics_page_shows_silent_firings_and_flags_an_unusual_firing_rate(pa
         page.select_option("#example", Path(example).stem)
         page.click("#call")
         expect(page.locator("#call-status")).to_contain_text("0 cards")  # silent: recorded, not shown
+        wait_for_firings(engine, EXPERIMENTAL, 13)  # the worker that answered writes its batch a moment later
+        engine.dispose()
 
         page.click("text=Feedback analytics")
         page.wait_for_selector("body[data-ready='true']")
