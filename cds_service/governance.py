@@ -26,7 +26,6 @@ from .rules.loader import load_override_reasons, shipped_rules_dir
 from .rules.model import INDICATOR_RANK, Coding
 from .server.logs import fingerprint
 
-DEPLOYMENTS: tuple[Deployment, ...] = ("active", "silent", "off")
 BY_STATUS: Mapping[str, Deployment] = {
     "experimental": "silent",
     "test": "active",

@@ -235,9 +235,10 @@ def test_bad_governance_settings_stop_the_start_in_one_line(
     tmp_path: Path, settings: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError) as error:
-        create_app({"data_dir": str(tmp_path), **settings})
+        create_app({"data_dir": str(tmp_path / "data"), **settings})
     text = str(error.value)
     assert text.startswith("configuration error: ") and message in text and "\n" not in text
+    assert not (tmp_path / "data").exists()  # refused before the database is made
 
 
 def test_patient_ids_are_never_stored(make_app) -> None:

@@ -33,10 +33,11 @@ class ServiceState:
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
+        runtime = Runtime.load(settings)  # rules and the settings about them are checked before the database is touched
         engine = open_database(database_url(settings))
         issued = IssuedCardLog(engine, settings.issued_cards_flush_seconds)
         return cls(
-            runtime=Runtime.load(settings),
+            runtime=runtime,
             engine=engine,
             issued=issued,
             feedback=FeedbackStore(engine, issued),
