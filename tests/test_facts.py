@@ -291,7 +291,7 @@ def test_synthea_scdc_codes_are_classified(terminology: Terminology) -> None:
     assert by_ref["MedicationRequest/b"].ingredients == {"furosemide"}
     assert by_ref["MedicationRequest/b"].classes == {"loop_diuretic"}
     assert by_ref["MedicationRequest/c"].ingredients == {"hydrochlorothiazide", "lisinopril"}
-    assert by_ref["MedicationRequest/c"].classes == {"thiazide_diuretic"}
+    assert by_ref["MedicationRequest/c"].classes == {"thiazide_diuretic", "ace_inhibitor"}
     assert facts.medications_in({"statin"})[0].name == "Simvistatin 10 MG"
 
 
@@ -333,7 +333,7 @@ def test_medication_ingredients_classify_a_compounded_medication(terminology: Te
     medication = {"resourceType": "Medication", "id": "m2", "code": {"text": "house mix"},
                   "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "9997"}]}}]}
     facts = facts_of(terminology, request("mr", medicationReference={"reference": "Medication/m2"}), medication)
-    assert facts.medications[0].classes == {"potassium_sparing_diuretic"}
+    assert facts.medications[0].classes == {"potassium_sparing_diuretic", "mineralocorticoid_antagonist"}
 
 
 def test_an_unresolved_reference_uses_its_display_with_a_warning(terminology: Terminology) -> None:
@@ -451,10 +451,46 @@ def test_which_conditions_are_current(terminology: Terminology, kwargs: dict[str
     assert bool(facts.findings_of({"cramp"})) is counted
 
 
+def _category(*codes: str, system: str = "http://terminology.hl7.org/CodeSystem/condition-category") -> list[Any]:
+    return [{"coding": [{"system": system, "code": code}]} for code in codes]
+
+
+ENCOUNTER, PROBLEM = _category("encounter-diagnosis"), _category("problem-list-item")
+
+
+@pytest.mark.parametrize(("kwargs", "counted"), [
+    ({"category": ENCOUNTER, "recordedDate": ago(10)}, True),
+    ({"category": ENCOUNTER, "recordedDate": ago(29)}, True),
+    ({"category": ENCOUNTER, "recordedDate": ago(31)}, False),
+    ({"category": ENCOUNTER, "onsetDateTime": ago(3 * 365), "recordedDate": ago(3 * 365)}, False),  # one old visit
+    ({"category": ENCOUNTER, "onsetDateTime": ago(400), "recordedDate": ago(5)}, True),  # noted at a recent visit
+    ({"category": ENCOUNTER, "onsetDateTime": ago(5)}, True),  # no recordedDate: the onset dates the statement
+    ({"category": ENCOUNTER, "recordedDate": ago(5), "clinical": "resolved", "abatementDateTime": ago(60)}, False),
+    ({"category": PROBLEM, "onsetDateTime": ago(3 * 365), "recordedDate": ago(3 * 365)}, True),  # while active
+    ({"category": PROBLEM, "recordedDate": ago(3 * 365), "clinical": "inactive"}, False),
+    ({"category": _category("encounter-diagnosis", "problem-list-item"), "recordedDate": ago(400)}, True),
+    ({"category": _category("encounter-diagnosis", system="http://example.org/local"), "recordedDate": ago(400)},
+     False),  # matched by code, whatever the system
+    ({"category": _category("health-concern"), "recordedDate": ago(400)}, True),  # neither: its status decides
+])
+def test_an_encounter_diagnosis_speaks_for_its_visit(
+    terminology: Terminology, kwargs: dict[str, Any], counted: bool
+) -> None:
+    facts = facts_of(terminology, condition("c", SNOMED, "55300003", **kwargs))
+    assert bool(facts.findings_of({"cramp"})) is counted
+    assert len(facts.finding_history) == 1  # timing criteria still see every Condition
+
+
+def test_an_undated_encounter_diagnosis_is_not_used(terminology: Terminology) -> None:
+    facts = facts_of(terminology, condition("c", SNOMED, "55300003", category=ENCOUNTER))
+    assert not facts.findings
+    assert "Condition/c: encounter diagnosis without a date, not used" in facts.warnings
+
+
 def test_conditions_the_rules_need(terminology: Terminology) -> None:
     facts = facts_of(terminology, condition("t", SNOMED, "83664006"), condition("k", ICD, "N18.32"),
                      condition("d", SNOMED, "44054006"), condition("h", SNOMED, "38341003"))
-    assert sorted(f.concept for f in facts.findings) == ["ckd", "diabetes", "hypothyroidism"]
+    assert sorted(f.concept for f in facts.findings) == ["ckd", "ckd_stage_3_5", "diabetes", "hypothyroidism"]
 
 
 # ---------------------------------------------------------------- findings: symptom observations
@@ -582,7 +618,7 @@ def test_a_sandbox_request_becomes_facts(terminology: Terminology) -> None:
     assert a1c[1].ref_from_resource is False
     assert {m.name: m.classes for m in facts.medications} == {
         "Penicillin V Potassium 250 MG Oral Tablet": frozenset(),
-        "lisinopril 10 MG Oral Tablet": frozenset(),
+        "lisinopril 10 MG Oral Tablet": frozenset({"ace_inhibitor"}),
         "Hydrochlorothiazide 25 MG Oral Tablet": {"thiazide_diuretic"},
     }
     assert facts.incomplete == {"meds"}  # the next page could not be fetched: rules relying on absence stay silent
@@ -670,3 +706,23 @@ def test_a_finding_sent_as_a_bare_code_is_named_from_the_value_set(terminology):
     assert finding.display == "Cramp (finding)"
     [finding] = facts_of(terminology, named).findings
     assert finding.display == "Night cramps"  # what the EHR wrote comes first
+
+
+@pytest.mark.parametrize(("dosage", "expected"), [
+    (None, None),  # no dosage recorded
+    ([{"text": "2 puffs as needed", "asNeededBoolean": True}], True),
+    ([{"asNeededCodeableConcept": {"text": "wheeze"}}], True),
+    ([{"text": "2 puffs twice daily", "asNeededBoolean": False}], False),
+    ([{"text": "twice daily"}, {"text": "extra as needed", "asNeededBoolean": True}], False),  # regular part counts
+])
+def test_as_needed_is_read_from_the_dosage(terminology: Terminology, dosage: Any, expected: bool | None) -> None:
+    extra = {} if dosage is None else {"dosageInstruction": dosage}
+    facts = facts_of(terminology, request("mr", rx("745679", "albuterol 0.09 MG/ACTUAT inhaler"), **extra))
+    assert facts.medications[0].as_needed is expected
+
+
+def test_a_statement_dosage_counts_too(terminology: Terminology) -> None:
+    statement = {"resourceType": "MedicationStatement", "id": "ms", "status": "active",
+                 "medicationCodeableConcept": rx("745679", "albuterol inhaler"),
+                 "dosage": [{"asNeededBoolean": True}]}
+    assert facts_of(terminology, statement).medications[0].as_needed is True

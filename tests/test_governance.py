@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
-from support.governance import EXPERIMENTAL, GOVERNED, potassium_request, seed_history
+from support.governance import EXPERIMENTAL, GOVERNED, experimental_fixture, potassium_request, seed_history
 from support.hookcalls import PATIENT_ID, SERVICE_IDS
 from support.viewer_requests import RULE_ID, critical_request
 
@@ -22,12 +22,7 @@ from cds_service.storage.analytics import BASELINE_DAYS, MIN_CALLS
 from cds_service.storage.database import issued_cards
 
 PV = SERVICE_IDS["patient-view"]
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NOT_APPLICABLE = "Not relevant for this patient"
-
-
-def fixture_request(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / "requests" / name).read_text("utf-8"))
 
 
 def call(client: FlaskClient, body: dict[str, Any], service: str = PV) -> list[dict[str, Any]]:
@@ -53,7 +48,7 @@ def metric(client: FlaskClient, line_start: str) -> float:
 
 def test_an_experimental_rule_runs_silent_by_default_its_firings_recorded_not_returned(make_app) -> None:
     app = make_app(**GOVERNED)
-    request = fixture_request("k-sparing-hyperkalemia.json")
+    request = experimental_fixture()
     with app.test_client() as client:
         assert call(client, request, SERVICE_IDS[request["hook"]]) == []
         rule = rule_report(client, EXPERIMENTAL)
@@ -71,7 +66,7 @@ def test_an_experimental_rule_runs_silent_by_default_its_firings_recorded_not_re
 
 def test_the_committee_activates_a_silent_rule_and_switches_another_off(make_app) -> None:
     app = make_app(repeat_after="P1D", rule_deployment={EXPERIMENTAL: "active", RULE_ID: "off"})
-    hyperkalemia = fixture_request("k-sparing-hyperkalemia.json")
+    hyperkalemia = experimental_fixture()
     with app.test_client() as client:
         assert [c["indicator"] for c in call(client, hyperkalemia, SERVICE_IDS[hyperkalemia["hook"]])] == ["warning"]
         assert call(client, critical_request()) == []  # diuretic-hypokalemia is off: not even recorded

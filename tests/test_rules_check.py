@@ -6,9 +6,11 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 from support.rule_files import edit_rule_file
 
-from cds_service.rules.check import run_check
+from cds_service.rules.check import load_terminology, run_check
+from cds_service.rules.engine import RuleError, RuleSet
 
 
 def check(directory: Path | None) -> tuple[int, str]:
@@ -116,3 +118,24 @@ def test_a_basis_must_be_one_of_the_rules_references(rules_copy: Path) -> None:
     code, report = check(rules_copy)
     assert code == 1
     assert f"FAIL {rule}: at criteria/require_low_calcium/any/0/basis: 'someone-2020' is not one of" in report
+
+
+def test_a_wrong_answer_of_the_rule_set_is_reported(rules_copy: Path) -> None:
+    """A case's ``answer`` is judged over the whole rule set: one card per problem, with the rules merged in."""
+    cases = rules_copy / "orders" / "draft-statin-raised-ck.cases.yaml"
+    edit_rule_file(cases, lambda d: d["cases"][-1]["tests"][-1]["expect"].update(answer=[
+        {"card": "draft-statin-raised-ck"}, {"card": "statin-muscle-symptoms-ck"}]))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert ("'order-sign gives the same one card': the rule set answers "
+            "[draft-statin-raised-ck (merged: statin-muscle-symptoms-ck)], expected "
+            "[draft-statin-raised-ck, statin-muscle-symptoms-ck]") in report
+
+
+def test_merging_with_a_group_no_rule_has_fails(rules_copy: Path) -> None:
+    rule = rules_copy / "orders" / "draft-statin-raised-ck.yaml"
+    edit_rule_file(rule, lambda d: d.update(merges_with=["statin-muscles"]))
+    code, report = check(rules_copy)
+    assert code == 1 and f"FAIL {rule}: at merges_with: no rule has the group 'statin-muscles'" in report
+    with pytest.raises(RuleError, match="no rule has the group 'statin-muscles'"):
+        RuleSet.load(rules_copy, load_terminology(rules_copy))

@@ -14,9 +14,11 @@ from cds_service.config import load_config
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
 from cds_service.governance import Governance
 from cds_service.rules.check import load_terminology
+from cds_service.rules.criteria import evaluate as evaluate_criterion
 from cds_service.rules.engine import RuleError, RuleSet, evaluate
 from cds_service.rules.expression import Expression, ExpressionError, parse
 from cds_service.rules.loader import parse_duration, shipped_rules_dir
+from cds_service.rules.model import MedicationCriterion
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 RULES_DIR = shipped_rules_dir()
@@ -32,11 +34,12 @@ def lab(analyte: str, value: float, unit: str, days_ago: int = 2, high: float | 
     )
 
 
-def med(ingredient: str, cls: str, kind: str = "request", selected: bool = False) -> MedicationUse:
+def med(ingredient: str, cls: str, kind: str = "request", selected: bool = False,
+        as_needed: bool | None = None) -> MedicationUse:
     return MedicationUse(
         name=f"{ingredient} tablet", ingredients=frozenset({ingredient}), classes=frozenset({cls}), kind=kind,
         status="draft" if kind == "draft" else "active", selected=selected, date=NOW - timedelta(days=300),
-        reference=f"MedicationRequest/{ingredient}",
+        reference=f"MedicationRequest/{ingredient}", as_needed=as_needed,
     )
 
 
@@ -177,6 +180,16 @@ def test_future_dated_results_are_ignored() -> None:
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
+def _merging(rule: dict, groups: list[str]) -> None:
+    """Give the rule ``merges_with`` in its place, right after ``group``."""
+    fields = list(rule.items())
+    rule.clear()
+    for key, value in fields:
+        rule[key] = value
+        if key == "group":
+            rule["merges_with"] = groups
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -185,12 +198,13 @@ def test_future_dated_results_are_ignored() -> None:
         (lambda d: d["criteria"]["require_low_potassium"].update(lab="potasium"), "unknown analyte potasium"),
         (lambda d: d["criteria"]["require_diuretic"].update(medication=["loop"]), "unknown medication class loop"),
         (lambda d: d["criteria"]["require_low_potassium"].update(unit="mEq/L"), "canonical unit 'mmol/L'"),
-        (lambda d: d.update(condition="all of require_* and any of exclude_*"), "'exclude_*' matches no criteria"),
+        (lambda d: d.update(condition="all of require_* and any of other_*"), "'other_*' matches no criteria"),
         (lambda d: d["card"].update(summary="Low {potasium} on {diuretic}"), "{potasium} names no require_"),
         (lambda d: d["card"].update(summary="Low {low_potassium.dose}"), "lab evidence has"),
         (lambda d: d["card"].update(source="nowhere"), "'nowhere' is not the id of one"),
         (lambda d: d["card"].update(override_reasons=["because"]), "unknown codes because"),
         (lambda d: d["card"].update(summary="x" * 140), "is too long"),
+        (lambda d: _merging(d, ["hypokalemia"]), "at merges_with: names the rule's own group 'hypokalemia'"),
     ],
 )
 def test_invalid_rules_name_file_and_path(rules_copy: Path, change, message: str) -> None:
@@ -251,16 +265,53 @@ def test_a_failing_rule_costs_only_its_own_card(caplog: pytest.LogCaptureFixture
     assert "rule red-flag-urgent failed" in caplog.text
 
 
-def test_on_order_hooks_the_card_about_the_order_comes_first_among_equals() -> None:
-    record = facts(
-        labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 3.1, "mmol/L")],
-        meds=[med("atorvastatin", "statin", "draft", True), med("furosemide", "loop_diuretic")],
-    )
-    cards = evaluate(RULESET, record, "order-select", max_cards=5)
-    assert [(c.rule_id, c.indicator) for c in cards] == [
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_on_order_hooks_a_patient_level_card_shows_only_when_critical(hook: str) -> None:
+    """The low potassium on furosemide is a patient-level finding: shown on patient-view, left out while a statin
+    is being ordered, unless it is critical (then it comes first, by indicator)."""
+    ordering = [med("atorvastatin", "statin", "draft", True), med("furosemide", "loop_diuretic")]
+    record = facts(labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 3.1, "mmol/L")], meds=ordering)
+    assert [c.rule_id for c in evaluate(RULESET, record, "patient-view", max_cards=5)] == ["diuretic-hypokalemia"]
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, record, hook, max_cards=5)] == [
         ("draft-statin-raised-ck", "warning"),
-        ("diuretic-hypokalemia", "warning"),
     ]
+    severe = facts(labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 2.4, "mmol/L")], meds=ordering)
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, severe, hook, max_cards=5)] == [
+        ("diuretic-hypokalemia", "critical"),
+        ("draft-statin-raised-ck", "warning"),
+    ]
+
+
+def test_on_order_hooks_nothing_is_answered_before_a_drug_is_chosen() -> None:
+    record = facts(labs=[lab("ck", 900, "U/L", high=200)],
+                   meds=[med("atorvastatin", "statin"), med("atorvastatin", "statin", "draft", False)])
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, record, "patient-view", max_cards=5)] == [
+        ("statin-muscle-symptoms-ck", "warning"),
+    ]
+    assert evaluate(RULESET, record, "order-select", max_cards=5) == []
+
+
+@pytest.mark.parametrize("ck", [900, 2400])
+def test_a_finding_the_order_makes_worse_is_one_card_the_orders(ck: int) -> None:
+    """Atorvastatin taken and being ordered with a raised CK: the draft card carries the CK card's finding."""
+    record = facts(labs=[lab("ck", ck, "U/L", high=200)],
+                   meds=[med("atorvastatin", "statin"), med("atorvastatin", "statin", "draft", True)])
+    (card,) = evaluate(RULESET, record, "order-sign", max_cards=5)
+    assert (card.rule_id, card.related) == ("draft-statin-raised-ck", ("statin-muscle-symptoms-ck",))
+    assert card.indicator == ("critical" if ck > 2000 else "warning")
+    detail = card.card["detail"]
+    assert "**Also relevant**" in detail and f"CK {ck} U/L" in detail.split("**Also relevant**")[1]
+    labels = [s["label"] for s in card.card["suggestions"]]
+    assert labels[0] == "Remove the draft atorvastatin order" and "Order a repeat CK" in labels
+
+
+def test_an_order_for_a_diuretic_merges_the_low_potassium_it_makes_worse() -> None:
+    record = facts(labs=[lab("potassium", 2.4, "mmol/L")],
+                   meds=[med("furosemide", "loop_diuretic"), med("furosemide", "loop_diuretic", "draft", True)])
+    (card,) = evaluate(RULESET, record, "order-sign", max_cards=5)
+    assert (card.rule_id, card.indicator, card.related) == (
+        "draft-diuretic-low-electrolyte", "critical", ("diuretic-hypokalemia",)
+    )
 
 
 @pytest.mark.parametrize(
@@ -271,7 +322,8 @@ def test_on_order_hooks_the_card_about_the_order_comes_first_among_equals() -> N
 @pytest.mark.parametrize("potassium", [2.4, 3.1])
 def test_potassium_sparing_diuretics_are_never_told_to_add_potassium(culprits: tuple, potassium: float) -> None:
     meds = [med("spironolactone", "potassium_sparing_diuretic"), *(med(name, cls) for name, cls in culprits)]
-    for hook in ("patient-view", "order-sign"):
+    # order hooks answer a patient-level problem only when it is critical
+    for hook in ("patient-view", "order-sign") if potassium < 2.5 else ("patient-view",):
         cards = evaluate(RULESET, facts(labs=[lab("potassium", potassium, "mmol/L")], meds=meds), hook, max_cards=10)
         assert cards, "a low potassium with cramps always gets a card"
         for card in cards:
@@ -279,3 +331,14 @@ def test_potassium_sparing_diuretics_are_never_told_to_add_potassium(culprits: t
             assert "potassium replacement" not in text and "potassium supplement" not in text.replace(
                 "before any potassium supplement", ""
             )
+
+
+@pytest.mark.parametrize(("as_needed", "criterion", "matches"), [
+    (None, None, True), (True, None, True), (False, None, True),
+    (None, False, True), (False, False, True), (True, False, False),  # as_needed: false drops only recorded PRN use
+    (None, True, False), (False, True, False), (True, True, True),  # as_needed: true needs recorded PRN use
+])
+def test_medication_criterion_reads_as_needed(as_needed: bool | None, criterion: bool | None, matches: bool) -> None:
+    block = MedicationCriterion(frozenset({"beta2_agonist"}), as_needed=criterion)
+    found = facts(meds=[med("albuterol", "beta2_agonist", as_needed=as_needed)])
+    assert evaluate_criterion(block, found).state is matches

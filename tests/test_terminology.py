@@ -91,9 +91,12 @@ def test_products_map_to_their_ingredients(terminology: Terminology, code: str, 
 
 
 def test_classes_of_ingredients(terminology: Terminology) -> None:
-    assert terminology.ingredient_classes({"hydrochlorothiazide", "lisinopril"}) == {"thiazide_diuretic"}
+    combination = terminology.ingredient_classes({"hydrochlorothiazide", "lisinopril"})
+    assert combination == {"thiazide_diuretic", "ace_inhibitor"}
     assert terminology.ingredient_classes({"atorvastatin", "amlodipine"}) == {"statin", "statin_interacting"}
-    assert terminology.ingredient_classes({"lisinopril"}) == frozenset()
+    assert terminology.ingredient_classes({"losartan"}) == {"arb"}
+    assert terminology.ingredient_classes({"dexamethasone"}) == {"systemic_corticosteroid"}  # no K-wasting class
+    assert terminology.ingredient_classes({"fludrocortisone"}) == {"potassium_wasting_corticosteroid"}
 
 
 def test_atc_codes_match_without_case(terminology: Terminology) -> None:
@@ -106,7 +109,7 @@ def test_atc_codes_match_without_case(terminology: Terminology) -> None:
     ("Levalbuterol 0.63 MG/3ML Inhalation Solution", {"levalbuterol"}),  # not albuterol
     ("methylPREDNISolone 4 MG Oral Tablet", {"methylprednisolone"}),  # not prednisolone
     ("Penicillin V Potassium 250 MG Oral Tablet", set()),  # the salt is not potassium chloride
-    ("losartan potassium 50 MG", set()),
+    ("losartan potassium 50 MG", {"losartan"}),  # the salt is not potassium chloride
     ("Potassium Chloride 20 MEQ Extended Release Oral Tablet", {"potassium chloride"}),
     ("Ethacrynic Acid 25 MG", {"ethacrynic acid"}),
     ("", set()),
@@ -130,7 +133,10 @@ def test_topical_forms_do_not_count_for_systemic_classes(terminology: Terminolog
     (ICD10CM, "M62.838", ("spasm",)),
     (ICD10CM, "I82.401", ("dvt",)),  # by the I82.4 prefix
     (ICD10CM, "E03.9", ("hypothyroidism",)),
-    (ICD10CM, "N18.31", ("ckd",)),
+    (ICD10CM, "N18.31", ("ckd", "ckd_stage_3_5")),
+    (ICD10CM, "N18.2", ("ckd",)),  # stage 2 is not stage 3-5
+    (ICD10CM, "Z99.2", ("dialysis",)),
+    (ICD10CM, "I50.22", ("heart_failure",)),  # by the I50 prefix
     (ICD10CM, "E11.9", ("diabetes",)),
     (SNOMED, "83664006", ("hypothyroidism",)),
     (SNOMED, "38341003", ()),  # hypertension: no concept here

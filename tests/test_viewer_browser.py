@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import Engine, func, select
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
-from support.governance import EXPERIMENTAL, GOVERNED, as_environment, seed_history
+from support.governance import EXPERIMENTAL, GOVERNED, as_environment, experimental_fixture, seed_history
 from support.hookcalls import SERVICE_IDS
 from support.live import serve
 from support.viewer_requests import RULE_ID, critical_request
@@ -65,12 +65,13 @@ def open_viewer(tab, base: str) -> None:
     tab.wait_for_selector("body[data-ready='true']")
 
 
-def call_with_pasted_request(tab, body: dict) -> None:
+def call_with_pasted_request(tab, body: dict, cards: bool = True) -> None:
     tab.select_option("#example", "")
     tab.fill("#request-json", json.dumps(body))
     tab.select_option("#service", SERVICE_IDS[body["hook"]])
     tab.click("#call")
-    tab.wait_for_selector("article.card")
+    if cards:
+        tab.wait_for_selector("article.card")
 
 
 def test_example_patient_shows_a_critical_card_that_is_dismissed_with_a_reason(page, server) -> None:
@@ -271,12 +272,9 @@ def test_analytics_page_shows_silent_firings_and_flags_an_unusual_firing_rate(pa
     with serve(tmp_path, env=env) as base:
         engine = open_database(f"sqlite:///{tmp_path / 'data' / 'cds-service.sqlite3'}")
         seed_history(engine, EXPERIMENTAL, today_firings=12)
-        example = next(n for n, e in json.loads(EXPECTATIONS.read_text())["fixtures"].items()
-                       if e["rules"] == [EXPERIMENTAL])
         page.goto(f"{base}/viewer/")
         page.wait_for_selector("body[data-ready='true']")
-        page.select_option("#example", Path(example).stem)
-        page.click("#call")
+        call_with_pasted_request(page, shifted(experimental_fixture(), shift_days(datetime.now(UTC))), cards=False)
         expect(page.locator("#call-status")).to_contain_text("0 cards")  # silent: recorded, not shown
         wait_for_firings(engine, EXPERIMENTAL, 13)  # the worker that answered writes its batch a moment later
         engine.dispose()

@@ -73,6 +73,7 @@ class Candidate:
             reference=reference_name(self.resource),
             codes=medicine.codes,
             ended=self.ended,
+            as_needed=as_needed(self.resource),
         )
 
 
@@ -226,6 +227,16 @@ class MedicationReader:
 
     def _warn(self, resource: Mapping[str, Any], message: str) -> None:
         self._warnings.append(f"{reference_name(resource)}: {message}")
+
+
+def as_needed(resource: Mapping[str, Any]) -> bool | None:
+    """Whether the medicine is taken only as needed: True when every dosage (``dosageInstruction`` of a request,
+    ``dosage`` of a statement) says so (``asNeededBoolean`` true or an ``asNeededCodeableConcept``), False when a
+    dosage is recorded and one is regular, None when no dosage is recorded."""
+    dosages = [d for d in as_list(resource.get("dosageInstruction") or resource.get("dosage")) if isinstance(d, dict)]
+    if not dosages:
+        return None
+    return all(d.get("asNeededBoolean") is True or bool(d.get("asNeededCodeableConcept")) for d in dosages)
 
 
 def _validity_covers(resource: Mapping[str, Any], now: datetime) -> bool:

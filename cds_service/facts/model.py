@@ -7,11 +7,12 @@ Vocabulary (names are defined by the value sets in ``rules/valuesets/``, never i
   ferritin, hba1c, body_temperature, oxygen_saturation
 * medication ``classes``: statin, loop_diuretic, thiazide_diuretic, potassium_sparing_diuretic, beta2_agonist,
   methylxanthine, systemic_corticosteroid, statin_interacting, proton_pump_inhibitor, metformin, levothyroxine,
-  potassium_supplement, magnesium_supplement
+  potassium_supplement, magnesium_supplement, mineralocorticoid_antagonist, ace_inhibitor, arb, trimethoprim,
+  potassium_wasting_corticosteroid, insulin
 * finding ``concept``: cramp, spasm, myalgia, muscle_weakness, statin_myopathy, rhabdomyolysis, dyspnea,
   dizziness, fever, neck_stiffness, paresthesia, numbness, cellulitis, dvt, limb_swelling, limb_erythema,
-  hypothyroidism, ckd, diabetes, hypoglycemia, dehydration, hypokalemia, hyponatremia, hypomagnesemia,
-  hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency
+  hypothyroidism, ckd, ckd_stage_3_5, dialysis, heart_failure, diabetes, hypoglycemia, dehydration, hypokalemia,
+  hyponatremia, hypomagnesemia, hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class MedicationUse:
     reference: str  # "MedicationRequest/<id>" or "MedicationStatement/<id>"
     codes: tuple[Coding, ...] = ()
     ended: datetime | None = None  # history only: when a stopped or completed course ended, if recorded
+    as_needed: bool | None = None  # True: every dosage is as needed (PRN); False: a regular dosage; None: no dosage
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class Finding:
     recorded: datetime | None
     resource: str  # "Condition/<id>" or "Observation/<id>"
     abated: datetime | None = None  # a Condition's abatementDateTime (or abatementPeriod end)
+    category: str = ""  # a Condition's problem-list-item or encounter-diagnosis (facts.findings), else ""
 
     @property
     def date(self) -> datetime | None:

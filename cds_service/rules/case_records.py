@@ -105,9 +105,14 @@ def condition(item: Mapping[str, Any], index: int, now: datetime, patient_id: st
                 {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": item["verification"]}
             ]
         }
+    if "category" in item:
+        category = {"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": item["category"]}
+        resource["category"] = [{"coding": [category]}]
     if "onset" in item:
         resource["onsetDateTime"] = _stamp(at(now, item["onset"]))
         resource["recordedDate"] = resource["onsetDateTime"]
+    if "recorded" in item:
+        resource["recordedDate"] = _stamp(at(now, item["recorded"]))
     if "abated" in item:
         resource["abatementDateTime"] = _stamp(at(now, item["abated"]))
     return resource
@@ -180,6 +185,8 @@ def medication_request(
         resource["authoredOn"] = _stamp(at(now, item["since"]))
     if "until" in item:
         resource["dispenseRequest"] = {"validityPeriod": {"end": _stamp(at(now, item["until"]))}}
+    if "as_needed" in item:
+        resource["dosageInstruction"] = [_dosage(item["as_needed"])]
     return resource
 
 
@@ -194,7 +201,17 @@ def medication_statement(item: Mapping[str, Any], index: int, now: datetime, pat
     period = {key: _stamp(at(now, item[name])) for key, name in (("start", "since"), ("end", "until")) if name in item}
     if period:
         resource["effectivePeriod"] = period
+    if "as_needed" in item:
+        resource["dosage"] = [_dosage(item["as_needed"])]
     return resource
+
+
+def _dosage(as_needed: bool) -> dict[str, Any]:
+    """A FHIR Dosage: as needed, or once daily."""
+    if as_needed:
+        return {"text": "as needed", "asNeededBoolean": True}
+    return {"text": "once daily", "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+            "asNeededBoolean": False}
 
 
 def patient(item: Mapping[str, Any] | None, patient_id: str = PATIENT_ID) -> Resource:
@@ -238,10 +255,15 @@ def record_of(description: Mapping[str, Any], now: datetime, patient_id: str = P
         for resource in items:
             by_type.setdefault(resource["resourceType"], []).append(resource)
     drafts = grouped["draft_orders"]
+    # order-select: the drafts the clinician chose (``selected: false`` leaves one out); order-sign signs them all
+    chosen = [
+        draft for draft, item in zip(drafts, description.get("draft_orders") or (), strict=True)
+        if item.get("selected", True) or description.get("hook") == "order-sign"
+    ]
     return PatientRecord(
         patient_id=patient_id,
         resources=by_type,
         draft_orders=drafts,
-        selections=frozenset(f"MedicationRequest/{d['id']}" for d in drafts),
+        selections=frozenset(f"MedicationRequest/{d['id']}" for d in chosen),
         incomplete=frozenset(description.get("incomplete") or ()),
     )

@@ -17,6 +17,7 @@ from .loader import (
     case_files,
     load_override_reasons,
     load_rule,
+    merge_problems,
     rule_files,
     shipped_rules_dir,
 )
@@ -69,7 +70,9 @@ def collect(directory: Path, terminology: Terminology, report: Report) -> None:
 
 
 def lint(report: Report) -> None:
-    """Rules about the rule set: every rule has cases beside it, no orphan cases, both outcomes covered."""
+    """Rules about the rule set: every rule has cases beside it, no orphan cases, both outcomes covered, every
+    merged group exists."""
+    report.problems += merge_problems(report.rules)
     for rule in report.rules:
         tests = report.tests.get(rule.id)
         cases_path = rule.path.with_name(f"{rule.id}.cases.yaml")
@@ -78,7 +81,7 @@ def lint(report: Report) -> None:
             continue
         if tests[0].path != cases_path:
             report.problems.append(f"{tests[0].path}: must sit beside its rule as {cases_path}")
-        fires = sum(1 for t in tests if t.expect != "silent")
+        fires = sum(1 for t in tests if t.fires is not None)
         silent = len(tests) - fires
         excludes = sum(1 for name in rule.criteria if name.startswith("exclude_"))
         if not fires:

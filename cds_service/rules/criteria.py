@@ -19,6 +19,7 @@ from typing import TypeAlias
 from ..facts.model import Finding, LabResult, MedicationUse, PatientFacts
 from .expression import Tri, all_of, any_of, not_
 from .model import (
+    CRAMP_CONCEPTS,
     CompositeCriterion,
     Criterion,
     FindingCriterion,
@@ -41,10 +42,12 @@ FUTURE_TOLERANCE = timedelta(hours=1)  # clock skew between the EHR and this ser
 
 @dataclass(frozen=True, slots=True)
 class Absence:
-    """Evidence that no result of ``analyte`` exists within the look-back."""
+    """Evidence that no result of ``analyte`` exists within the look-back; with ``since``, none since the
+    documented onset of the cramps (the look-back holds only results drawn before it)."""
 
     analyte: str
     within_text: str
+    since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,8 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         return Match(True, (timing,)) if timing else _not_found(criterion, facts)
     if type(criterion) is MedicationCriterion:
         found = tuple(
-            m for m in facts.medications_in(criterion.classes) if _use_matches(criterion.use, m)
+            m for m in facts.medications_in(criterion.classes)
+            if _use_matches(criterion.use, m) and _dosing_matches(criterion.as_needed, m)
         )
     elif type(criterion) is FindingCriterion:
         found = _current_findings(criterion, facts)
@@ -164,6 +168,12 @@ def _use_matches(use: str, medication: MedicationUse) -> bool:
     return medication.kind != "draft"
 
 
+def _dosing_matches(as_needed: bool | None, medication: MedicationUse) -> bool:
+    if as_needed is None:
+        return True
+    return (medication.as_needed is True) == as_needed
+
+
 def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple[Finding, ...]:
     """The findings of the criterion's concepts dated within its window (undated ones count), none in the future."""
     latest = facts.now + FUTURE_TOLERANCE
@@ -179,23 +189,36 @@ def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple
     return tuple(found)
 
 
-def latest_within(facts: PatientFacts, analyte: str, within: timedelta) -> LabResult | None:
-    """The newest result of ``analyte`` dated within ``within`` before now (results after now are ignored)."""
-    earliest, latest = facts.now - within, facts.now + FUTURE_TOLERANCE
+def latest_within(facts: PatientFacts, analyte: str, earliest: datetime) -> LabResult | None:
+    """The newest result of ``analyte`` dated from ``earliest`` to now (results after now are ignored)."""
+    latest = facts.now + FUTURE_TOLERANCE
     for result in facts.labs.get(analyte, ()):  # newest first (PatientFacts.labs): stop at the first one not ahead
         if result.effective <= latest:
             return result if result.effective >= earliest else None
     return None
 
 
+def cramp_onset(facts: PatientFacts) -> datetime | None:
+    """The documented onset of the cramps: the earliest onset of a current cramp or spasm (an Observation's is
+    its effective time), future ones ignored; None when no current one records an onset."""
+    latest = facts.now + FUTURE_TOLERANCE
+    onsets = [_aware(f.onset) for f in facts.findings_of(CRAMP_CONCEPTS) if f.onset is not None]
+    return min((onset for onset in onsets if onset <= latest), default=None)
+
+
 def _lab(criterion: LabCriterion, facts: PatientFacts) -> Match:
-    result = latest_within(facts, criterion.analyte, criterion.within)
+    result = latest_within(facts, criterion.analyte, facts.now - criterion.within)
+    since = None  # the onset, when it left out the newest result (and so every result) of the look-back
+    if criterion.after_onset and result is not None:
+        onset = cramp_onset(facts)
+        if onset is not None and result.effective < onset:
+            result, since = None, onset
     if criterion.missing:
         if result is not None:
             return FALSE
         if _incomplete(criterion, facts):
             return UNKNOWN
-        return Match(True, (Absence(criterion.analyte, criterion.within_text),))
+        return Match(True, (Absence(criterion.analyte, criterion.within_text, since),))
     if result is None:
         return _not_found(criterion, facts)
     states = [_compare(result, op, limit) for op, limit in criterion.comparisons]

@@ -40,7 +40,7 @@ from .resources import order_problem
 from .templates import FIELDS, criterion_kind, placeholders
 
 FIELD_ORDER = (
-    "id", "title", "status", "version", "description", "references", "evidence", "hooks", "group",
+    "id", "title", "status", "version", "description", "references", "evidence", "hooks", "group", "merges_with",
     "criteria", "condition", "card", "limitations",
 )
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
@@ -158,16 +158,30 @@ def load_rule(path: Path, order: int, vocabulary: Vocabulary | None, reasons: Ma
     if unused:
         raise ctx.fail("condition", f"does not use {', '.join(unused)} (only note_* blocks may stay out of it)")
     hooks = frozenset(data["hooks"])
-    about_orders = _uses_ordering(criteria.values())
-    if about_orders and not hooks <= ORDER_HOOKS:
+    if _uses_ordering(criteria.values()) and not hooks <= ORDER_HOOKS:
         raise ctx.fail("hooks", "a rule about orders being placed applies only to order-select and order-sign")
+    if data["group"] in data.get("merges_with", ()):
+        raise ctx.fail("merges_with", f"names the rule's own group {data['group']!r}")
     card = _card(ctx, data["card"], criteria, references, reasons)
     return Rule(
         id=data["id"], title=data["title"], status=data["status"], version=data["version"],
         description=data["description"].strip(), references=references, evidence=data["evidence"], hooks=hooks,
         group=data["group"], criteria=criteria, condition=expression, condition_text=data["condition"],
-        card=card, limitations=data["limitations"].strip(), path=path, order=order, about_orders=about_orders,
+        card=card, limitations=data["limitations"].strip(), path=path, order=order,
+        merges_with=tuple(data.get("merges_with", ())),
     )
+
+
+def merge_problems(rules: Iterable[Rule]) -> list[str]:
+    """One line per ``merges_with`` entry that names no rule's group (a typo would silently merge nothing)."""
+    rules = list(rules)
+    groups = {rule.group for rule in rules}
+    return [
+        f"{rule.path}: at merges_with: no rule has the group {group!r}"
+        for rule in rules
+        for group in rule.merges_with
+        if group not in groups
+    ]
 
 
 def _names(vocabulary: Vocabulary | None, attribute: str) -> frozenset[str] | None:
@@ -208,7 +222,7 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         return FindingCriterion(concepts, within, label)
     if "medication" in spec:
         classes = _known(ctx, f"{where}/medication", spec["medication"], "medication_classes", "medication class")
-        return MedicationCriterion(classes, spec.get("use", "current"), label)
+        return MedicationCriterion(classes, spec.get("use", "current"), label, spec.get("as_needed"))
     if "interaction" in spec:
         sets = _known(ctx, f"{where}/interaction", spec["interaction"], "interactions", "interaction set")
         found = ctx.vocabulary.interactions if ctx.vocabulary is not None else {}
@@ -247,6 +261,7 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         missing=bool(spec.get("missing")),
         label=label,
         basis=spec.get("basis", ""),
+        after_onset=bool(spec.get("after_onset")),
     )
 
 

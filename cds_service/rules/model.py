@@ -12,6 +12,7 @@ from typing import Literal, TypeAlias
 from .expression import Expression
 
 Indicator = Literal["info", "warning", "critical"]
+CRAMP_CONCEPTS = frozenset({"cramp", "spasm"})  # the symptoms this service is about; nothing fires without one
 INDICATOR_RANK: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
 PREFIXES: tuple[str, ...] = ("require_", "exclude_", "note_")
 
@@ -35,16 +36,24 @@ class FindingCriterion:
 
 @dataclass(frozen=True, slots=True)
 class MedicationCriterion:
-    """A medication of one of ``classes``: taken now (``current``), being ordered (``ordering``) or either."""
+    """A medication of one of ``classes``: taken now (``current``), being ordered (``ordering``) or either.
+
+    ``as_needed`` True matches only medicines whose recorded dosage is as needed (PRN); False matches every other
+    (a regular dosage, or none recorded); None ignores the dosage."""
 
     classes: frozenset[str]
     use: Literal["current", "ordering", "any"] = "current"
     label: str = ""
+    as_needed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LabCriterion:
-    """The newest result of ``analyte`` within ``within`` passes every comparison, or (``missing``) none exists."""
+    """The newest result of ``analyte`` within ``within`` passes every comparison, or (``missing``) none exists.
+
+    ``after_onset``: only results drawn at or after the documented onset of the cramps count (a CK must reflect
+    the current episode, clinical-reference.md §5).
+    """
 
     analyte: str
     within: timedelta
@@ -55,6 +64,7 @@ class LabCriterion:
     missing: bool = False
     label: str = ""
     basis: str = ""  # the id of the reference that supports the comparisons' numbers
+    after_onset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +186,7 @@ class Rule:
     limitations: str
     path: Path
     order: int  # position in the rule set; breaks ties between cards of the same indicator
-    about_orders: bool = False  # about an order being placed: shown first among cards of its indicator
+    merges_with: tuple[str, ...] = ()  # other groups whose firings join this rule's card when it fires
 
 
 def binding_name(block: str) -> str:

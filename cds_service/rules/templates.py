@@ -147,7 +147,7 @@ def field_value(evidence: Sequence[Evidence], field: str | None) -> str:
             return analyte
         if field == "within":
             return _window(first.within_text)
-        return f"no {analyte} in the last {_window(first.within_text)}"
+        return f"no {analyte} {_absence_span(first)}"
     if isinstance(first, Pairing):
         pairs = [e for e in evidence if isinstance(e, Pairing)]
         if field == "note":
@@ -234,6 +234,13 @@ def _evidence_date(evidence: Evidence) -> datetime | None:
     return None
 
 
+def _absence_span(absence: Absence) -> str:
+    """Where a result is missing: in the look-back, or since the cramps began (older ones did not count)."""
+    if absence.since is not None:
+        return f"since the cramps began ({_day(absence.since)})"
+    return f"in the last {_window(absence.within_text)}"
+
+
 def _window(text: str) -> str:
     match = re.fullmatch(r"P(\d+)([YMWD])", text)
     if not match:
@@ -270,7 +277,7 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
         return f"{text}, {_day(evidence.effective)}"
     if isinstance(evidence, Absence):
         analyte = markdown(running(analyte_name(evidence.analyte)))
-        return f"{label}no {analyte} result in the last {_window(evidence.within_text)}"
+        return f"{label}no {analyte} result {_absence_span(evidence)}"
     if isinstance(evidence, Pairing):
         # the note is the value set's own text (not patient data): shown as written
         return f"{label}{_medication(evidence.first)} with {_medication(evidence.second)}: {evidence.note}"

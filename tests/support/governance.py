@@ -11,22 +11,33 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
+from cds_service.rules.loader import read_yaml, rule_files, shipped_rules_dir
 from cds_service.storage.analytics import BASELINE_DAYS, MIN_CALLS
 from cds_service.storage.issued_cards import IssuedCardLog, IssuedRow
 
 from .hookcalls import SERVICE_IDS
 from .viewer_requests import critical_request
 
-EXPERIMENTAL = "potassium-sparing-hyperkalemia"  # status: experimental, so silent on a site's defaults
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+EXPERIMENTAL = "hyperkalemia"  # status: experimental, so silent on a site's defaults
 GOVERNED: Mapping[str, Any] = {"repeat_after": "P1D", "rule_deployment": {}}  # a site's defaults
+
+
+def _experimental_rules() -> list[str]:
+    """The ids of the shipped rules whose status is experimental."""
+    return [
+        path.stem for path in rule_files(shipped_rules_dir()) if read_yaml(path).get("status") == "experimental"
+    ]
+
 
 EVERY_CALL_ANEW: Mapping[str, Any] = {
     "repeat_after": "PT0S",
-    "rule_deployment": {EXPERIMENTAL: "active"},
+    "rule_deployment": dict.fromkeys(_experimental_rules(), "active"),
 }
 
 
@@ -35,6 +46,14 @@ def as_environment(settings: Mapping[str, Any]) -> dict[str, str]:
     return {
         f"CDS_{key.upper()}": value if isinstance(value, str) else json.dumps(value) for key, value in settings.items()
     }
+
+
+def experimental_fixture() -> dict[str, Any]:
+    """The fixture request (fixtures/requests/) whose only expected card is ``EXPERIMENTAL``'s."""
+    expectations = json.loads((FIXTURES / "expectations.json").read_text("utf-8"))["fixtures"]
+    name = next(name for name, expected in expectations.items() if expected["rules"] == [EXPERIMENTAL])
+    request: dict[str, Any] = json.loads((FIXTURES / name).read_text("utf-8"))
+    return request
 
 
 def potassium_request(
