@@ -263,3 +263,15 @@ def test_while_the_database_is_unreachable_cards_are_answered_and_this_process_s
     database.rmdir()
     saved.rename(database)
     state.issued.flush()
+
+
+def test_a_draft_order_card_shown_on_order_select_is_not_repeated_on_order_sign(make_app) -> None:
+    select = json.loads((Path(__file__).resolve().parents[1] / "fixtures/requests/order-select-statin-mild-ck.json")
+                        .read_text("utf-8"))
+    sign = copy.deepcopy(select)
+    sign["hook"] = "order-sign"
+    del sign["context"]["selections"]
+    with make_app(**GOVERNED).test_client() as client:
+        shown = call(client, select, SERVICE_IDS["order-select"])
+        assert [c["indicator"] for c in shown] == ["info"]
+        assert call(client, sign, SERVICE_IDS["order-sign"]) == []
