@@ -671,7 +671,8 @@ INTERPRETED = [
         lambda: _magnesium(1.2, "mEq/L", ucum="meq/L"),
         [("diuretic-hypomagnesemia", "warning")],
     ),
-    # calcium (corrected < 8.5 mg/dL = 2.12 mmol/L warning, < 7.5 mg/dL critical; ionized < 1.12 mmol/L)
+    # calcium (corrected < 8.5 mg/dL = 2.12 mmol/L warning, < 1.9 mmol/L critical, Turner 2016; ionized < 1.12 mmol/L;
+    # a total calcium without albumin counts, uncorrected)
     Variant("ca-ionized-1.00", lambda: [condition(), lab("1994-3", 1.00, "mmol/L")], [("hypocalcemia", "warning")]),
     Variant("ca-ionized-1.20-silent", lambda: [condition(), lab("1994-3", 1.20, "mmol/L")], SILENT),
     Variant(
@@ -689,6 +690,8 @@ INTERPRETED = [
         lambda: [condition(), lab("2000-8", 1.80, "mmol/L"), lab("1751-7", 4.0, "g/dL")],
         [("hypocalcemia", "critical")],
     ),
+    Variant("ca-total-2.00-mmol-l-no-albumin", lambda: [condition(), lab("2000-8", 2.00, "mmol/L")],
+            [("hypocalcemia", "warning")]),
     Variant(
         "ca-total-8.0-mg-dl-albumin-40-g-l",
         lambda: [condition(), lab("17861-6", 8.0, "mg/dL"), lab("1751-7", 40, "g/L")],
@@ -706,11 +709,17 @@ INTERPRETED = [
         "b12-120-pmol-l", lambda: [condition(), lab("2132-9", 120, "pmol/L")], [("vitamin-b12-deficiency", "info")]
     ),
     Variant("b12-200-pmol-l-silent", lambda: [condition(), lab("2132-9", 200, "pmol/L")], SILENT),
-    Variant("glucose-3.5-mmol-l", lambda: [condition(), lab("2345-7", 3.5, "mmol/L")], [("hypoglycemia", "warning")]),
-    Variant("glucose-4.5-mmol-l-silent", lambda: [condition(), lab("2345-7", 4.5, "mmol/L")], SILENT),
+    # glucose without insulin or a sulfonylurea: < 55 mg/dL = 3.0 mmol/L (Endocrine Society 2009)
+    Variant("glucose-2.9-mmol-l", lambda: [condition(), lab("2345-7", 2.9, "mmol/L")], [("hypoglycemia", "warning")]),
+    Variant("glucose-3.5-mmol-l-silent", lambda: [condition(), lab("2345-7", 3.5, "mmol/L")], SILENT),
     Variant(
         "tsh-9-uiu-ml",
         lambda: [condition(), lab("3016-3", 9.0, "uIU/mL", ucum="u[IU]/mL")],
+        [("hypothyroidism", "info")],
+    ),
+    Variant(
+        "tsh-11-uiu-ml",
+        lambda: [condition(), lab("3016-3", 11.0, "uIU/mL", ucum="u[IU]/mL")],
         [("hypothyroidism", "warning")],
     ),
     Variant(

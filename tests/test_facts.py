@@ -250,6 +250,29 @@ def test_calcium_is_not_corrected_downwards_for_a_normal_or_high_albumin(termino
     assert facts.latest("calcium_corrected").value == pytest.approx(expected)
 
 
+def test_the_labs_own_corrected_calcium_is_used_and_wins_over_a_same_day_derivation(terminology) -> None:
+    facts = facts_of(terminology, lab("cc", "29265-6", 2.05, "mmol/L", days=1),
+                     lab("ca", "2000-8", 1.9, "mmol/L", days=1.05), lab("alb", "1751-7", 30, "g/L", days=1.05),
+                     lab("ca-old", "17861-6", 8.0, "mg/dL", days=5), lab("alb-old", "1751-7", 3.0, "g/dL", days=5))
+    corrected = facts.labs["calcium_corrected"]
+    assert [r.resource for r in corrected] == ["Observation/cc", "Observation/ca-old"]  # newest first, no 'ca'
+    assert corrected[0].value == pytest.approx(2.05 * 4.008) and corrected[0].reported == "2.05 mmol/L"
+    assert corrected[1].value == pytest.approx(8.8)
+    assert "calcium_uncorrected" not in facts.labs
+
+
+def test_total_calcium_without_albumin_is_kept_uncorrected_until_a_corrected_value_supersedes_it(terminology) -> None:
+    facts = facts_of(terminology, lab("ca-new", "17861-6", 6.8, "mg/dL", days=1),
+                     lab("ca", "17861-6", 8.0, "mg/dL", days=3), lab("alb", "1751-7", 3.0, "g/dL", days=3),
+                     lab("ca-older", "49765-1", 7.0, "mg/dL", days=9))
+    uncorrected = facts.labs["calcium_uncorrected"]
+    assert [r.resource for r in uncorrected] == ["Observation/ca-new"]  # ca-older is older than the corrected ca
+    assert uncorrected[0].value == 6.8 and uncorrected[0].unit == "mg/dL"
+    assert uncorrected[0].reported == "total calcium 6.8 mg/dL, no albumin the same day"
+    assert (uncorrected[0].ref_low, uncorrected[0].ref_high) == (8.5, 10.2)
+    assert facts.latest("calcium_corrected").resource == "Observation/ca"
+
+
 @pytest.mark.parametrize(("comparator", "value", "unit", "loinc", "analyte"), [
     ("<", 8, "ng/mL", "62292-8", "vitamin_d"),
     (">", 5000, "U/L", "2157-6", "ck"),

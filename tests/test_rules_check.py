@@ -55,7 +55,7 @@ def test_a_suggestion_with_an_invalid_fhir_resource_is_reported_on_one_line(rule
     code, report = check(rules_copy)
     assert code == 1
     assert (
-        f"FAIL {rule}: at card/suggestions/1/actions/0/order: suggestion 'Order ionized calcium' creates a "
+        f"FAIL {rule}: at card/suggestions/1/actions/0/order: suggestion 'Order 25-OH vitamin D' creates a "
         "ServiceRequest that is not valid FHIR R4: at code.coding.0.display: String should match pattern "
         "'[ \\r\\n\\t\\S]+' (and 1 more)\n"
     ) in report

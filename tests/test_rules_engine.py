@@ -333,6 +333,25 @@ def test_potassium_sparing_diuretics_are_never_told_to_add_potassium(culprits: t
             )
 
 
+@pytest.mark.parametrize(("started_days_ago", "expected"), [(366, True), (365, True), (364, False), (None, False)])
+def test_taken_for_counts_only_a_medication_started_that_long_ago(started_days_ago: int | None,
+                                                                  expected: bool) -> None:
+    started = None if started_days_ago is None else NOW - timedelta(days=started_days_ago)
+    ppi = dataclasses.replace(med("omeprazole", "proton_pump_inhibitor"), date=started)
+    criterion = MedicationCriterion(frozenset({"proton_pump_inhibitor"}), taken_for=parse_duration("P365D"))
+    assert evaluate_criterion(criterion, facts(meds=[ppi])).state is expected
+    assert evaluate_criterion(criterion, facts(meds=[], incomplete=["medrequests"])).state is None
+
+
+def test_the_post_surgical_hypocalcaemia_card_leads_the_general_one() -> None:
+    record = facts(labs=[lab("calcium_corrected", 8.0, "mg/dL")], findings=("cramp", "thyroid_parathyroid_surgery"))
+    (card,) = evaluate(RULESET, record, "patient-view", max_cards=10)
+    assert card.rule_id == "hypocalcemia-after-thyroid-surgery"
+    assert card.related == ("hypocalcemia",)
+    (alone,) = evaluate(RULESET, facts(labs=[lab("calcium_corrected", 8.0, "mg/dL")]), "patient-view", max_cards=10)
+    assert alone.rule_id == "hypocalcemia"
+
+
 @pytest.mark.parametrize(("as_needed", "criterion", "matches"), [
     (None, None, True), (True, None, True), (False, None, True),
     (None, False, True), (False, False, True), (True, False, False),  # as_needed: false drops only recorded PRN use

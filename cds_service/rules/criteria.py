@@ -114,9 +114,11 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         timing = _timing(criterion, facts)
         return Match(True, (timing,)) if timing else _not_found(criterion, facts)
     if type(criterion) is MedicationCriterion:
+        started_by = None if criterion.taken_for is None else facts.now - criterion.taken_for
         found = tuple(
             m for m in facts.medications_in(criterion.classes)
             if _use_matches(criterion.use, m) and _dosing_matches(criterion.as_needed, m)
+            and (started_by is None or _started_by(m, started_by))
         )
     elif type(criterion) is FindingCriterion:
         found = _current_findings(criterion, facts)
@@ -166,6 +168,14 @@ def _use_matches(use: str, medication: MedicationUse) -> bool:
     if use == "ordering":
         return medication.kind == "draft" and medication.selected
     return medication.kind != "draft"
+
+
+def _started_by(medication: MedicationUse, moment: datetime) -> bool:
+    """The medication's start date is known and not after ``moment`` (an undated one never counts)."""
+    when = medication.date
+    if when is None:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= moment
 
 
 def _dosing_matches(as_needed: bool | None, medication: MedicationUse) -> bool:

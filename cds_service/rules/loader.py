@@ -222,7 +222,8 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         return FindingCriterion(concepts, within, label)
     if "medication" in spec:
         classes = _known(ctx, f"{where}/medication", spec["medication"], "medication_classes", "medication class")
-        return MedicationCriterion(classes, spec.get("use", "current"), label, spec.get("as_needed"))
+        taken_for = parse_duration(spec["taken_for"]) if "taken_for" in spec else None
+        return MedicationCriterion(classes, spec.get("use", "current"), label, spec.get("as_needed"), taken_for)
     if "interaction" in spec:
         sets = _known(ctx, f"{where}/interaction", spec["interaction"], "interactions", "interaction set")
         found = ctx.vocabulary.interactions if ctx.vocabulary is not None else {}

@@ -39,12 +39,14 @@ class MedicationCriterion:
     """A medication of one of ``classes``: taken now (``current``), being ordered (``ordering``) or either.
 
     ``as_needed`` True matches only medicines whose recorded dosage is as needed (PRN); False matches every other
-    (a regular dosage, or none recorded); None ignores the dosage."""
+    (a regular dosage, or none recorded); None ignores the dosage. ``taken_for`` matches only one whose start
+    (authoredOn, effective start) is at least that long ago."""
 
     classes: frozenset[str]
     use: Literal["current", "ordering", "any"] = "current"
     label: str = ""
     as_needed: bool | None = None
+    taken_for: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ _NAMES = {  # how card text names an analyte (others: the name with spaces, capi
     "vitamin_d": "25-OH vitamin D",
     "vitamin_b12": "Vitamin B12",
     "calcium_corrected": "Albumin-corrected calcium",
+    "calcium_uncorrected": "Total calcium, not albumin-corrected,",
     "calcium_ionized": "Ionized calcium",
 }
 
