@@ -48,8 +48,9 @@ def no_rule_failures(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[Any]:
-    """Build the real app with its own data directory; keyword arguments override configuration. The apps'
-    queued issued-card rows are written when the test ends, while its data directory still exists."""
+    """Build the real app with its own data directory, every rule's card shown on every call
+    (support/governance.py); keyword arguments override configuration. The apps' queued issued-card rows are
+    written when the test ends, while its data directory still exists."""
     apps: list[Flask] = []
 
     def build(**config: Any) -> Flask:
