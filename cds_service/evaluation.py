@@ -21,7 +21,7 @@ from .governance import Governance, SeenLookup, finding_fingerprint, with_overri
 from .record.model import PatientRecord
 from .record.obtain import obtain_record
 from .record.settings import RecordSettings
-from .record.templates import LABS, build_prefetch_templates
+from .record.templates import LABS, SYMPTOMS, Lookback, build_prefetch_templates
 from .rules.engine import IssuedCard, RuleSet, evaluate
 from .wire.errors import (
     AUTHORIZATION_WITHOUT_SERVER,
@@ -138,7 +138,7 @@ def answer_hook(
     if allowed_fhir_servers is not None:
         settings = settings.for_issuer(allowed_fhir_servers)
     now = runtime.now()
-    record = obtain_record(call, service.prefetch, settings, narrowing=_narrowing(runtime.fact_windows, now))
+    record = obtain_record(call, service.prefetch, settings, lookbacks=_lookbacks(runtime.fact_windows, now))
     fetched = time.perf_counter()
     facts = build_facts(record, runtime.terminology, now, runtime.fact_windows)
     built = time.perf_counter()
@@ -176,12 +176,15 @@ def _every_card(ruleset: RuleSet, facts: PatientFacts, hook: str) -> list[Issued
     return evaluate(ruleset, facts, hook, max_cards=len(ruleset.rules))
 
 
-def _narrowing(windows: FactWindows, now: datetime) -> dict[str, str]:
-    """What the FHIR server may leave out of the service's own queries: labs older than any rule looks back
-    (``date`` searches Observation.effective[x]; the facts layer drops the same labs from prefetched data)."""
-    if windows.lab_lookback is None:
-        return {}
-    return {LABS: f"date=ge{first_day_within(now, windows.lab_lookback).isoformat()}"}
+def _lookbacks(windows: FactWindows, now: datetime) -> dict[str, Lookback]:
+    """How far back the rules read the dated prefetch keys. Labs: no older than any rule looks back; the FHIR
+    server may leave older ones out of the service's own searches (``date`` searches Observation.effective[x];
+    the facts layer drops the same labs from prefetched data). Symptom Observations: within their window; their
+    searches are not narrowed, only paging stops at a page wholly older than it."""
+    found = {SYMPTOMS: Lookback(first_day_within(now, windows.observation_window), search=False)}
+    if windows.lab_lookback is not None:
+        found[LABS] = Lookback(first_day_within(now, windows.lab_lookback), search=True)
+    return found
 
 
 def _well_formed(issued: IssuedCard) -> bool:
