@@ -91,6 +91,7 @@ class HookAnswer:
     findings: dict[str, str] = field(default_factory=dict)  # card uuid -> finding fingerprint, shown and silent
     repeats: list[IssuedCard] = field(default_factory=list)  # left out as repeats, shown or silent
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what the facts layer could not read or found unclear
 
 
 def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
@@ -163,6 +164,7 @@ def answer_hook(
         silent=silent,
         findings=findings,
         repeats=repeats,
+        warnings=facts.warnings,
         timings={
             "record_ms": (fetched - started) * 1000,
             "facts_ms": (built - fetched) * 1000,

@@ -748,12 +748,12 @@ INTERPRETED = [
     Variant(
         "dyspnea-icd10cm-r06.02",
         lambda: [condition(), condition(ICD10CM, "R06.02", "Shortness of breath", onset_days=2)],
-        [("red-flag-urgent", "critical")],
+        [("red-flag-urgent", "warning")],
     ),
     Variant(
         "dyspnea-observation",
         lambda: [condition(), symptom(concept(SNOMED, "267036007", "Dyspnea"), days=1)],
-        [("red-flag-urgent", "critical")],
+        [("red-flag-urgent", "warning")],
     ),
     # CK on a statin: over 4x the upper limit warning, over 10x critical (EAS 2015)
     Variant("ck-799-under-4x", lambda: _cramp_on_atorvastatin(ck(799)), [("statin-muscle-symptoms-ck", "info")]),

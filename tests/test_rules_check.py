@@ -139,3 +139,19 @@ def test_merging_with_a_group_no_rule_has_fails(rules_copy: Path) -> None:
     assert code == 1 and f"FAIL {rule}: at merges_with: no rule has the group 'statin-muscles'" in report
     with pytest.raises(RuleError, match="no rule has the group 'statin-muscles'"):
         RuleSet.load(rules_copy, load_terminology(rules_copy))
+
+
+def test_a_rule_needs_its_clinical_review_beside_it(rules_copy: Path) -> None:
+    review = rules_copy / "diuretic" / "diuretic-hypokalemia.review.md"
+    review.unlink()
+    code, report = check(rules_copy)
+    assert code == 1
+    assert f"FAIL {rules_copy / 'diuretic' / 'diuretic-hypokalemia.yaml'}: has no clinical review" in report
+
+
+def test_the_review_names_every_threshold_of_its_rule(rules_copy: Path) -> None:
+    rule = rules_copy / "diuretic" / "diuretic-hypokalemia.yaml"
+    edit_rule_file(rule, lambda d: d["criteria"]["require_low_potassium"].update(below=3.45))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert f"FAIL {rule.with_name('diuretic-hypokalemia.review.md')}: does not name the threshold 3.45" in report

@@ -133,7 +133,7 @@ def test_cards_are_ordered_by_indicator_then_rule_and_capped() -> None:
     record = facts(
         labs=[lab("potassium", 3.0, "mmol/L"), lab("egfr", 40, "mL/min/{1.73_m2}"), lab("tsh", 9, "m[IU]/L", high=4.5)],
         meds=[med("furosemide", "loop_diuretic")],
-        findings=("cramp", "dyspnea"),
+        findings=("cramp", "dyspnea", "chest_pain"),  # breathlessness with chest pain: the one critical card
     )
     cards = evaluate(RULESET, record, "patient-view", max_cards=10)
     ranks = [{"critical": 0, "warning": 1, "info": 2}[c.indicator] for c in cards]

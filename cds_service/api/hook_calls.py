@@ -15,6 +15,9 @@ bp = Blueprint("hook_calls", __name__)
 bp.before_request(authenticate)
 
 
+MAX_LOGGED_WARNINGS = 20  # a record with hundreds of unreadable resources still gets a log line of bounded size
+
+
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> ResponseReturnValue:
     parts = components()
@@ -48,6 +51,8 @@ def call_service(service_id: str) -> ResponseReturnValue:
     if record.unread:
         metrics.count_unread(record.unread)
         annotate(unread=record.unread)
+    if answer.warnings:
+        annotate(warnings=list(answer.warnings[:MAX_LOGGED_WARNINGS]))
     annotate(
         patient=patient,
         cards=len(answer.issued),

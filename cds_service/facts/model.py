@@ -8,9 +8,10 @@ Vocabulary (names are defined by the value sets in ``rules/valuesets/``, never i
 * medication ``classes``: statin, loop_diuretic, thiazide_diuretic, potassium_sparing_diuretic, beta2_agonist,
   methylxanthine, systemic_corticosteroid, statin_interacting, proton_pump_inhibitor, metformin, levothyroxine,
   potassium_supplement, magnesium_supplement, mineralocorticoid_antagonist, ace_inhibitor, arb, trimethoprim,
-  potassium_wasting_corticosteroid, insulin, sulfonylurea
+  potassium_wasting_corticosteroid, insulin, sulfonylurea, anticoagulant
 * finding ``concept``: cramp, spasm, myalgia, muscle_weakness, statin_myopathy, rhabdomyolysis, dyspnea,
   dizziness, fever, neck_stiffness, paresthesia, numbness, cellulitis, dvt, limb_swelling, limb_erythema,
+  leg_pain, chest_pain, fasciculation, muscle_wasting, malignancy, vte_history, myoglobinuria, seizure, smoker, pad,
   hypothyroidism, ckd, ckd_stage_3_5, dialysis, heart_failure, diabetes, hypoglycemia, dehydration, hypokalemia,
   hyponatremia, hypomagnesemia, hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency,
   thyroid_parathyroid_surgery, cirrhosis

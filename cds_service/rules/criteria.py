@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TypeAlias
 
 from ..facts.model import Finding, LabResult, MedicationUse, PatientFacts
 from .expression import Tri, all_of, any_of, not_
 from .model import (
     CRAMP_CONCEPTS,
+    AgeCriterion,
     CompositeCriterion,
     Criterion,
     FindingCriterion,
@@ -78,7 +79,15 @@ class Timing:
         return (self.until_date - self.since_date).days
 
 
-Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence | Pairing | Timing
+@dataclass(frozen=True, slots=True)
+class Age:
+    """Evidence of the patient's age: whole years at the evaluation time, from the birth date."""
+
+    years: int
+    birth_date: date
+
+
+Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence | Pairing | Timing | Age
 # id(criterion) -> its result over one patient's facts; ids are stable because the rule set holds its criteria
 Memo: TypeAlias = "dict[int, Match]"
 
@@ -107,6 +116,8 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         return _composite(criterion, facts, memo)
     if type(criterion) is LabCriterion:
         return _lab(criterion, facts)
+    if type(criterion) is AgeCriterion:
+        return _age(criterion, facts)
     if type(criterion) is InteractionCriterion:
         found: tuple[Evidence, ...] = _pairings(criterion, facts)
         return Match(True, found) if found else _not_found(criterion, facts)
@@ -235,6 +246,21 @@ def _lab(criterion: LabCriterion, facts: PatientFacts) -> Match:
     states += [_in_range(result, check) for check in criterion.range_checks]
     state = all_of(states)
     return Match(state, (result,) if state else ())
+
+
+def age_in_years(born: date, on: date) -> int:
+    """Completed years of life on ``on`` (a 29 February birthday falls on 1 March in other years)."""
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def _age(criterion: AgeCriterion, facts: PatientFacts) -> Match:
+    """Unknown without a birth date: a missing date of birth says nothing about the patient's age."""
+    if facts.birth_date is None:
+        return UNKNOWN
+    years = age_in_years(facts.birth_date, facts.now.date())
+    state = (criterion.at_least is None or years >= criterion.at_least) and (
+        criterion.below is None or years < criterion.below)
+    return Match(True, (Age(years, facts.birth_date),)) if state else FALSE
 
 
 def _compare(result: LabResult, op: str, limit: float) -> Tri:

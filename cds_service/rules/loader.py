@@ -19,6 +19,7 @@ from ..schemas import validator as schema_validator
 from .expression import ExpressionError, parse
 from .model import (
     Action,
+    AgeCriterion,
     Band,
     CardTemplate,
     Coding,
@@ -224,6 +225,9 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         classes = _known(ctx, f"{where}/medication", spec["medication"], "medication_classes", "medication class")
         taken_for = parse_duration(spec["taken_for"]) if "taken_for" in spec else None
         return MedicationCriterion(classes, spec.get("use", "current"), label, spec.get("as_needed"), taken_for)
+    if "age" in spec:
+        limits = spec["age"]
+        return AgeCriterion(limits.get("at_least"), limits.get("below"), label, spec.get("basis", ""))
     if "interaction" in spec:
         sets = _known(ctx, f"{where}/interaction", spec["interaction"], "interactions", "interaction set")
         found = ctx.vocabulary.interactions if ctx.vocabulary is not None else {}
@@ -273,7 +277,7 @@ def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids
         if isinstance(criterion, CompositeCriterion):
             for index, child in enumerate(criterion.children):
                 walk(f"{where}/{criterion.op}/{index}", child)
-        elif isinstance(criterion, TimingCriterion | LabCriterion) and _thresholds(criterion):
+        elif isinstance(criterion, TimingCriterion | LabCriterion | AgeCriterion) and _thresholds(criterion):
             if not criterion.basis:
                 numbers = _thresholds(criterion)
                 raise ctx.fail(where, f"the threshold ({numbers}) needs a basis: the id of the reference behind it")
@@ -284,11 +288,14 @@ def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids
         walk(f"criteria/{name}", criterion)
 
 
-def _thresholds(criterion: LabCriterion | TimingCriterion) -> str:
-    """The criterion's numbers as text ("below 3.5", "under P4W 3 points"); empty when it has none."""
+def _thresholds(criterion: LabCriterion | TimingCriterion | AgeCriterion) -> str:
+    """The criterion's numbers as text ("below 3.5", "under P4W 3 points", "at_least 65"); empty when none."""
     if isinstance(criterion, TimingCriterion):
         return ", ".join(f"under {b.under_text} {b.points} points" if b.under_text else f"{b.points} points"
                          for b in criterion.bands)
+    if isinstance(criterion, AgeCriterion):
+        limits = (("at_least", criterion.at_least), ("below", criterion.below))
+        return ", ".join(f"{op} {value}" for op, value in limits if value is not None)
     return ", ".join(f"{op} {value:g}" for op, value in criterion.comparisons)
 
 

@@ -107,6 +107,16 @@ class TimingCriterion:
 
 
 @dataclass(frozen=True, slots=True)
+class AgeCriterion:
+    """The patient's age in whole years at the evaluation time is at least ``at_least`` and below ``below``."""
+
+    at_least: int | None = None
+    below: int | None = None
+    label: str = ""
+    basis: str = ""  # the id of the reference that supports the age limits
+
+
+@dataclass(frozen=True, slots=True)
 class CompositeCriterion:
     op: Literal["any", "all", "not"]
     children: tuple[Criterion, ...]
@@ -114,7 +124,8 @@ class CompositeCriterion:
 
 
 Criterion: TypeAlias = (
-    FindingCriterion | MedicationCriterion | LabCriterion | InteractionCriterion | TimingCriterion | CompositeCriterion
+    FindingCriterion | MedicationCriterion | LabCriterion | AgeCriterion | InteractionCriterion | TimingCriterion
+    | CompositeCriterion
 )
 
 

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from ..facts.model import Finding, LabResult, MedicationUse
-from .criteria import Absence, Evidence, Match, Pairing, Timing
+from .criteria import Absence, Age, Evidence, Match, Pairing, Timing
 from .model import (
+    AgeCriterion,
     CompositeCriterion,
     Criterion,
     InteractionCriterion,
@@ -34,6 +35,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "finding": frozenset({"names", "date"}),
     "interaction": frozenset({"first", "second", "note"}),
     "timing": frozenset({"span", "points"}),
+    "age": frozenset({"years"}),
     "mixed": frozenset({"date"}),  # a composite of different kinds: only {name} and {name.date}
 }
 NO_RANGE = "no reference range"
@@ -64,6 +66,8 @@ def criterion_kind(criterion: Criterion) -> str:
         return "interaction"
     if isinstance(criterion, TimingCriterion):
         return "timing"
+    if isinstance(criterion, AgeCriterion):
+        return "age"
     return "medication" if isinstance(criterion, MedicationCriterion) else "finding"
 
 
@@ -142,6 +146,8 @@ def field_value(evidence: Sequence[Evidence], field: str | None) -> str:
         if field == "results":
             return _join([_result(e) for e in evidence if isinstance(e, LabResult)])
         return _lab_field(first, field)
+    if isinstance(first, Age):
+        return str(first.years) if field == "years" else f"aged {first.years}"
     if isinstance(first, Absence):
         analyte = running(analyte_name(first.analyte))
         if field == "analyte":
@@ -276,6 +282,8 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
         if evidence.ref_high and evidence.value > evidence.ref_high:
             text += f", {evidence.value / evidence.ref_high:.1f}× the upper limit"
         return f"{text}, {_day(evidence.effective)}"
+    if isinstance(evidence, Age):
+        return f"{label}age **{evidence.years} years** (born {evidence.birth_date.isoformat()})"
     if isinstance(evidence, Absence):
         analyte = markdown(running(analyte_name(evidence.analyte)))
         return f"{label}no {analyte} result {_absence_span(evidence)}"
