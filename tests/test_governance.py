@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
-from support.governance import EXPERIMENTAL, GOVERNED, experimental_fixture, potassium_request, seed_history
+from support.governance import (
+    EXPERIMENTAL,
+    GOVERNED,
+    experimental_fixture,
+    governed_site,
+    potassium_request,
+    seed_history,
+)
 from support.hookcalls import PATIENT_ID, SERVICE_IDS
 from support.viewer_requests import RULE_ID, critical_request
 
@@ -46,8 +53,8 @@ def metric(client: FlaskClient, line_start: str) -> float:
 # --- deployment ---------------------------------------------------------------------------------------------------
 
 
-def test_an_experimental_rule_runs_silent_by_default_its_firings_recorded_not_returned(make_app) -> None:
-    app = make_app(**GOVERNED)
+def test_an_experimental_rule_runs_silent_by_default_its_firings_recorded_not_returned(make_app, tmp_path) -> None:
+    app = make_app(**governed_site(tmp_path))
     request = experimental_fixture()
     with app.test_client() as client:
         assert call(client, request, SERVICE_IDS[request["hook"]]) == []
@@ -64,8 +71,9 @@ def test_an_experimental_rule_runs_silent_by_default_its_firings_recorded_not_re
     assert len(row["patient"]) == 16 and request["context"]["patientId"] not in json.dumps(dict(row), default=str)
 
 
-def test_the_committee_activates_a_silent_rule_and_switches_another_off(make_app) -> None:
-    app = make_app(repeat_after="P1D", rule_deployment={EXPERIMENTAL: "active", RULE_ID: "off"})
+def test_the_committee_activates_a_silent_rule_and_switches_another_off(make_app, tmp_path) -> None:
+    site = {**governed_site(tmp_path), "rule_deployment": {EXPERIMENTAL: "active", RULE_ID: "off"}}
+    app = make_app(**site)
     hyperkalemia = experimental_fixture()
     with app.test_client() as client:
         assert [c["indicator"] for c in call(client, hyperkalemia, SERVICE_IDS[hyperkalemia["hook"]])] == ["warning"]
@@ -179,8 +187,8 @@ def test_a_site_names_its_own_override_reasons(make_app) -> None:
 # --- firing-rate check --------------------------------------------------------------------------------------------
 
 
-def test_a_jump_in_a_rule_s_firing_rate_is_flagged_on_the_page_data_and_the_gauge(make_app) -> None:
-    app = make_app(**GOVERNED)
+def test_a_jump_in_a_rule_s_firing_rate_is_flagged_on_the_page_data_and_the_gauge(make_app, tmp_path) -> None:
+    app = make_app(**governed_site(tmp_path))
     seed_history(app.extensions["cds_service"].engine, EXPERIMENTAL, today_firings=12)  # 60 % of today's calls
     with app.test_client() as client:
         report = client.get("/analytics").get_json()
@@ -195,8 +203,8 @@ def test_a_jump_in_a_rule_s_firing_rate_is_flagged_on_the_page_data_and_the_gaug
     assert report["days"][-1] == {"day": today, "hookCalls": MIN_CALLS, "shown": 0, "silent": 12, "cardsPerCall": 0.0}
 
 
-def test_a_usual_day_is_not_flagged(make_app) -> None:
-    app = make_app(**GOVERNED)
+def test_a_usual_day_is_not_flagged(make_app, tmp_path) -> None:
+    app = make_app(**governed_site(tmp_path))
     seed_history(app.extensions["cds_service"].engine, EXPERIMENTAL, today_firings=2)  # 10 %
     with app.test_client() as client:
         assert client.get("/analytics").get_json()["flaggedRules"] == []

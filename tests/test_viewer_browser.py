@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import Engine, func, select
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
-from support.governance import EXPERIMENTAL, GOVERNED, as_environment, experimental_fixture, seed_history
+from support.governance import EXPERIMENTAL, as_environment, experimental_fixture, governed_site, seed_history
 from support.hookcalls import SERVICE_IDS
 from support.live import serve
 from support.viewer_requests import RULE_ID, critical_request
@@ -268,7 +268,7 @@ def wait_for_firings(engine: Engine, rule_id: str, count: int) -> None:
 def test_analytics_page_shows_silent_firings_and_flags_an_unusual_firing_rate(page, tmp_path) -> None:
     """A site on its defaults: the experimental rule runs silent. Fifteen days of history in the server's database
     (the rule fired on about a tenth of the calls), then today it fires on most: the page flags it."""
-    env = as_environment(GOVERNED)
+    env = as_environment(governed_site(tmp_path))
     with serve(tmp_path, env=env) as base:
         engine = open_database(f"sqlite:///{tmp_path / 'data' / 'cds-service.sqlite3'}")
         seed_history(engine, EXPERIMENTAL, today_firings=12)

@@ -8,6 +8,7 @@ tests of governance itself (tests/test_governance.py, tests/test_repeats.py) sta
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from .hookcalls import SERVICE_IDS
 from .viewer_requests import critical_request
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-EXPERIMENTAL = "hyperkalemia"  # status: experimental, so silent on a site's defaults
+EXPERIMENTAL = "hyperkalemia"  # marked experimental in the rule set of governed_site(), so silent there
 GOVERNED: Mapping[str, Any] = {"repeat_after": "P1D", "rule_deployment": {}}  # a site's defaults
 
 
@@ -39,6 +40,18 @@ EVERY_CALL_ANEW: Mapping[str, Any] = {
     "repeat_after": "PT0S",
     "rule_deployment": dict.fromkeys(_experimental_rules(), "active"),
 }
+
+
+def governed_site(folder: Path) -> dict[str, Any]:
+    """A site's default settings over a copy of the shipped rules (in ``folder``) in which ``EXPERIMENTAL`` is a
+    new rule (status experimental): the shipped rules have all been reviewed, so none runs silent by default."""
+    rules = folder / "rules"
+    shutil.copytree(shipped_rules_dir(), rules, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    rule = rules / "electrolytes" / f"{EXPERIMENTAL}.yaml"
+    text = rule.read_text("utf-8")
+    assert "\nstatus: test\n" in text
+    rule.write_text(text.replace("\nstatus: test\n", "\nstatus: experimental\n"), "utf-8")
+    return {**GOVERNED, "rules_dir": str(rules)}
 
 
 def as_environment(settings: Mapping[str, Any]) -> dict[str, str]:
