@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from support.rule_files import edit_rule_file
 
+from cds_service.config import load_config
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
+from cds_service.governance import Governance
 from cds_service.rules.check import load_terminology
 from cds_service.rules.criteria import evaluate as evaluate_criterion
 from cds_service.rules.engine import RuleError, RuleSet, evaluate
@@ -240,10 +242,14 @@ def test_duplicate_ids_are_rejected(rules_copy: Path) -> None:
         RuleSet.load(rules_copy, TERMINOLOGY)
 
 
-def test_deprecated_rules_are_not_evaluated(rules_copy: Path) -> None:
+def test_deprecated_rules_are_off_unless_a_site_deploys_them(rules_copy: Path) -> None:
     edit_rule_file(rules_copy / "diuretic" / "diuretic-hypokalemia.yaml", lambda d: d.update(status="deprecated"))
-    ids = {r.id for r in RuleSet.load(rules_copy, TERMINOLOGY).rules}
-    assert "diuretic-hypokalemia" not in ids and "drug-hypokalemia" in ids
+    ruleset = RuleSet.load(rules_copy, TERMINOLOGY)
+    default = Governance.of(ruleset, load_config(overrides={"rules_dir": str(rules_copy)}))
+    assert default.deployment["diuretic-hypokalemia"] == "off" and default.deployment["drug-hypokalemia"] == "active"
+    assert "diuretic-hypokalemia" not in {r.id for r in (*default.active.rules, *default.silent.rules)}
+    deployed = Governance.of(ruleset, load_config(overrides={"rule_deployment": {"diuretic-hypokalemia": "active"}}))
+    assert "diuretic-hypokalemia" in deployed.active.by_id
 
 
 @pytest.mark.expects_rule_failure

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..facts.model import PatientFacts
-from .cards import Firing, build_card
+from .cards import Firing, build_card, evidence_lines
 from .criteria import Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
 from .expression import Tri
@@ -44,6 +44,7 @@ class IssuedCard:
     indicator: str
     card: dict[str, Any]
     related: tuple[str, ...] = ()  # ids of rules about the same problem whose findings were merged in
+    evidence: tuple[str, ...] = ()  # the card's evidence lines (Markdown): what the repeat check compares
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,8 @@ class RuleSet:
 
     @classmethod
     def load(cls, directory: Path | None, terminology: Vocabulary | None) -> RuleSet:
-        """Load every rule below ``directory`` (None: the shipped rules); RuleError on the first bad file."""
+        """Load every rule below ``directory`` (None: the shipped rules), deprecated ones too (a site may still
+        deploy them: cds_service.governance); RuleError on the first bad file."""
         directory = directory or shipped_rules_dir()
         if not directory.is_dir():
             raise RuleError(f"{directory}: the rules directory does not exist")
@@ -73,8 +75,7 @@ class RuleSet:
             if rule.id in seen:
                 raise RuleError(f"{path}: at id: {rule.id!r} is also the id of {seen[rule.id]}")
             seen[rule.id] = path
-            if rule.status != "deprecated":
-                rules.append(rule)
+            rules.append(rule)
         problems_found = merge_problems(rules)
         if problems_found:
             raise RuleError(problems_found[0])
@@ -173,4 +174,5 @@ def _issue(group: Sequence[Firing], facts: PatientFacts) -> IssuedCard:
         indicator=primary.indicator,
         card=build_card(primary, related, facts),
         related=tuple(f.rule.id for f in related),
+        evidence=tuple(evidence_lines(primary)),
     )
