@@ -221,6 +221,16 @@ def make_prefetch(count: int, now: datetime, seed: int) -> dict[str, Any]:
     }
 
 
+USER_PLACEHOLDER = b"Practitioner/bench-000000000"
+
+
+def as_new_user(body: bytes, serial: int) -> bytes:
+    """``body`` sent by a clinician who has not seen this patient's cards yet, so that the service's repeat check
+    (one indexed read) runs and finds nothing, and every call builds and returns its cards, as a busy EHR's many
+    clinicians and patients would have it."""
+    return body.replace(USER_PLACEHOLDER, b"Practitioner/bench-%09d" % serial, 1)
+
+
 def hook_bodies(count: int, keys: list[str], variants: int) -> list[bytes]:
     """``variants`` serialized patient-view requests with ``count`` labs each (fresh hookInstance per body)."""
     now = datetime.now(UTC)
@@ -233,7 +243,7 @@ def hook_bodies(count: int, keys: list[str], variants: int) -> list[bytes]:
         body = {
             "hookInstance": str(uuid.uuid4()),
             "hook": "patient-view",
-            "context": {"userId": "Practitioner/bench-1", "patientId": PATIENT_ID},
+            "context": {"userId": USER_PLACEHOLDER.decode(), "patientId": PATIENT_ID},
             "prefetch": {key: prefetch[key] for key in keys},
         }
         bodies.append(json.dumps(body).encode())
@@ -422,7 +432,7 @@ def sequential(servers: dict[str, Server], bodies: list[bytes], requests: int, r
         order = list(clients) if i % 2 == 0 else list(reversed(clients))
         for name in order:
             cpu = servers[name].cpu_seconds()
-            seconds, ok = clients[name].post(bodies[i % len(bodies)])
+            seconds, ok = clients[name].post(as_new_user(bodies[i % len(bodies)], i))
             results[name].cpu_seconds += servers[name].cpu_seconds() - cpu
             results[name].latencies.append(seconds)
             results[name].errors += not ok
@@ -477,7 +487,7 @@ def concurrent_window(
         done: list[tuple[float, bool]] = []
         i = worker
         while time.perf_counter() < stop_at:
-            done.append(client.post(bodies[i % len(bodies)]))
+            done.append(client.post(as_new_user(bodies[i % len(bodies)], i)))
             i += clients
         client.close()
         with lock:

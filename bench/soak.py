@@ -21,6 +21,7 @@ minute, the mix, the workers' memory; exits with status 1 if there was an error,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from bench_http import (
     Client,
     Reply,
     Server,
+    as_new_user,
     hook_bodies,
     machine,
     prefetch_keys,
@@ -61,6 +63,7 @@ BUCKET_SECONDS = 60.0
 GROWTH_LIMIT = 0.10
 CARDS_KEPT = 64  # the most recent cards a client may still send feedback on
 FEEDBACK_PATH = f"{HOOK_PATH}/feedback"
+USERS = itertools.count()  # a new clinician per hook call (bench_http.as_new_user); next() is atomic
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ def client_loop(
         if kind is FEEDBACK and not cards:
             kind = HOOK_KINDS[0]
         if kind.labs:
-            reply = client.send(HOOK_PATH, bodies[kind.labs][served[kind.labs] % VARIANTS])
+            reply = client.send(HOOK_PATH, as_new_user(bodies[kind.labs][served[kind.labs] % VARIANTS], next(USERS)))
             served[kind.labs] += 1
         elif kind is FEEDBACK:
             body, entries = feedback_body(cards, rng)

@@ -329,6 +329,15 @@ def test_unknown_codes_fall_back_on_ingredient_names(terminology: Terminology) -
     assert by_ref["MedicationRequest/b"].classes == frozenset()
 
 
+def test_ingredient_codes_removed_as_unverified_still_classify_by_name(terminology: Terminology) -> None:
+    """RxNorm IN 4109, 2396 and 644 are not shipped (issue 23: unconfirmed); the orders still reach their class."""
+    facts = facts_of(terminology, request("a", rx("4109", "ethacrynic acid")),
+                     request("b", rx("2396", "chlorothiazide")), request("c", rx("644", "amiloride")))
+    assert {m.reference: m.classes for m in facts.medications} == {
+        "MedicationRequest/a": {"loop_diuretic"}, "MedicationRequest/b": {"thiazide_diuretic"},
+        "MedicationRequest/c": {"potassium_sparing_diuretic"}}
+
+
 def test_atc_coding_alone_classifies(terminology: Terminology) -> None:
     atc = {"coding": [{"system": "http://www.whocc.no/atc", "code": "C03CA01", "display": "Furosemid"}]}
     assert facts_of(terminology, request("a", atc)).medications[0].classes == {"loop_diuretic"}

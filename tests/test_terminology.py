@@ -42,9 +42,13 @@ def test_every_model_vocabulary_name_is_defined(terminology: Terminology) -> Non
     assert vocabulary("finding ``concept``") == set(terminology.concepts)
 
 
-def test_every_entry_has_a_certainty_and_m_codes_are_findable(terminology: Terminology) -> None:
-    assert {e.certainty for e in terminology.entries.values()} == {"V", "S", "M"}
-    assert terminology.certainty_of(SNOMED, "5291005") == "M"  # hypocalcaemia: clinical knowledge only
+def test_every_shipped_code_is_verified(terminology: Terminology) -> None:
+    """Issue 23: no shipped code rests on clinical knowledge alone (M); each is V or S with its source."""
+    unverified = sorted(f"{e.system}|{e.code}" for e in terminology.entries.values() if e.certainty not in {"V", "S"})
+    assert unverified == []
+    assert terminology.certainty_of(SNOMED, "5291005") == "S"  # hypocalcaemia: two public code lists
+    assert terminology.certainty_of(ICD10CM, "E11.649") == "V"  # in the VSAC Diabetes expansion
+    assert terminology.certainty_of(RXNORM, "4109") is None  # ethacrynic acid IN: not confirmed, removed
     assert terminology.certainty_of(RXNORM, "83367") == "V"  # atorvastatin
     assert terminology.certainty_of(SNOMED, "999999999") is None
 
