@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..facts.model import PatientFacts
-from .cards import Firing, build_card
-from .criteria import Memo, shared_criteria
+from .cards import Firing, build_card, evidence_of
+from .criteria import Evidence, Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
 from .expression import Tri
 from .loader import (
@@ -41,6 +41,7 @@ class IssuedCard:
     indicator: str
     card: dict[str, Any]
     related: tuple[str, ...] = ()  # ids of rules about the same problem whose findings were merged in
+    evidence: tuple[Evidence, ...] = ()  # what the card's Findings list shows (the population scan reports it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,4 +177,5 @@ def _issue(group: Sequence[Firing], facts: PatientFacts) -> IssuedCard:
         indicator=primary.indicator,
         card=build_card(primary, related, facts),
         related=tuple(f.rule.id for f in related),
+        evidence=tuple(evidence_of(primary)),
     )

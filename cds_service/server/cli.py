@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -175,6 +176,49 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+SCAN_INSTALL = "pip install 'cds-service[scan]'"
+
+
+def _scan(args: argparse.Namespace) -> int:
+    """Exit 0 when patients were scanned, 1 when none could be (the summary says why), 2 for bad arguments."""
+    try:
+        from ..scan.command import ScanRequest, report_line, scan
+        from ..scan.routing import TemplateNotSupported
+        from ..scan.source import SourceError
+    except ModuleNotFoundError as missing:
+        if (missing.name or "").split(".")[0] in {"dask", "distributed"}:
+            print(f"cds-service scan needs Dask: {SCAN_INSTALL}", file=sys.stderr)
+            return 2
+        raise
+    settings = load_config(args.config, overrides={"now": args.now} if args.now else None)
+    configure_logging(settings.log_level)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's start and stop are not news
+    request = ScanRequest(
+        source=Path(args.source),
+        out=Path(args.out),
+        settings=settings,
+        hook=args.hook,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        pseudonymise=args.pseudonymise,
+        block_size=args.block_size,
+        progress=sys.stderr.isatty(),
+    )
+    try:
+        summary = scan(request)
+    except (SourceError, TemplateNotSupported) as error:
+        print(f"cds-service scan: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the scheduler cannot be reached, the output folder cannot be written
+        print(f"cds-service scan: {error}", file=sys.stderr)
+        return 2
+    print(report_line(summary), file=sys.stderr)
+    if summary["patients"]["scanned"] == 0:
+        print("cds-service scan: no patient could be scanned (summary.json says why)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _config_show(args: argparse.Namespace) -> int:
     print(json.dumps(masked_settings(load_config(args.config)), indent=2))
     return 0
@@ -184,6 +228,13 @@ def _rules_check(args: argparse.Namespace) -> int:
     from ..rules.check import run_check
 
     return run_check(Path(args.rules_dir) if args.rules_dir else None)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help="TOML configuration file")
     evaluate.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
     evaluate.set_defaults(run=_evaluate)
+
+    scan = commands.add_parser("scan", help="run the rules over a Bulk FHIR export, patient by patient, on Dask")
+    scan.add_argument("source", help="folder of Bulk FHIR NDJSON files (.ndjson, .ndjson.gz)")
+    scan.add_argument("--out", required=True, help="output folder (worklist.ndjson, summary.json, report.html)")
+    scan.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
+    scan.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
+    scan.add_argument("--workers", type=_positive, help="local worker processes (default: one per core)")
+    scan.add_argument("--hook", default="patient-view", choices=["patient-view"], help="the hook to answer")
+    scan.add_argument("--pseudonymise", action="store_true", help="HMAC-SHA256 pseudonyms for patient ids")
+    scan.add_argument("--block-size", type=_positive, help="bytes of NDJSON per task (default 64 MiB)")
+    scan.add_argument("--config", help="TOML configuration file (also CDS_CONFIG)")
+    scan.set_defaults(run=_scan)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
