@@ -10,6 +10,7 @@ import hmac
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,92 @@ def test_output_files_appear_only_when_committed(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".summary.json.partial", ".worklist.ndjson.partial"]
     output.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "worklist.ndjson"]
+
+
+def bad_export(folder: Path) -> Path:
+    """One good patient with a cramp, and each kind of bad input a Bulk export can hold."""
+    folder.mkdir()
+    patient = {"resourceType": "Patient", "id": "bad-1", "gender": "female", "birthDate": "1950-01-01"}
+    cramp = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/bad-1"},
+             "clinicalStatus": {"coding": [{"code": "active"}]}, "onsetDateTime": "2026-10-20",
+             "code": {"coding": [{"system": "http://snomed.info/sct", "code": "55300003"}]}}
+    lines = [
+        json.dumps(cramp),
+        '{"resourceType": "Condition", "id": "broken"',  # line 2: malformed
+        json.dumps({**cramp, "id": "c2", "subject": None}),  # line 3: no patient reference
+        json.dumps({"resourceType": "Frobnication", "id": "f1"}),  # line 4: not a FHIR resource type
+        json.dumps({"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/bad-1"}}),
+        "[1, 2, 3]",  # line 6: JSON, not a resource
+    ]
+    (folder / "Condition.ndjson").write_text("\n".join(lines) + "\n")
+    (folder / "Patient.ndjson").write_text(json.dumps(patient) + "\n")
+    (folder / "Bundle.ndjson").write_text(json.dumps({"resourceType": "Bundle", "entry": []}, indent=2))
+    (folder / "notes.txt").write_text("exported on Monday\n")
+    (folder / "Observation.ndjson.gz").write_bytes(b"this is not gzip")
+    outcome = {"resourceType": "OperationOutcome",
+               "issue": [{"severity": "error", "code": "processing", "diagnostics": "Observation/77 failed"}]}
+    (folder / "errors.ndjson").write_text(json.dumps(outcome) + "\n")
+    manifest = {"transactionTime": NOW, "request": "http://ehr.example/fhir/$export", "requiresAccessToken": True,
+                "output": [{"type": "Condition", "url": "http://ehr.example/files/Condition.ndjson"}],
+                "error": [{"type": "OperationOutcome", "url": "http://ehr.example/files/errors.ndjson"},
+                          {"type": "OperationOutcome", "url": "http://ehr.example/files/lost.ndjson"}]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_bad_input_is_reported_by_file_and_line_and_the_rest_is_scanned(cluster, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = run_scan(str(bad_export(tmp_path / "export")), "--out", str(out), "--now", NOW, "--scheduler", cluster,
+                      "--block-size", "100")  # blocks of a line or two: line numbers count across blocks
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    totals = summary(out)
+    assert totals["patients"]["scanned"] == 1
+    problems = [(p["file"], p["line"], p["problem"].split(":")[0]) for p in totals["problems"]]
+    assert problems == [
+        ("Condition.ndjson", 2, "malformed NDJSON line"),
+        ("Condition.ndjson", 3, "no patient reference"),
+        ("Condition.ndjson", 4, "unknown resource type"),
+        ("Condition.ndjson", 6, "not a FHIR resource"),
+    ]
+    skipped = {f["file"]: f["reason"] for f in totals["files_skipped"]}
+    assert skipped["Bundle.ndjson"].startswith("not NDJSON")
+    assert skipped["Observation.ndjson.gz"].startswith("not NDJSON: cannot be read")
+    assert skipped["notes.txt"] == "not an .ndjson or .ndjson.gz file"
+    assert totals["export_errors"] == [
+        {"file": "errors.ndjson", "line": 1, "problem": "the export server reported: Observation/77 failed"},
+        {"file": "lost.ndjson", "problem": "the manifest lists it as an error file; absent"},
+    ]
+    assert totals["resources"]["skipped"] == {
+        "Encounter: a type the rules do not read": 1, "malformed NDJSON line": 1, "no patient reference": 1,
+        "not a FHIR resource": 1, "unknown resource type": 1,
+    }
+    assert totals["files_read"] == ["Condition.ndjson", "Patient.ndjson"]
+
+
+def test_nothing_to_scan_exits_non_zero_with_the_reasons(cluster, tmp_path) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "Condition.ndjson").write_text('{"resourceType": "Condition"}\n{oops\n')
+    (export / "readme.md").write_text("# not data\n")
+    out = tmp_path / "out"
+    result = run_scan(str(export), "--out", str(out), "--now", NOW, "--scheduler", cluster)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cds-service scan: no patient could be scanned (summary.json says why)")
+    assert [p["line"] for p in summary(out)["problems"]] == [1, 2]
+
+
+def test_a_missing_folder_is_one_line(tmp_path) -> None:
+    result = run_scan(str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cds-service scan: {tmp_path / 'nowhere'}: not a folder of Bulk FHIR NDJSON files"
+
+
+def test_without_dask_the_command_says_how_to_install_it(tmp_path) -> None:
+    blocked = ("import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None; "
+               "from cds_service.server.cli import main; sys.exit(main(['scan', '.', '--out', 'out']))")
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "cds-service scan needs Dask: pip install 'cds-service[scan]'"
