@@ -19,6 +19,7 @@ from .routing import Router, medication_id, patient_of
 PROBLEMS_PER_BLOCK = 50
 READ, USED = "read", "used"
 Record = tuple[str, str, bytes]  # (patient id, prefetch key, the resource's NDJSON line)
+Lines = list[tuple[str, bytes]]  # (prefetch key, NDJSON line) of one patient
 
 
 @dataclass(slots=True)

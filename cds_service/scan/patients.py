@@ -26,7 +26,7 @@ from ..rules.templates import analyte_name, evidence_date, timing_text, unit_tex
 from ..wire.errors import CdsError
 from ..wire.services import Service
 from .deployment import deployment_of
-from .lines import Record
+from .lines import Lines
 from .routing import Router
 from .tally import Tally
 
@@ -65,9 +65,11 @@ def request_body(patient: str, records: Iterable[tuple[str, bytes]], router: Rou
 
 
 def evaluate_partition(
-    groups: Iterable[tuple[str, list[Record]]], settings_json: str, router: Router, hook: str
+    groups: Iterable[tuple[str, list[tuple[str, Lines]]]], settings_json: str, router: Router, hook: str
 ) -> list[tuple[Tally, list[dict[str, Any]]]]:
-    """Each patient of one partition answered: the partition's tally and worklist rows (one per card)."""
+    """Each patient of one partition answered: the partition's tally and worklist rows (one per card).
+
+    ``groups`` are the shuffle's output: a patient and the (patient, lines) items gathered for it."""
     runtime = _runtime(settings_json)
     service = runtime.registry.for_hook(hook)
     if service is None:
@@ -75,11 +77,12 @@ def evaluate_partition(
     deployments = {rule.id: deployment_of(rule, runtime.settings) for rule in runtime.ruleset.rules}
     single = router.single_keys()
     tally, rows = Tally(), []
-    for patient, records in groups:
+    for patient, items in groups:
+        lines = [pair for _patient, pairs in items for pair in pairs]
         tally.patients += 1
-        if not any(key in single for _patient, key, _line in records):
+        if not any(key in single for key, _line in lines):
             tally.without_patient_resource += 1
-        body = request_body(patient, ((key, line) for _patient, key, line in records), router, hook)
+        body = request_body(patient, lines, router, hook)
         issued = _answer(runtime, service, body, tally)
         if issued is None:
             continue

@@ -29,7 +29,7 @@ from distributed import Client, LocalCluster, as_completed
 
 from ..evaluation import Runtime
 from .deployment import deployment_of
-from .lines import READ, Block, Record, read_block
+from .lines import READ, Block, Lines, read_block
 from .patients import evaluate_partition
 from .routing import Router
 from .source import Source
@@ -199,8 +199,12 @@ def _first(item: tuple[Any, ...]) -> Any:
     return item[0]
 
 
-def _records(block: Block) -> list[Record]:
-    return block.records
+def _records(block: Block) -> list[tuple[str, Lines]]:
+    """The block's lines gathered per patient: one item per patient and block to shuffle, not one per line."""
+    by_patient: dict[str, Lines] = {}
+    for patient, key, line in block.records:
+        by_patient.setdefault(patient, []).append((key, line))
+    return list(by_patient.items())
 
 
 def _medication_lines(block: Block) -> list[tuple[str, None, bytes]]:
@@ -211,13 +215,13 @@ def _medication_references(block: Block) -> list[tuple[str, tuple[str, str], Non
     return [(med, (patient, key), None) for med, patient, key in block.references]
 
 
-def _join_medications(groups: list[tuple[str, list[tuple[Any, ...]]]]) -> list[Record]:
-    """Each Medication line as a record of every patient and key that references it (once per patient and key)."""
+def _join_medications(groups: list[tuple[str, list[tuple[Any, ...]]]]) -> list[tuple[str, Lines]]:
+    """Each Medication line as a line of every patient and key that references it (once per patient and key)."""
     joined = []
     for _med, items in groups:
         lines = [line for _m, _ref, line in items if line is not None][:1]
         holders = {ref for _m, ref, _line in items if ref is not None}
-        joined += [(patient, key, line) for patient, key in sorted(holders) for line in lines]
+        joined += [(patient, [(key, line)]) for patient, key in sorted(holders) for line in lines]
     return joined
 
 
@@ -226,7 +230,7 @@ def _statistics(block: Block) -> Block:
     return Block(block.file, block.index, block.lines, counts=block.counts, problems=block.problems)
 
 
-def _count_patients(groups: list[tuple[str, list[Record]]]) -> list[tuple[Tally, list[dict[str, Any]]]]:
+def _count_patients(groups: list[tuple[str, list[tuple[str, Lines]]]]) -> list[tuple[Tally, list[dict[str, Any]]]]:
     """The floor's stand-in for evaluation: count the patients, answer nothing."""
     tally = Tally()
     for _group in groups:
