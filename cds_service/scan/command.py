@@ -10,17 +10,19 @@ import orjson
 
 from ..config import Settings
 from ..evaluation import Runtime
+from .export import download_export, is_url
 from .lines import READ, USED
 from .output import REPORT, SUMMARY, WORKLIST, Output, Pseudonyms, json_bytes
 from .pipeline import BLOCK_SIZE, Outcome, Plan, connect, rules_of, run
 from .report import render_report
+from .routing import Router
 from .source import Source, open_source
 from .tally import rule_summary
 
 
 @dataclass(frozen=True, slots=True)
 class ScanRequest:
-    source: Path
+    source: str  # a folder, or a FHIR server's base URL (Bulk Data $export)
     out: Path
     settings: Settings
     hook: str = "patient-view"
@@ -29,12 +31,23 @@ class ScanRequest:
     pseudonymise: bool = False
     block_size: int | None = None
     progress: bool = False
+    group: str | None = None  # $export at Group level
+    patient_level: bool = False  # $export at Patient level
+    since: str | None = None  # $export's _since
+    export_dir: Path | None = None  # where the export's files are saved (default: OUT/export)
 
 
 def scan(request: ScanRequest) -> dict[str, Any]:
-    """Run the scan and write its files; return the summary. Raises SourceError when SOURCE is no folder."""
-    source = open_source(request.source)
+    """Run the scan and write its files; return the summary. Raises SourceError when SOURCE is no folder,
+    ExportFailed when SOURCE is a FHIR server whose export fails."""
     runtime = Runtime.load(request.settings)
+    folder = Path(request.source)
+    if is_url(request.source):
+        service = runtime.registry.for_hook(request.hook)
+        types = Router.of(service.prefetch if service else {}).resource_types
+        folder = download_export(request.source, request.export_dir or request.out / "export", types,
+                                 group=request.group, patient_level=request.patient_level, since=request.since)
+    source = open_source(folder)
     plan = Plan(source, runtime, request.hook, block_size=request.block_size or BLOCK_SIZE)
     with TemporaryDirectory(prefix="cds-scan-") as spool:
         with connect(request.scheduler, request.workers) as client:
@@ -85,7 +98,7 @@ def _summary(request: ScanRequest, runtime: Runtime, files: dict[str, Any], outc
     return {
         "now": runtime.now().isoformat(),
         "hook": request.hook,
-        "source": str(request.source),
+        "source": request.source,
         "pseudonymised": request.pseudonymise,
         "patients": {
             "scanned": scanned,

@@ -183,6 +183,7 @@ def _scan(args: argparse.Namespace) -> int:
     """Exit 0 when patients were scanned, 1 when none could be (the summary says why), 2 for bad arguments."""
     try:
         from ..scan.command import ScanRequest, report_line, scan
+        from ..scan.export import ExportFailed
         from ..scan.routing import TemplateNotSupported
         from ..scan.source import SourceError
     except ModuleNotFoundError as missing:
@@ -194,7 +195,7 @@ def _scan(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's start and stop are not news
     request = ScanRequest(
-        source=Path(args.source),
+        source=args.source,
         out=Path(args.out),
         settings=settings,
         hook=args.hook,
@@ -203,9 +204,16 @@ def _scan(args: argparse.Namespace) -> int:
         pseudonymise=args.pseudonymise,
         block_size=args.block_size,
         progress=sys.stderr.isatty(),
+        group=args.group,
+        patient_level=args.patient_level,
+        since=args.since,
+        export_dir=Path(args.export_dir) if args.export_dir else None,
     )
     try:
         summary = scan(request)
+    except ExportFailed as error:
+        print(f"cds-service scan: the export failed, nothing was scanned: {error}", file=sys.stderr)
+        return 1
     except (SourceError, TemplateNotSupported) as error:
         print(f"cds-service scan: {error}", file=sys.stderr)
         return 2
@@ -259,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     scan = commands.add_parser("scan", help="run the rules over a Bulk FHIR export, patient by patient, on Dask")
-    scan.add_argument("source", help="folder of Bulk FHIR NDJSON files (.ndjson, .ndjson.gz)")
+    scan.add_argument("source", help="folder of Bulk FHIR NDJSON files (.ndjson, .ndjson.gz), or a FHIR server's "
+                      "base URL to export from (Bulk Data $export; token in CDS_SCAN_BEARER_TOKEN)")
     scan.add_argument("--out", required=True, help="output folder (worklist.ndjson, summary.json, report.html)")
     scan.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
     scan.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
@@ -267,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--hook", default="patient-view", choices=["patient-view"], help="the hook to answer")
     scan.add_argument("--pseudonymise", action="store_true", help="HMAC-SHA256 pseudonyms for patient ids")
     scan.add_argument("--block-size", type=_positive, help="bytes of NDJSON per task (default 64 MiB)")
+    scan.add_argument("--group", help="with a server: export this Group's patients (Group/ID/$export)")
+    scan.add_argument("--patient-level", action="store_true", help="with a server: Patient/$export")
+    scan.add_argument("--since", help="with a server: only resources changed since (the export's _since)")
+    scan.add_argument("--export-dir", help="with a server: where to save the export (default OUT/export)")
     scan.add_argument("--config", help="TOML configuration file (also CDS_CONFIG)")
     scan.set_defaults(run=_scan)
 
