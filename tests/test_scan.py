@@ -23,6 +23,7 @@ from support.bulk import (
     NOW,
     REQUESTS,
     dask_cluster,
+    fixture_resources,
     generated_patient,
     population,
     run_scan,
@@ -30,7 +31,7 @@ from support.bulk import (
     write_export,
 )
 from support.hookcalls import SERVICE_IDS, searchset
-from support.live import serve
+from support.live import free_port, serve
 
 from cds_service.facts.terminology import Terminology
 from cds_service.scan.output import PSEUDONYM_KEY_ENV, Output
@@ -307,3 +308,12 @@ def test_without_dask_the_command_says_how_to_install_it(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "cds-service scan needs Dask: pip install 'cds-service[scan]'"
+
+
+def test_an_unreachable_scheduler_is_one_line(tmp_path) -> None:
+    export = write_export(tmp_path / "export", fixture_resources()[:5])
+    address = f"tcp://127.0.0.1:{free_port()}"
+    result = run_scan(str(export), "--out", str(tmp_path / "out"), "--scheduler", address)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cds-service scan: Timed out trying to connect to {address} after 20 s"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
