@@ -177,6 +177,7 @@ def test_pseudonyms_are_hmac_sha256_of_the_patient_id(local_run, export, cluster
                 for r in worklist(local_out)]
     assert sorted(r["patient"] for r in worklist(out)) == sorted(expected)
     assert summary(out)["pseudonymised"] is True
+    assert summary(out)["pseudonym_key"] == PSEUDONYM_KEY_ENV
     assert "gen-" not in (out / "worklist.ndjson").read_text() + (out / "report.html").read_text()
 
 

@@ -12,7 +12,7 @@ from ..config import Settings
 from ..evaluation import Runtime
 from .export import download_export, is_url
 from .lines import READ, USED
-from .output import REPORT, SUMMARY, WORKLIST, Output, Pseudonyms, json_bytes
+from .output import PSEUDONYM_KEY_ENV, REPORT, SUMMARY, WORKLIST, Output, Pseudonyms, json_bytes
 from .pipeline import BLOCK_SIZE, Outcome, Plan, connect, rules_of, run
 from .report import render_report
 from .routing import Router
@@ -77,6 +77,8 @@ def _write(request: ScanRequest, runtime: Runtime, files: dict[str, Any], outcom
         count, digest = output.write_lines(WORKLIST, lines())
         summary = _summary(request, runtime, files, outcome)
         summary["worklist"] = {"lines": count, "sha256": digest}
+        if pseudonym is not None:
+            summary["pseudonym_key"] = PSEUDONYM_KEY_ENV if pseudonym.from_environment else "random, this run only"
         output.write_bytes(REPORT, render_report(summary).encode())
         output.write_bytes(SUMMARY, json_bytes(summary))
         output.commit()
