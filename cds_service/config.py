@@ -19,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -192,6 +192,40 @@ def _default_data_dir() -> Path:
 _config_file: ContextVar[Path | None] = ContextVar("cds_config_file", default=None)  # set by load_config
 
 
+Deployment = Literal["active", "silent", "off"]
+
+
+def _iso_duration(value: Any) -> Any:
+    """Only ISO 8601 durations (``P1D``, ``PT12H``) are durations here, not pydantic's other spellings."""
+    if not isinstance(value, timedelta) and not (isinstance(value, str) and value.startswith("P")):
+        raise ValueError("not an ISO 8601 duration such as P1D or PT12H")
+    return value
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative")
+    return value
+
+
+def _absolute_uri(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", value):
+        raise ValueError("not an absolute URI (such as http://terminology.hl7.org/CodeSystem/...)")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_iso_duration), Strict(False), AfterValidator(_not_negative)]
+
+
+class OverrideReason(BaseModel):
+    """One ``override_reasons`` entry: the coding a card offers for its code."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    system: Annotated[str, AfterValidator(_absolute_uri)]  # FHIR Coding.system
+    display: Text  # what the clinician reads
+
+
 class Settings(BaseSettings):
     """Every setting of the service, typed and checked; build it with ``load_config``."""
 
@@ -205,6 +239,11 @@ class Settings(BaseSettings):
     rules_dir: Annotated[Folder | None, EmptyIsNone] = None  # None = the rule set shipped inside the package
     max_cards: Count = 8  # cap on cards per response, after ordering critical > warning > info
     now: Annotated[LaxTime | None, EmptyIsNone] = None  # None = the real clock
+    # --- rule governance (rule ids are checked against the loaded rules at start: cds_service.governance) --------
+    rule_deployment: dict[Text, Deployment] = {}  # rule id -> active/silent/off; unlisted: from the rule's status
+    repeat_after: Duration = timedelta(days=1)  # a non-critical card seen this recently is not shown again
+    rule_repeat_after: dict[Text, Duration] = {}  # rule id -> its own repeat_after
+    override_reasons: dict[Text, OverrideReason] = {}  # code -> {system, display}: replaces the shipped coding
     # --- HTTP input limits -----------------------------------------------------------------------------------
     max_body_bytes: Count = 16 * 1024 * 1024  # 413 above this; 5000 prefetched labs are about 5 MB
     max_json_depth: Count = 64  # 400 for deeper nesting

@@ -15,11 +15,13 @@ from typing import Any
 
 from .config import Settings
 from .facts.build import FactWindows, build_facts, first_day_within
+from .facts.model import PatientFacts
 from .facts.terminology import Terminology
+from .governance import Governance, SeenLookup, finding_fingerprint, with_override_reasons
 from .record.model import PatientRecord
 from .record.obtain import obtain_record
 from .record.settings import RecordSettings
-from .record.templates import LABS, build_prefetch_templates
+from .record.templates import LABS, SYMPTOMS, Lookback, build_prefetch_templates
 from .rules.engine import IssuedCard, RuleSet, evaluate
 from .wire.errors import (
     AUTHORIZATION_WITHOUT_SERVER,
@@ -43,18 +45,21 @@ class Runtime:
 
     settings: Settings
     terminology: Terminology
-    ruleset: RuleSet
+    ruleset: RuleSet  # every rule loaded, with the site's override reasons
+    governance: Governance  # which of them run, shown or silent
     registry: ServiceRegistry
     record_settings: RecordSettings
     fact_windows: FactWindows
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
-        terminology, ruleset, registry = _knowledge(settings.rules_dir)
+        terminology, loaded, registry = _knowledge(settings.rules_dir)
+        ruleset = with_override_reasons(loaded, settings.override_reasons)
         return cls(
             settings=settings,
             terminology=terminology,
             ruleset=ruleset,
+            governance=Governance.of(ruleset, settings),
             registry=registry,
             record_settings=RecordSettings.from_settings(settings),
             fact_windows=FactWindows.for_rules(ruleset.lab_lookbacks, terminology.lab_codes),
@@ -75,13 +80,18 @@ def _knowledge(rules_dir: Path | None) -> tuple[Terminology, RuleSet, ServiceReg
 
 @dataclass(slots=True)
 class HookAnswer:
-    """The response plus what the log line and metrics need about it."""
+    """The response plus what the log line, metrics and the issued-card record need about it."""
 
     response: dict[str, Any]
-    issued: list[IssuedCard]
+    issued: list[IssuedCard]  # the cards shown
     call: HookCall
     record: PatientRecord
+    issued_at: datetime  # the real clock (also when ``now`` is configured): repeat windows are measured on it
+    silent: list[IssuedCard] = field(default_factory=list)  # silent rules' would-be cards, never returned
+    findings: dict[str, str] = field(default_factory=dict)  # card uuid -> finding fingerprint, shown and silent
+    repeats: list[IssuedCard] = field(default_factory=list)  # left out as repeats, shown or silent
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what the facts layer could not read or found unclear
 
 
 def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
@@ -115,8 +125,12 @@ def answer_hook(
     body: Mapping[str, Any],
     *,
     allowed_fhir_servers: tuple[str, ...] | None = None,
+    seen: SeenLookup | None = None,
 ) -> HookAnswer:
-    """Answer one validated request for ``service``; raises CdsError for anything the client must fix."""
+    """Answer one validated request for ``service``; raises CdsError for anything the client must fix.
+
+    ``seen`` looks up findings issued before (the issued-card record); without it nothing counts as a repeat.
+    """
     if body["hook"] != service.hook:
         raise CdsError(HOOK_MISMATCH, f"This service answers {service.hook}, not the hook the request names.")
     started = time.perf_counter()
@@ -125,21 +139,32 @@ def answer_hook(
     if allowed_fhir_servers is not None:
         settings = settings.for_issuer(allowed_fhir_servers)
     now = runtime.now()
-    record = obtain_record(call, service.prefetch, settings, narrowing=_narrowing(runtime.fact_windows, now))
+    record = obtain_record(call, service.prefetch, settings, lookbacks=_lookbacks(runtime.fact_windows, now))
     fetched = time.perf_counter()
     facts = build_facts(record, runtime.terminology, now, runtime.fact_windows)
     built = time.perf_counter()
-    issued = [
-        card
-        for card in evaluate(runtime.ruleset, facts, call.hook, max_cards=runtime.settings.max_cards)
-        if _well_formed(card)
-    ]
+    governance, issued_at = runtime.governance, datetime.now(UTC)
+    shown = [card for card in _every_card(governance.active, facts, call.hook) if _well_formed(card)]
+    silent = _every_card(governance.silent, facts, call.hook)
+    findings = {c.card["uuid"]: finding_fingerprint("active", call.patient_id, call.user_id, c) for c in shown}
+    findings |= {c.card["uuid"]: finding_fingerprint("silent", call.patient_id, call.user_id, c) for c in silent}
+    repeats: list[IssuedCard] = []
+    if seen is not None:
+        new = {c.card["uuid"] for c in governance.new_findings([*shown, *silent], findings, issued_at, seen)}
+        repeats = [c for c in (*shown, *silent) if c.card["uuid"] not in new]
+        shown, silent = [c for c in shown if c.card["uuid"] in new], [c for c in silent if c.card["uuid"] in new]
+    shown = shown[: runtime.settings.max_cards]
     done = time.perf_counter()
     return HookAnswer(
-        response={"cards": [c.card for c in issued]},
-        issued=issued,
+        response={"cards": [c.card for c in shown]},
+        issued=shown,
         call=call,
         record=record,
+        issued_at=issued_at,
+        silent=silent,
+        findings=findings,
+        repeats=repeats,
+        warnings=facts.warnings,
         timings={
             "record_ms": (fetched - started) * 1000,
             "facts_ms": (built - fetched) * 1000,
@@ -148,12 +173,20 @@ def answer_hook(
     )
 
 
-def _narrowing(windows: FactWindows, now: datetime) -> dict[str, str]:
-    """What the FHIR server may leave out of the service's own queries: labs older than any rule looks back
-    (``date`` searches Observation.effective[x]; the facts layer drops the same labs from prefetched data)."""
-    if windows.lab_lookback is None:
-        return {}
-    return {LABS: f"date=ge{first_day_within(now, windows.lab_lookback).isoformat()}"}
+def _every_card(ruleset: RuleSet, facts: PatientFacts, hook: str) -> list[IssuedCard]:
+    """Every card of ``ruleset``, in order: the cap applies once repeats are left out."""
+    return evaluate(ruleset, facts, hook, max_cards=len(ruleset.rules))
+
+
+def _lookbacks(windows: FactWindows, now: datetime) -> dict[str, Lookback]:
+    """How far back the rules read the dated prefetch keys. Labs: no older than any rule looks back; the FHIR
+    server may leave older ones out of the service's own searches (``date`` searches Observation.effective[x];
+    the facts layer drops the same labs from prefetched data). Symptom Observations: within their window; their
+    searches are not narrowed, only paging stops at a page wholly older than it."""
+    found = {SYMPTOMS: Lookback(first_day_within(now, windows.observation_window), search=False)}
+    if windows.lab_lookback is not None:
+        found[LABS] = Lookback(first_day_within(now, windows.lab_lookback), search=True)
+    return found
 
 
 def _well_formed(issued: IssuedCard) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from support.governance import EVERY_CALL_ANEW
 
 from cds_service import create_app
 
@@ -47,12 +48,13 @@ def no_rule_failures(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[Any]:
-    """Build the real app with its own data directory; keyword arguments override configuration. The apps'
-    queued issued-card rows are written when the test ends, while its data directory still exists."""
+    """Build the real app with its own data directory, every rule's card shown on every call
+    (support/governance.py); keyword arguments override configuration. The apps' queued issued-card rows are
+    written when the test ends, while its data directory still exists."""
     apps: list[Flask] = []
 
     def build(**config: Any) -> Flask:
-        settings = {"data_dir": str(tmp_path / "data"), "now": FIXTURE_NOW, **config}
+        settings = {"data_dir": str(tmp_path / "data"), "now": FIXTURE_NOW, **EVERY_CALL_ANEW, **config}
         app = create_app(settings)
         app.testing = True
         apps.append(app)

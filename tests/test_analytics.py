@@ -62,8 +62,8 @@ def test_report_counts_distinct_cards_per_rule_with_their_reasons(engine: Engine
     issue(store, "rule-b", "info", START + timedelta(days=5))
     before = issue(store, "rule-a", "critical", START - timedelta(days=1))
     store.record_feedback(SERVICE, [
-        overridden(a1, "2026-10-02T10:00:00Z", "action-completed", "K given", display=COMPLETED),
-        overridden(a1, "2026-10-02T11:00:00Z", "action-completed"),  # the same card and reason again
+        overridden(a1, "2026-10-02T11:00:00Z", "action-completed", "K given", display=COMPLETED),  # the latest
+        overridden(a1, "2026-10-02T10:00:00Z", "action-completed"),  # the same card and reason, earlier
         overridden(a2, "2026-10-03T10:00:00Z", "cds-not-applicable"),
         overridden(a3, "2026-10-04T10:00:00Z", comment="not now"),
         accepted(a4, "2026-11-20T10:00:00Z"),  # after the period: follows the card shown in it
@@ -75,16 +75,24 @@ def test_report_counts_distinct_cards_per_rule_with_their_reasons(engine: Engine
     report = feedback_report(engine, PERIOD).as_json()
 
     assert report["period"] == {"since": "2026-10-01T00:00:00Z", "until": "2026-10-31T00:00:00Z"}
-    assert report["totals"] == {"shown": 5, "accepted": 1, "overridden": 3}
+    assert report["totals"] == {"shown": 5, "silent": 0, "accepted": 1, "overridden": 3, "hookCalls": 5}
     assert [rule["ruleId"] for rule in report["rules"]] == ["rule-a", "rule-b"]
     rule_a, rule_b = report["rules"]
+    assert [(day["day"], day["shown"]) for day in rule_a.pop("days")] == [
+        ("2026-10-02", 1), ("2026-10-03", 1), ("2026-10-04", 1), ("2026-10-05", 1)
+    ]
+    assert rule_a.pop("firingRate")["flagged"] is False  # no hook calls on the period's last day
     assert rule_a == {
         "ruleId": "rule-a",
+        "deployment": "",  # no longer in (here: never in) the rule set
         "shown": 4,
+        "silent": 0,
         "shownByIndicator": {"critical": 2, "warning": 2, "info": 0},
         "accepted": 1,
         "overridden": 3,
         "noFeedback": 0,
+        "acceptanceRate": 0.25,
+        "overrideRate": 0.75,
         "overrideReasons": [
             {"system": REASONS, "code": "action-completed", "display": COMPLETED, "count": 1},
             {"system": REASONS, "code": "cds-not-applicable", "display": "", "count": 1},
@@ -189,4 +197,5 @@ def test_endpoint_is_authenticated_when_auth_is_on(make_app) -> None:
         token = sign(key, claims(issuer, "http://localhost/analytics"))
         response = client.get("/analytics", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
-        assert response.get_json()["totals"] == {"shown": 0, "accepted": 0, "overridden": 0}
+        totals = response.get_json()["totals"]
+        assert totals == {"shown": 0, "silent": 0, "accepted": 0, "overridden": 0, "hookCalls": 0}

@@ -217,7 +217,8 @@ def _fixture(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], Outcome]:
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_patient_prefetched_by_the_ehr(name, service, ehr, fhir_server) -> None:
     """Sandbox-shaped: prefetch from the service's own templates plus fhirServer. The service goes back to the
-    FHIR server only for the pages after the first (the test server's pages hold 100 resources)."""
+    FHIR server only for what the first pages lack (the test server's pages hold 100 resources): a partial labs
+    Bundle by its own date-filtered search, any other by the pages after the first."""
     request, resources, expected = _fixture(name)
     fhir_server.load(resources)
     body, omitted = ehr.request(request["hook"], request["context"])
@@ -228,7 +229,7 @@ def test_fixture_patient_prefetched_by_the_ehr(name, service, ehr, fhir_server) 
     exchange = HookExchange(body, ehr.post(request["hook"], body))
     assert outcome(service, exchange) == expected
     by_the_service = fhir_server.requests()[len(by_the_ehr) :]
-    assert all("_offset=" in r["url"] for r in by_the_service), by_the_service
+    assert all("_offset=" in r["url"] or "date=ge" in r["url"] + r["form"] for r in by_the_service), by_the_service
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -671,7 +672,8 @@ INTERPRETED = [
         lambda: _magnesium(1.2, "mEq/L", ucum="meq/L"),
         [("diuretic-hypomagnesemia", "warning")],
     ),
-    # calcium (corrected < 8.5 mg/dL = 2.12 mmol/L warning, < 7.5 mg/dL critical; ionized < 1.12 mmol/L)
+    # calcium (corrected < 8.5 mg/dL = 2.12 mmol/L warning, < 1.9 mmol/L critical, Turner 2016; ionized < 1.12 mmol/L;
+    # a total calcium without albumin counts, uncorrected)
     Variant("ca-ionized-1.00", lambda: [condition(), lab("1994-3", 1.00, "mmol/L")], [("hypocalcemia", "warning")]),
     Variant("ca-ionized-1.20-silent", lambda: [condition(), lab("1994-3", 1.20, "mmol/L")], SILENT),
     Variant(
@@ -689,6 +691,8 @@ INTERPRETED = [
         lambda: [condition(), lab("2000-8", 1.80, "mmol/L"), lab("1751-7", 4.0, "g/dL")],
         [("hypocalcemia", "critical")],
     ),
+    Variant("ca-total-2.00-mmol-l-no-albumin", lambda: [condition(), lab("2000-8", 2.00, "mmol/L")],
+            [("hypocalcemia", "warning")]),
     Variant(
         "ca-total-8.0-mg-dl-albumin-40-g-l",
         lambda: [condition(), lab("17861-6", 8.0, "mg/dL"), lab("1751-7", 40, "g/L")],
@@ -706,11 +710,17 @@ INTERPRETED = [
         "b12-120-pmol-l", lambda: [condition(), lab("2132-9", 120, "pmol/L")], [("vitamin-b12-deficiency", "info")]
     ),
     Variant("b12-200-pmol-l-silent", lambda: [condition(), lab("2132-9", 200, "pmol/L")], SILENT),
-    Variant("glucose-3.5-mmol-l", lambda: [condition(), lab("2345-7", 3.5, "mmol/L")], [("hypoglycemia", "warning")]),
-    Variant("glucose-4.5-mmol-l-silent", lambda: [condition(), lab("2345-7", 4.5, "mmol/L")], SILENT),
+    # glucose without insulin or a sulfonylurea: < 55 mg/dL = 3.0 mmol/L (Endocrine Society 2009)
+    Variant("glucose-2.9-mmol-l", lambda: [condition(), lab("2345-7", 2.9, "mmol/L")], [("hypoglycemia", "warning")]),
+    Variant("glucose-3.5-mmol-l-silent", lambda: [condition(), lab("2345-7", 3.5, "mmol/L")], SILENT),
     Variant(
         "tsh-9-uiu-ml",
         lambda: [condition(), lab("3016-3", 9.0, "uIU/mL", ucum="u[IU]/mL")],
+        [("hypothyroidism", "info")],
+    ),
+    Variant(
+        "tsh-11-uiu-ml",
+        lambda: [condition(), lab("3016-3", 11.0, "uIU/mL", ucum="u[IU]/mL")],
         [("hypothyroidism", "warning")],
     ),
     Variant(
@@ -738,12 +748,12 @@ INTERPRETED = [
     Variant(
         "dyspnea-icd10cm-r06.02",
         lambda: [condition(), condition(ICD10CM, "R06.02", "Shortness of breath", onset_days=2)],
-        [("red-flag-urgent", "critical")],
+        [("red-flag-urgent", "warning")],
     ),
     Variant(
         "dyspnea-observation",
         lambda: [condition(), symptom(concept(SNOMED, "267036007", "Dyspnea"), days=1)],
-        [("red-flag-urgent", "critical")],
+        [("red-flag-urgent", "warning")],
     ),
     # CK on a statin: over 4x the upper limit warning, over 10x critical (EAS 2015)
     Variant("ck-799-under-4x", lambda: _cramp_on_atorvastatin(ck(799)), [("statin-muscle-symptoms-ck", "info")]),

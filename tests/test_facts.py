@@ -250,6 +250,29 @@ def test_calcium_is_not_corrected_downwards_for_a_normal_or_high_albumin(termino
     assert facts.latest("calcium_corrected").value == pytest.approx(expected)
 
 
+def test_the_labs_own_corrected_calcium_is_used_and_wins_over_a_same_day_derivation(terminology) -> None:
+    facts = facts_of(terminology, lab("cc", "29265-6", 2.05, "mmol/L", days=1),
+                     lab("ca", "2000-8", 1.9, "mmol/L", days=1.05), lab("alb", "1751-7", 30, "g/L", days=1.05),
+                     lab("ca-old", "17861-6", 8.0, "mg/dL", days=5), lab("alb-old", "1751-7", 3.0, "g/dL", days=5))
+    corrected = facts.labs["calcium_corrected"]
+    assert [r.resource for r in corrected] == ["Observation/cc", "Observation/ca-old"]  # newest first, no 'ca'
+    assert corrected[0].value == pytest.approx(2.05 * 4.008) and corrected[0].reported == "2.05 mmol/L"
+    assert corrected[1].value == pytest.approx(8.8)
+    assert "calcium_uncorrected" not in facts.labs
+
+
+def test_total_calcium_without_albumin_is_kept_uncorrected_until_a_corrected_value_supersedes_it(terminology) -> None:
+    facts = facts_of(terminology, lab("ca-new", "17861-6", 6.8, "mg/dL", days=1),
+                     lab("ca", "17861-6", 8.0, "mg/dL", days=3), lab("alb", "1751-7", 3.0, "g/dL", days=3),
+                     lab("ca-older", "49765-1", 7.0, "mg/dL", days=9))
+    uncorrected = facts.labs["calcium_uncorrected"]
+    assert [r.resource for r in uncorrected] == ["Observation/ca-new"]  # ca-older is older than the corrected ca
+    assert uncorrected[0].value == 6.8 and uncorrected[0].unit == "mg/dL"
+    assert uncorrected[0].reported == "total calcium 6.8 mg/dL, no albumin the same day"
+    assert (uncorrected[0].ref_low, uncorrected[0].ref_high) == (8.5, 10.2)
+    assert facts.latest("calcium_corrected").resource == "Observation/ca"
+
+
 @pytest.mark.parametrize(("comparator", "value", "unit", "loinc", "analyte"), [
     ("<", 8, "ng/mL", "62292-8", "vitamin_d"),
     (">", 5000, "U/L", "2157-6", "ck"),
@@ -449,6 +472,42 @@ def test_cramp_and_spasm_conditions(terminology: Terminology, system: str, code:
 def test_which_conditions_are_current(terminology: Terminology, kwargs: dict[str, Any], counted: bool) -> None:
     facts = facts_of(terminology, condition("c", SNOMED, "55300003", **kwargs))
     assert bool(facts.findings_of({"cramp"})) is counted
+
+
+def _category(*codes: str, system: str = "http://terminology.hl7.org/CodeSystem/condition-category") -> list[Any]:
+    return [{"coding": [{"system": system, "code": code}]} for code in codes]
+
+
+ENCOUNTER, PROBLEM = _category("encounter-diagnosis"), _category("problem-list-item")
+
+
+@pytest.mark.parametrize(("kwargs", "counted"), [
+    ({"category": ENCOUNTER, "recordedDate": ago(10)}, True),
+    ({"category": ENCOUNTER, "recordedDate": ago(29)}, True),
+    ({"category": ENCOUNTER, "recordedDate": ago(31)}, False),
+    ({"category": ENCOUNTER, "onsetDateTime": ago(3 * 365), "recordedDate": ago(3 * 365)}, False),  # one old visit
+    ({"category": ENCOUNTER, "onsetDateTime": ago(400), "recordedDate": ago(5)}, True),  # noted at a recent visit
+    ({"category": ENCOUNTER, "onsetDateTime": ago(5)}, True),  # no recordedDate: the onset dates the statement
+    ({"category": ENCOUNTER, "recordedDate": ago(5), "clinical": "resolved", "abatementDateTime": ago(60)}, False),
+    ({"category": PROBLEM, "onsetDateTime": ago(3 * 365), "recordedDate": ago(3 * 365)}, True),  # while active
+    ({"category": PROBLEM, "recordedDate": ago(3 * 365), "clinical": "inactive"}, False),
+    ({"category": _category("encounter-diagnosis", "problem-list-item"), "recordedDate": ago(400)}, True),
+    ({"category": _category("encounter-diagnosis", system="http://example.org/local"), "recordedDate": ago(400)},
+     False),  # matched by code, whatever the system
+    ({"category": _category("health-concern"), "recordedDate": ago(400)}, True),  # neither: its status decides
+])
+def test_an_encounter_diagnosis_speaks_for_its_visit(
+    terminology: Terminology, kwargs: dict[str, Any], counted: bool
+) -> None:
+    facts = facts_of(terminology, condition("c", SNOMED, "55300003", **kwargs))
+    assert bool(facts.findings_of({"cramp"})) is counted
+    assert len(facts.finding_history) == 1  # timing criteria still see every Condition
+
+
+def test_an_undated_encounter_diagnosis_is_not_used(terminology: Terminology) -> None:
+    facts = facts_of(terminology, condition("c", SNOMED, "55300003", category=ENCOUNTER))
+    assert not facts.findings
+    assert "Condition/c: encounter diagnosis without a date, not used" in facts.warnings
 
 
 def test_conditions_the_rules_need(terminology: Terminology) -> None:

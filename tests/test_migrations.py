@@ -160,7 +160,10 @@ def test_the_previous_release_s_database_is_adopted_with_its_rows(database_url: 
 
     make_app(database_url=database_url)  # the service's start
 
-    assert all_rows(previous) == before
+    after = all_rows(previous)
+    assert {table: [{column: row[column] for column in before[table][0]} for row in rows]
+            for table, rows in after.items()} == before
+    assert str(after["issued_cards"][0]["issued_on"]) == "2026-10-30"  # revision 0002 fills in the day
     assert stored_revision(previous) == [head_revision()]
     with previous.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []

@@ -192,7 +192,8 @@ def test_metrics_count_latency_cards_and_feedback(app: Flask) -> None:
     hook = {"endpoint": "hook_calls.call_service", "service": PV, "status": "200"}
     assert delta("cds_request_duration_seconds_count", **hook) == 1
     assert delta("cds_request_duration_seconds_bucket", le="+Inf", **hook) == 1
-    assert delta("cds_cards_total", rule="diuretic-hypokalemia", indicator=cards[0]["indicator"]) >= 1
+    shown = {"rule": "diuretic-hypokalemia", "indicator": cards[0]["indicator"], "deployment": "active"}
+    assert delta("cds_cards_total", **shown) >= 1
     assert sum(delta("cds_cards_total", **dict(labels)) for (name, labels) in after if name == "cds_cards_total") \
         == len(cards)
     assert delta("cds_feedback_entries_total", service=PV, outcome="overridden") == 2

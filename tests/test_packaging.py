@@ -77,4 +77,4 @@ def test_installed_package_migrates_a_database_from_an_empty_directory(installed
     assert result.returncode == 0, result.stderr
     module, tables = result.stdout.splitlines()
     assert Path(module).is_relative_to(installed)
-    assert tables == str(["alembic_version", "feedback", "issued_cards", "seen_jti"])
+    assert tables == str(["alembic_version", "feedback", "hook_calls_daily", "issued_cards", "seen_jti"])

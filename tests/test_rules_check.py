@@ -6,9 +6,11 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 from support.rule_files import edit_rule_file
 
-from cds_service.rules.check import run_check
+from cds_service.rules.check import load_terminology, run_check
+from cds_service.rules.engine import RuleError, RuleSet
 
 
 def check(directory: Path | None) -> tuple[int, str]:
@@ -53,7 +55,7 @@ def test_a_suggestion_with_an_invalid_fhir_resource_is_reported_on_one_line(rule
     code, report = check(rules_copy)
     assert code == 1
     assert (
-        f"FAIL {rule}: at card/suggestions/1/actions/0/order: suggestion 'Order ionized calcium' creates a "
+        f"FAIL {rule}: at card/suggestions/1/actions/0/order: suggestion 'Order 25-OH vitamin D' creates a "
         "ServiceRequest that is not valid FHIR R4: at code.coding.0.display: String should match pattern "
         "'[ \\r\\n\\t\\S]+' (and 1 more)\n"
     ) in report
@@ -116,3 +118,40 @@ def test_a_basis_must_be_one_of_the_rules_references(rules_copy: Path) -> None:
     code, report = check(rules_copy)
     assert code == 1
     assert f"FAIL {rule}: at criteria/require_low_calcium/any/0/basis: 'someone-2020' is not one of" in report
+
+
+def test_a_wrong_answer_of_the_rule_set_is_reported(rules_copy: Path) -> None:
+    """A case's ``answer`` is judged over the whole rule set: one card per problem, with the rules merged in."""
+    cases = rules_copy / "orders" / "draft-statin-raised-ck.cases.yaml"
+    edit_rule_file(cases, lambda d: d["cases"][-1]["tests"][-1]["expect"].update(answer=[
+        {"card": "draft-statin-raised-ck"}, {"card": "statin-muscle-symptoms-ck"}]))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert ("'order-sign gives the same one card': the rule set answers "
+            "[draft-statin-raised-ck (merged: statin-muscle-symptoms-ck)], expected "
+            "[draft-statin-raised-ck, statin-muscle-symptoms-ck]") in report
+
+
+def test_merging_with_a_group_no_rule_has_fails(rules_copy: Path) -> None:
+    rule = rules_copy / "orders" / "draft-statin-raised-ck.yaml"
+    edit_rule_file(rule, lambda d: d.update(merges_with=["statin-muscles"]))
+    code, report = check(rules_copy)
+    assert code == 1 and f"FAIL {rule}: at merges_with: no rule has the group 'statin-muscles'" in report
+    with pytest.raises(RuleError, match="no rule has the group 'statin-muscles'"):
+        RuleSet.load(rules_copy, load_terminology(rules_copy))
+
+
+def test_a_rule_needs_its_clinical_review_beside_it(rules_copy: Path) -> None:
+    review = rules_copy / "diuretic" / "diuretic-hypokalemia.review.md"
+    review.unlink()
+    code, report = check(rules_copy)
+    assert code == 1
+    assert f"FAIL {rules_copy / 'diuretic' / 'diuretic-hypokalemia.yaml'}: has no clinical review" in report
+
+
+def test_the_review_names_every_threshold_of_its_rule(rules_copy: Path) -> None:
+    rule = rules_copy / "diuretic" / "diuretic-hypokalemia.yaml"
+    edit_rule_file(rule, lambda d: d["criteria"]["require_low_potassium"].update(below=3.45))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert f"FAIL {rule.with_name('diuretic-hypokalemia.review.md')}: does not name the threshold 3.45" in report

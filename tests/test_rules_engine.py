@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from support.rule_files import edit_rule_file
 
+from cds_service.config import load_config
 from cds_service.facts.model import Coding, Finding, LabResult, MedicationUse, PatientFacts
+from cds_service.governance import Governance
 from cds_service.rules.check import load_terminology
 from cds_service.rules.criteria import evaluate as evaluate_criterion
 from cds_service.rules.engine import RuleError, RuleSet, evaluate
@@ -131,7 +133,7 @@ def test_cards_are_ordered_by_indicator_then_rule_and_capped() -> None:
     record = facts(
         labs=[lab("potassium", 3.0, "mmol/L"), lab("egfr", 40, "mL/min/{1.73_m2}"), lab("tsh", 9, "m[IU]/L", high=4.5)],
         meds=[med("furosemide", "loop_diuretic")],
-        findings=("cramp", "dyspnea"),
+        findings=("cramp", "dyspnea", "chest_pain"),  # breathlessness with chest pain: the one critical card
     )
     cards = evaluate(RULESET, record, "patient-view", max_cards=10)
     ranks = [{"critical": 0, "warning": 1, "info": 2}[c.indicator] for c in cards]
@@ -178,6 +180,16 @@ def test_future_dated_results_are_ignored() -> None:
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
+def _merging(rule: dict, groups: list[str]) -> None:
+    """Give the rule ``merges_with`` in its place, right after ``group``."""
+    fields = list(rule.items())
+    rule.clear()
+    for key, value in fields:
+        rule[key] = value
+        if key == "group":
+            rule["merges_with"] = groups
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -192,6 +204,7 @@ def test_future_dated_results_are_ignored() -> None:
         (lambda d: d["card"].update(source="nowhere"), "'nowhere' is not the id of one"),
         (lambda d: d["card"].update(override_reasons=["because"]), "unknown codes because"),
         (lambda d: d["card"].update(summary="x" * 140), "is too long"),
+        (lambda d: _merging(d, ["hypokalemia"]), "at merges_with: names the rule's own group 'hypokalemia'"),
     ],
 )
 def test_invalid_rules_name_file_and_path(rules_copy: Path, change, message: str) -> None:
@@ -229,10 +242,14 @@ def test_duplicate_ids_are_rejected(rules_copy: Path) -> None:
         RuleSet.load(rules_copy, TERMINOLOGY)
 
 
-def test_deprecated_rules_are_not_evaluated(rules_copy: Path) -> None:
+def test_deprecated_rules_are_off_unless_a_site_deploys_them(rules_copy: Path) -> None:
     edit_rule_file(rules_copy / "diuretic" / "diuretic-hypokalemia.yaml", lambda d: d.update(status="deprecated"))
-    ids = {r.id for r in RuleSet.load(rules_copy, TERMINOLOGY).rules}
-    assert "diuretic-hypokalemia" not in ids and "drug-hypokalemia" in ids
+    ruleset = RuleSet.load(rules_copy, TERMINOLOGY)
+    default = Governance.of(ruleset, load_config(overrides={"rules_dir": str(rules_copy)}))
+    assert default.deployment["diuretic-hypokalemia"] == "off" and default.deployment["drug-hypokalemia"] == "active"
+    assert "diuretic-hypokalemia" not in {r.id for r in (*default.active.rules, *default.silent.rules)}
+    deployed = Governance.of(ruleset, load_config(overrides={"rule_deployment": {"diuretic-hypokalemia": "active"}}))
+    assert "diuretic-hypokalemia" in deployed.active.by_id
 
 
 @pytest.mark.expects_rule_failure
@@ -248,16 +265,53 @@ def test_a_failing_rule_costs_only_its_own_card(caplog: pytest.LogCaptureFixture
     assert "rule red-flag-urgent failed" in caplog.text
 
 
-def test_on_order_hooks_the_card_about_the_order_comes_first_among_equals() -> None:
-    record = facts(
-        labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 3.1, "mmol/L")],
-        meds=[med("atorvastatin", "statin", "draft", True), med("furosemide", "loop_diuretic")],
-    )
-    cards = evaluate(RULESET, record, "order-select", max_cards=5)
-    assert [(c.rule_id, c.indicator) for c in cards] == [
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_on_order_hooks_a_patient_level_card_shows_only_when_critical(hook: str) -> None:
+    """The low potassium on furosemide is a patient-level finding: shown on patient-view, left out while a statin
+    is being ordered, unless it is critical (then it comes first, by indicator)."""
+    ordering = [med("atorvastatin", "statin", "draft", True), med("furosemide", "loop_diuretic")]
+    record = facts(labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 3.1, "mmol/L")], meds=ordering)
+    assert [c.rule_id for c in evaluate(RULESET, record, "patient-view", max_cards=5)] == ["diuretic-hypokalemia"]
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, record, hook, max_cards=5)] == [
         ("draft-statin-raised-ck", "warning"),
-        ("diuretic-hypokalemia", "warning"),
     ]
+    severe = facts(labs=[lab("ck", 900, "U/L", high=200), lab("potassium", 2.4, "mmol/L")], meds=ordering)
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, severe, hook, max_cards=5)] == [
+        ("diuretic-hypokalemia", "critical"),
+        ("draft-statin-raised-ck", "warning"),
+    ]
+
+
+def test_on_order_hooks_nothing_is_answered_before_a_drug_is_chosen() -> None:
+    record = facts(labs=[lab("ck", 900, "U/L", high=200)],
+                   meds=[med("atorvastatin", "statin"), med("atorvastatin", "statin", "draft", False)])
+    assert [(c.rule_id, c.indicator) for c in evaluate(RULESET, record, "patient-view", max_cards=5)] == [
+        ("statin-muscle-symptoms-ck", "warning"),
+    ]
+    assert evaluate(RULESET, record, "order-select", max_cards=5) == []
+
+
+@pytest.mark.parametrize("ck", [900, 2400])
+def test_a_finding_the_order_makes_worse_is_one_card_the_orders(ck: int) -> None:
+    """Atorvastatin taken and being ordered with a raised CK: the draft card carries the CK card's finding."""
+    record = facts(labs=[lab("ck", ck, "U/L", high=200)],
+                   meds=[med("atorvastatin", "statin"), med("atorvastatin", "statin", "draft", True)])
+    (card,) = evaluate(RULESET, record, "order-sign", max_cards=5)
+    assert (card.rule_id, card.related) == ("draft-statin-raised-ck", ("statin-muscle-symptoms-ck",))
+    assert card.indicator == ("critical" if ck > 2000 else "warning")
+    detail = card.card["detail"]
+    assert "**Also relevant**" in detail and f"CK {ck} U/L" in detail.split("**Also relevant**")[1]
+    labels = [s["label"] for s in card.card["suggestions"]]
+    assert labels[0] == "Remove the draft atorvastatin order" and "Order a repeat CK" in labels
+
+
+def test_an_order_for_a_diuretic_merges_the_low_potassium_it_makes_worse() -> None:
+    record = facts(labs=[lab("potassium", 2.4, "mmol/L")],
+                   meds=[med("furosemide", "loop_diuretic"), med("furosemide", "loop_diuretic", "draft", True)])
+    (card,) = evaluate(RULESET, record, "order-sign", max_cards=5)
+    assert (card.rule_id, card.indicator, card.related) == (
+        "draft-diuretic-low-electrolyte", "critical", ("diuretic-hypokalemia",)
+    )
 
 
 @pytest.mark.parametrize(
@@ -268,7 +322,8 @@ def test_on_order_hooks_the_card_about_the_order_comes_first_among_equals() -> N
 @pytest.mark.parametrize("potassium", [2.4, 3.1])
 def test_potassium_sparing_diuretics_are_never_told_to_add_potassium(culprits: tuple, potassium: float) -> None:
     meds = [med("spironolactone", "potassium_sparing_diuretic"), *(med(name, cls) for name, cls in culprits)]
-    for hook in ("patient-view", "order-sign"):
+    # order hooks answer a patient-level problem only when it is critical
+    for hook in ("patient-view", "order-sign") if potassium < 2.5 else ("patient-view",):
         cards = evaluate(RULESET, facts(labs=[lab("potassium", potassium, "mmol/L")], meds=meds), hook, max_cards=10)
         assert cards, "a low potassium with cramps always gets a card"
         for card in cards:
@@ -276,6 +331,25 @@ def test_potassium_sparing_diuretics_are_never_told_to_add_potassium(culprits: t
             assert "potassium replacement" not in text and "potassium supplement" not in text.replace(
                 "before any potassium supplement", ""
             )
+
+
+@pytest.mark.parametrize(("started_days_ago", "expected"), [(366, True), (365, True), (364, False), (None, False)])
+def test_taken_for_counts_only_a_medication_started_that_long_ago(started_days_ago: int | None,
+                                                                  expected: bool) -> None:
+    started = None if started_days_ago is None else NOW - timedelta(days=started_days_ago)
+    ppi = dataclasses.replace(med("omeprazole", "proton_pump_inhibitor"), date=started)
+    criterion = MedicationCriterion(frozenset({"proton_pump_inhibitor"}), taken_for=parse_duration("P365D"))
+    assert evaluate_criterion(criterion, facts(meds=[ppi])).state is expected
+    assert evaluate_criterion(criterion, facts(meds=[], incomplete=["medrequests"])).state is None
+
+
+def test_the_post_surgical_hypocalcaemia_card_leads_the_general_one() -> None:
+    record = facts(labs=[lab("calcium_corrected", 8.0, "mg/dL")], findings=("cramp", "thyroid_parathyroid_surgery"))
+    (card,) = evaluate(RULESET, record, "patient-view", max_cards=10)
+    assert card.rule_id == "hypocalcemia-after-thyroid-surgery"
+    assert card.related == ("hypocalcemia",)
+    (alone,) = evaluate(RULESET, facts(labs=[lab("calcium_corrected", 8.0, "mg/dL")]), "patient-view", max_cards=10)
+    assert alone.rule_id == "hypocalcemia"
 
 
 @pytest.mark.parametrize(("as_needed", "criterion", "matches"), [

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.patient import Patient
+from support.governance import EVERY_CALL_ANEW
 
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime, answer_hook
@@ -21,7 +22,7 @@ NAMES = sorted(EXPECTATIONS["fixtures"])
 
 @pytest.fixture(scope="module")
 def runtime() -> Runtime:
-    return Runtime.load(load_config(overrides={"now": EXPECTATIONS["now"]}))
+    return Runtime.load(load_config(overrides={"now": EXPECTATIONS["now"], **EVERY_CALL_ANEW}))
 
 
 def _load(name: str) -> dict[str, Any]:

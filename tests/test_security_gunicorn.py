@@ -143,6 +143,13 @@ def test_metrics_bind_serves_the_scraper_apart_from_the_service(tmp_path: Path, 
         and sample.labels["endpoint"] == "hook_calls.call_service"
     ]
     assert sum(counts) == 4
+    anomaly = {  # read from the database by the master process: every rule that runs, none flagged
+        sample.labels["rule"]: sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+        if sample.name == "cds_rule_firing_rate_anomaly"
+    }
+    assert anomaly and set(anomaly.values()) == {0.0} and "diuretic-hypokalemia" in anomaly
 
 
 TRUSTED = json.dumps([{"iss": ISS, "jwks_url": "https://ehr.example.org/jwks.json"}])

@@ -322,3 +322,20 @@ def test_which_allowlist_applies_to_a_tokens_issuer(
     answered = call_with_fhir_server(f"{base}/cds-services/{SERVICE}", counting, {"Authorization": scenario.bearer()})
     assert answered.status_code == (200 if contacted else 412), answered.text
     assert bool(counting.hits) == contacted
+
+
+def test_a_token_put_in_the_path_of_an_unknown_service_is_not_logged(
+    guarded: Guarded, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused JWT logs the audience it was checked against: for a path naming no service, the route pattern."""
+    secret = "eyJhbGciOiJFUzM4NCJ9.path-secret.sig"
+    scenario = guarded.scenario
+    with caplog.at_level(logging.DEBUG, logger="cds_service"):
+        refused = post(f"{guarded.base}/cds-services/{secret}", json={},
+                       headers=bearer(scenario, f"{guarded.base}/cds-services/{secret}"))
+    assert_refused(refused)
+    assert secret not in refused.text
+    service_records = [r for r in caplog.records if r.name.startswith("cds_service")]  # not the dev server's line
+    assert not [r.getMessage() for r in service_records if secret in r.getMessage() + str(r.__dict__)]
+    refusals = [r.getMessage() for r in service_records if r.name == "cds_service.security"]
+    assert any("/cds-services/<service_id>" in message for message in refusals)

@@ -310,3 +310,21 @@ def test_under_gunicorn_at_debug_nothing_reaches_the_log(tmp_path: Path, fhir: C
     output = "\n".join(path.read_text(errors="replace") for path in tmp_path.glob("serve-*.log"))
     assert '"level": "DEBUG"' in output or '"level":"DEBUG"' in output
     assert not leaks(output)
+
+
+def test_a_secret_in_the_url_or_the_media_type_stays_out_of_answers_and_request_lines(
+    open_app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a client puts in the path or the Content-Type header is never echoed in an error or the request line."""
+    with caplog.at_level(logging.DEBUG, logger="cds_service"):
+        unknown = requests.post(f"{open_app}/cds-services/{SECRET}", json=_base_request(), timeout=30)
+        nowhere = requests.get(f"{open_app}/{SECRET}/{SECRET_ID}", timeout=30)
+        media = requests.post(f"{open_app}/cds-services/{SERVICE}", data=b"{}", timeout=30,
+                              headers={"Content-Type": f"text/plain; token={SECRET}"})
+    assert (unknown.status_code, nowhere.status_code, media.status_code) == (404, 404, 415)
+    for answer in (unknown, nowhere, media):
+        assert not leaks(answer.text), answer.text
+    lines = [r for r in caplog.records if r.name == "cds_service.requests"]
+    paths = [getattr(r, "path", None) for r in lines]
+    assert paths == ["/cds-services/<service_id>", "(no route)", f"/cds-services/{SERVICE}"]
+    assert not leaks(logged_text(lines))

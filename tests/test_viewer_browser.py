@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
-from sqlalchemy import select
+from sqlalchemy import Engine, func, select
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
+from support.governance import EXPERIMENTAL, as_environment, experimental_fixture, governed_site, seed_history
 from support.hookcalls import SERVICE_IDS
 from support.live import serve
 from support.viewer_requests import RULE_ID, critical_request
 
-from cds_service.storage.database import feedback, open_database
+from cds_service.storage.database import feedback, issued_cards, open_database
 from cds_service.viewer.examples import shift_days, shifted
 
 pytestmark = pytest.mark.slow
@@ -63,12 +65,13 @@ def open_viewer(tab, base: str) -> None:
     tab.wait_for_selector("body[data-ready='true']")
 
 
-def call_with_pasted_request(tab, body: dict) -> None:
+def call_with_pasted_request(tab, body: dict, cards: bool = True) -> None:
     tab.select_option("#example", "")
     tab.fill("#request-json", json.dumps(body))
     tab.select_option("#service", SERVICE_IDS[body["hook"]])
     tab.click("#call")
-    tab.wait_for_selector("article.card")
+    if cards:
+        tab.wait_for_selector("article.card")
 
 
 def test_example_patient_shows_a_critical_card_that_is_dismissed_with_a_reason(page, server) -> None:
@@ -196,7 +199,7 @@ def test_analytics_page_shows_the_dismissal_per_rule(page, server) -> None:
     open_viewer(page, base)
     call_with_pasted_request(page, todays_critical_request())
     card = page.locator("article.card").first
-    card.locator("select.dismiss__reason").select_option(label="Recommended action was already completed")
+    card.locator("select.dismiss__reason").select_option(label="Already done")
     card.locator("button.dismiss__button").click()
     page.wait_for_selector("article.card[data-outcome='overridden']")
 
@@ -208,11 +211,11 @@ def test_analytics_page_shows_the_dismissal_per_rule(page, server) -> None:
     rule = next(r for r in report["rules"] if r["ruleId"] == RULE_ID)
     assert rule["overridden"] >= 1
     cells = row.locator("td").all_inner_texts()
-    assert cells[:6] == [
-        RULE_ID, str(rule["shown"]), f"{rule['shownByIndicator']['critical']} / 0 / 0",
+    assert cells[:8] == [
+        RULE_ID, "active", str(rule["shown"]), "0", f"{rule['shownByIndicator']['critical']} / 0 / 0",
         str(rule["accepted"]), str(rule["overridden"]), str(rule["noFeedback"]),
     ]
-    assert "Recommended action was already completed (action-completed): " in cells[7]
+    assert "Already done (action-completed): " in cells[10]
     screenshot(page, "viewer-analytics")
 
 
@@ -247,3 +250,45 @@ def test_markdown_renders_the_subset_cards_use(page, server) -> None:
         [source for source, _ in MARKDOWN_CASES],
     )
     assert rendered == [html for _, html in MARKDOWN_CASES]
+
+
+def wait_for_firings(engine: Engine, rule_id: str, count: int) -> None:
+    """Until today's issued-card rows of ``rule_id`` number ``count``."""
+    today = datetime.now(UTC).date()
+    query = select(func.count()).where(issued_cards.c.rule_id == rule_id, issued_cards.c.issued_on == today)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one() >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} rows of {rule_id} today after 10 s")
+
+
+def test_analytics_page_shows_silent_firings_and_flags_an_unusual_firing_rate(page, tmp_path) -> None:
+    """A site on its defaults: the experimental rule runs silent. Fifteen days of history in the server's database
+    (the rule fired on about a tenth of the calls), then today it fires on most: the page flags it."""
+    env = as_environment(governed_site(tmp_path))
+    with serve(tmp_path, env=env) as base:
+        engine = open_database(f"sqlite:///{tmp_path / 'data' / 'cds-service.sqlite3'}")
+        seed_history(engine, EXPERIMENTAL, today_firings=12)
+        page.goto(f"{base}/viewer/")
+        page.wait_for_selector("body[data-ready='true']")
+        call_with_pasted_request(page, shifted(experimental_fixture(), shift_days(datetime.now(UTC))), cards=False)
+        expect(page.locator("#call-status")).to_contain_text("0 cards")  # silent: recorded, not shown
+        wait_for_firings(engine, EXPERIMENTAL, 13)  # the worker that answered writes its batch a moment later
+        engine.dispose()
+
+        page.click("text=Feedback analytics")
+        page.wait_for_selector("body[data-ready='true']")
+        row = page.locator(f"tr[data-rule-id='{EXPERIMENTAL}']")
+        expect(row).to_have_attribute("data-flagged", "true")
+        cells = row.locator("td").all_inner_texts()
+        report = page.evaluate("async () => (await fetch('../analytics')).json()")
+        silent = next(r for r in report["rules"] if r["ruleId"] == EXPERIMENTAL)["silent"]
+        assert cells[:4] == [EXPERIMENTAL, "silent", "0", str(silent)]
+        assert cells[11].startswith("Unusual firing rate: ")
+        today = datetime.now(UTC).date().isoformat()  # twelve seeded silent firings, one from the viewer's call
+        assert page.locator(f"tr[data-day='{today}'] td").all_inner_texts() == [today, "21", "0", "13", "0.00"]
+        expect(page.locator("p.flagged")).to_have_text(f"Unusual firing rate today: {EXPERIMENTAL}.")
+        screenshot(page, "viewer-analytics-silent-flagged")

@@ -1,4 +1,5 @@
-"""``GET /analytics``: per rule, cards shown, accepted and overridden, with override reasons, over a period.
+"""``GET /analytics``: per rule, cards shown and silent firings, accepted and overridden (each card by its latest
+feedback), override reasons, per-day counts and the firing-rate check; per day, hook calls and cards per call.
 
 Query parameters ``since`` and ``until`` (ISO 8601 date or date-time; a date means midnight UTC and a date-time
 without an offset is UTC) bound the half-open period ``[since, until)`` on the time cards were issued. By default
@@ -54,4 +55,5 @@ def analytics() -> ResponseReturnValue:
         for reason in rule.card.override_reasons
     }
     parts.issued.flush()  # the cards this process issued a moment ago count
-    return feedback_report(parts.engine, requested_period(datetime.now(UTC)), displays).as_json()
+    period = requested_period(datetime.now(UTC))
+    return feedback_report(parts.engine, period, displays, parts.runtime.governance.deployment).as_json()

@@ -32,8 +32,17 @@ def authenticate() -> None:
     if request.method == "OPTIONS" or not auth.enabled:
         return
     base = server_base_url(request.environ)
-    audiences = [auth.audience_for(path, base) for path in endpoint_paths()]
+    audiences = [auth.audience_for(path, base) for path in _own_paths()]
     g.claims = auth.authenticate(request.headers.get("Authorization"), audiences)
+
+
+def _own_paths() -> tuple[str, ...]:
+    """The endpoint's spellings, or its route pattern when the path names no known service: a URL may hold a
+    token, and the audience is logged when a JWT is refused (no token's ``aud`` names the pattern, so it is)."""
+    service_id = (request.view_args or {}).get("service_id")
+    rule = request.url_rule
+    unknown = service_id is not None and components().runtime.registry.get(str(service_id)) is None
+    return (rule.rule,) if unknown and rule is not None else endpoint_paths()
 
 
 def server_base_url(environ: Mapping[str, Any]) -> str:
@@ -60,7 +69,7 @@ def json_bytes() -> bytes:
     """The raw request body, once its media type says JSON (415 otherwise; 413 if too large)."""
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise CdsError(UNSUPPORTED_MEDIA_TYPE, f"Got {mimetype}; send application/json.")
+        raise CdsError(UNSUPPORTED_MEDIA_TYPE, "Send the body as application/json.")  # never echo the header
     raw = request.get_data(cache=False)
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit:

@@ -21,7 +21,7 @@ from ..wire.errors import (
     ErrorKind,
     operation_outcome,
 )
-from .observability import annotate
+from .observability import annotate, logged_path
 
 log = logging.getLogger("cds_service.errors")
 
@@ -58,7 +58,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(CdsError)
     def cds_error(error: CdsError) -> Response:
         level = logging.WARNING if error.status != 401 else logging.INFO
-        log.log(level, "%s %s -> %s %s", request.method, request.path, error.status, error.kind.code)
+        log.log(level, "%s %s -> %s %s", request.method, logged_path(), error.status, error.kind.code)
         return _answer(error.kind, error.detail, error.headers)
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -94,5 +94,5 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def bug(error: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, logged_path())
         return _answer(INTERNAL)

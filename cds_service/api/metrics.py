@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from ..server.metrics import exposition
-from .context import authenticate
+from ..server.metrics import FiringRateAnomalies, exposition
+from .context import authenticate, components
 
 bp = Blueprint("metrics", __name__)
 bp.before_request(authenticate)
@@ -17,5 +17,5 @@ bp.before_request(authenticate)
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    body, content_type = exposition()
+    body, content_type = exposition(FiringRateAnomalies(components().firing_rate_anomalies))
     return Response(body, content_type=content_type)

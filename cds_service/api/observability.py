@@ -45,6 +45,19 @@ def _service_label() -> str:
     return "-"
 
 
+def logged_path() -> str:
+    """The path, when every part of it is the service's own: a route without variables or a known service id.
+
+    Anything else a client put in the URL (an unknown service id, a path no route knows) may hold a token or a
+    patient id, so the log names the route pattern instead, or "(no route)"."""
+    rule = request.url_rule
+    if rule is None:
+        return "(no route)"
+    if rule.arguments and _service_label() == "-":
+        return rule.rule
+    return request.path
+
+
 def register(app: Flask) -> None:
     @app.before_request
     def start() -> None:
@@ -59,14 +72,14 @@ def register(app: Flask) -> None:
         metrics.observe_request(endpoint, service, response.status_code, seconds)
         fields: dict[str, Any] = {
             "method": request.method,
-            "path": request.path,
+            "path": logged_path(),
             "service": service,
             "status": response.status_code,
             "duration_ms": round(seconds * 1000, 1),
             **g.get("log_fields", {}),
         }
         called = path_as_called()
-        if called is not None:
+        if called is not None and fields["path"] == request.path:
             fields["path_as_called"] = called  # repeated slashes: the client's URL is worth fixing
         calls = list(g.get("fhir_calls") or ())
         for call in calls:

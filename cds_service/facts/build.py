@@ -30,6 +30,8 @@ class FactWindows:
     statement_grace: timedelta = timedelta(days=30)  # MedicationStatement ended at most this long ago
     condition_grace: timedelta = timedelta(days=30)  # resolved/inactive Condition abated at most this long ago
     observation_window: timedelta = timedelta(days=90)  # symptom Observation at most this old
+    # an encounter-diagnosis Condition dated at most this long ago (facts.findings: clinical-reference.md §5)
+    encounter_diagnosis_window: timedelta = timedelta(days=30)
     # Labs dated before this look-back are left out (with symptom Observations older than observation_window,
     # before either is read); None keeps every lab. The service sets it to the longest look-back of any lab
     # criterion in its rule set (RuleSet.lab_lookback): no rule reads an older result.
@@ -109,7 +111,8 @@ def build_facts(
     sex, birth_date = demographics(record.of_type("Patient"), record.patient_id)
 
     labs = LabReader(terminology, sex, warnings)
-    symptoms = FindingReader(terminology, now, windows.condition_grace, windows.observation_window, warnings)
+    symptoms = FindingReader(terminology, now, windows.condition_grace, windows.observation_window,
+                             windows.encounter_diagnosis_window, warnings)
     findings: list[Finding] = []
     take_lab = labs.take
     drop_before = windows.observations_read_from(now)

@@ -6,6 +6,15 @@ entered-in-error. An inactive, remission or resolved Condition counts only while
 ``condition_grace`` (30 days, a chosen default, not a guideline figure). ``condition_history`` keeps every
 Condition whatever its clinical status, with its onset and abatement, for timing criteria.
 
+A Condition's ``category`` says what kind of statement it is (FHIR R4 condition-category): a
+``problem-list-item`` is managed over time and counts while its status says so; an ``encounter-diagnosis`` is
+"a point in time diagnosis ... in context of an encounter", a statement about one visit that many EHR feeds
+never close. An encounter diagnosis (not also on the problem list) therefore counts only within
+``encounter_diagnosis_window`` of its newest date (recordedDate or onset): 30 days, the span in which
+clinical-reference.md §5 counts the labs of a cramp work-up as current (K, Na, Ca, Mg, creatinine ≤ 30 days), so
+a visit's diagnosis is no older than the labs it is read with. An undated one is not used. A Condition with
+neither category is judged by its status alone.
+
 An Observation documents a symptom when its code is a symptom code, or a symptom-panel code whose
 ``valueCodeableConcept`` is one (``symptom-observations.json``), unless it says the symptom is absent
 (``valueBoolean`` false, a negation string or code, a NEG/ND interpretation), or its status is
@@ -23,6 +32,7 @@ from .model import Coding, Finding
 from .terminology import ICD10CM, SNOMED, Terminology
 
 ACTIVE = frozenset({"active", "recurrence", "relapse"})
+PROBLEM_LIST_ITEM, ENCOUNTER_DIAGNOSIS = "problem-list-item", "encounter-diagnosis"
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 EXCLUDED_OBSERVATION = frozenset({"entered-in-error", "cancelled"})
 ABATEMENT = ("abatementDateTime", "abatementAge", "abatementPeriod", "abatementRange", "abatementString")
@@ -34,11 +44,12 @@ class FindingReader:
 
     def __init__(
         self, terminology: Terminology, now: datetime, condition_grace: timedelta, observation_window: timedelta,
-        warnings: list[str],
+        encounter_diagnosis_window: timedelta, warnings: list[str],
     ) -> None:
         self._terminology = terminology
         self._now = now
         self._condition_grace = condition_grace
+        self._encounter_diagnosis_window = encounter_diagnosis_window
         self._observation_window = observation_window
         self._warnings = warnings
         self._symptoms = frozenset(n for n, c in terminology.concepts.items() if c.kind == "symptom")
@@ -50,11 +61,21 @@ class FindingReader:
         return found if found and self.is_current(found) else None
 
     def is_current(self, found: Sequence[Finding]) -> bool:
-        """Whether one Condition's findings (they share its status and abatement) are current at ``now``."""
+        """Whether one Condition's findings (they share its status, dates and category) are current at ``now``."""
         first = found[0]
+        if first.category == ENCOUNTER_DIAGNOSIS and not self._visit_is_recent(first):
+            return False
         if first.status in ACTIVE:
             return True
         return first.abated is not None and first.abated >= self._now - self._condition_grace
+
+    def _visit_is_recent(self, finding: Finding) -> bool:
+        """An encounter diagnosis speaks for its visit: its newest date lies within the encounter window."""
+        dates = [d for d in (finding.recorded, finding.onset) if d is not None]
+        if not dates:
+            self._warnings.append(f"{finding.resource}: encounter diagnosis without a date, not used")
+            return False
+        return max(dates) >= self._now - self._encounter_diagnosis_window
 
     def condition_history(self, resource: Mapping[str, Any]) -> list[Finding] | None:
         """The Condition's findings whatever its clinical status (never refuted or entered in error), with its
@@ -70,9 +91,10 @@ class FindingReader:
         recorded = moment(resource.get("recordedDate"))
         name = reference_name(resource)
         text = concept_text(resource.get("code"))
+        category = _category(resource.get("category"))
         return [
             Finding(concept, self._shown(system, code, display, text), "Condition", Coding(system, code, display),
-                    status, onset, recorded, name, abated)
+                    status, onset, recorded, name, abated, category)
             for system, code, display, concept in concepts
         ]
 
@@ -141,3 +163,13 @@ class FindingReader:
         if system not in FINDING_SYSTEMS:
             return False
         return any(c in self._symptoms for c in self._terminology.concepts_for(system, code))
+
+
+def _category(categories: Any) -> str:
+    """``problem-list-item`` when the Condition is on the problem list (whatever else it is), else
+    ``encounter-diagnosis`` when it is one, else "" (matched by code: EHRs send the code with varying systems)."""
+    codes = {code for _, code, _ in codings(categories)}
+    for kind in (PROBLEM_LIST_ITEM, ENCOUNTER_DIAGNOSIS):
+        if kind in codes:
+            return kind
+    return ""

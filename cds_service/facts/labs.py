@@ -22,13 +22,17 @@ from .units import Conversion
 
 SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "preliminary"})
 CORRECTED_CALCIUM = "calcium_corrected"
+UNCORRECTED_CALCIUM = "calcium_uncorrected"
 # Analytes computed from others: reading one back some time reads its inputs back as far.
-DERIVED_FROM: Mapping[str, tuple[str, str]] = {CORRECTED_CALCIUM: ("calcium", "albumin")}
+DERIVED_FROM: Mapping[str, tuple[str, ...]] = {
+    CORRECTED_CALCIUM: ("calcium", "albumin"),
+    UNCORRECTED_CALCIUM: ("calcium", "albumin", CORRECTED_CALCIUM),
+}
 # A value reported as a bound ("<8", ">5000": below a detection limit, above an analyser's range) is used as the
 # bound itself, with its comparator kept: ">5000 U/L" is above any CK threshold up to 5000, "<8 ng/mL" below any
 # vitamin D threshold from 8 up. "ad" (sufficient to achieve) is not a measurement and is not used.
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
-PAYNE_REFERENCE_ALBUMIN = 4.0  # g/dL: the albumin Payne's correction adjusts to (clinical-reference.md §1)
+REFERENCE_ALBUMIN = 4.0  # g/dL: the albumin the common correction adjusts to (clinical-reference.md §1)
 
 
 # What the hot path keeps of a usable lab Observation; the LabResult is built from it on demand. A plain tuple
@@ -148,16 +152,32 @@ class LabReader:
         return True
 
     def finish(self) -> dict[str, LabSeries]:
-        """Every analyte's results newest first, with corrected calcium derived from same-day albumin."""
+        """Every analyte's results newest first, with the calcium series derived from total calcium (below)."""
         series: dict[str, LabSeries] = {}
         for name, rows in self._rows.items():
             rows.sort(key=itemgetter(0), reverse=True)
             series[name] = LabSeries(rows, self._result)
-        calcium, albumin = DERIVED_FROM[CORRECTED_CALCIUM]
-        pairs = same_day_pairs(self._rows.get(calcium, ()), self._rows.get(albumin, ()))
-        if pairs:
-            series[CORRECTED_CALCIUM] = LabSeries(pairs, self._corrected)
+        self._calcium_series(series)
         return series
+
+    def _calcium_series(self, series: dict[str, LabSeries]) -> None:
+        """``calcium_corrected``: the lab's own albumin-corrected calcium (LOINC 29265-6) and each total calcium
+        corrected with a same-day albumin (none where the lab reported a corrected value that day);
+        ``calcium_uncorrected``: total calcium without a same-day albumin or corrected value, newer than every
+        corrected one (a later corrected value supersedes it)."""
+        calcium, albumin = self._rows.get("calcium", []), self._rows.get("albumin", [])
+        reported = self._rows.get(CORRECTED_CALCIUM, [])
+        reported_days = {_utc_day(row[0]) for row in reported}
+        unreported = [row for row in calcium if _utc_day(row[0]) not in reported_days]
+        pairs = same_day_pairs(unreported, albumin)
+        corrected: list[Any] = sorted([*reported, *pairs], key=_row_time, reverse=True)
+        if corrected:
+            series[CORRECTED_CALCIUM] = LabSeries(corrected, self._corrected)
+        latest = _row_time(corrected[0]) if corrected else None
+        paired = {id(pair[0]) for pair in pairs}
+        uncorrected = [row for row in unreported if id(row) not in paired and (latest is None or row[0] > latest)]
+        if uncorrected:
+            series[UNCORRECTED_CALCIUM] = LabSeries(uncorrected, self._uncorrected)
 
     # ------------------------------------------------------------------ building results on demand
     def _result(self, row: Measured) -> LabResult:
@@ -180,20 +200,36 @@ class LabReader:
             comparator=_comparator(observation),
         )
 
-    def _corrected(self, pair: tuple[Measured, Measured]) -> LabResult:
-        """Payne (BMJ 1973): Ca_corr (mg/dL) = Ca + 0.8 × (4.0 − albumin g/dL) (clinical-reference.md §1).
+    def _corrected(self, row: Measured | tuple[Measured, Measured]) -> LabResult:
+        """A lab-reported corrected calcium as it is, or Ca_corr (mg/dL) = Ca + 0.8 × (4.0 − albumin g/dL).
 
-        The formula compensates for a low albumin, adjusting to the 4.0 g/dL it is referenced to; an albumin at or
-        above 4.0 leaves the measured value as it is. Correcting a normal calcium downwards for a high albumin
-        would report hypocalcaemia that is not there (seen with Synthea records, whose albumin is often 5.0-5.5
-        g/dL and unrelated to their calcium). Canonical units are mg/dL and g/dL (``lab-analytes.json``).
+        The 0.8 form is the commonly used simplification (0.02 mmol/L per g/L of albumin below 40 g/L in SI units);
+        Payne et al. (BMJ 1973) derived Ca − albumin + 4.0 (mg/dL, g/dL) from their own laboratory's regression,
+        and adjustment formulas are laboratory-specific (clinical-reference.md §1). The formula compensates for a
+        low albumin; an albumin at or above 4.0 leaves the measured value as it is. Correcting a normal calcium
+        downwards for a high albumin would report hypocalcaemia that is not there (seen with Synthea records, whose
+        albumin is often 5.0-5.5 g/dL and unrelated to their calcium). Canonical units are mg/dL and g/dL.
         """
-        (effective, calcium, _, ca_conversion, observation, coding), albumin = pair
-        analyte = self._analytes[CORRECTED_CALCIUM]
-        value = calcium + 0.8 * max(PAYNE_REFERENCE_ALBUMIN - albumin[1], 0.0)
+        if len(row) != 2:
+            return self._result(row)  # a Measured row: the lab's own corrected value
+        (_, calcium, _, ca_conversion, observation, _), albumin = row
+        value = calcium + 0.8 * max(REFERENCE_ALBUMIN - albumin[1], 0.0)
+        return self._derived(CORRECTED_CALCIUM, value, row[0], (
+            f"{value:.1f} mg/dL (calcium {_as_sent(observation, ca_conversion)}, "
+            f"albumin {_as_sent(albumin[4], albumin[3])})"))
+
+    def _uncorrected(self, row: Measured) -> LabResult:
+        """A total calcium that no albumin or corrected value accompanies, as measured."""
+        observation, conversion = row[4], row[3]
+        return self._derived(UNCORRECTED_CALCIUM, row[1], row,
+                             f"total calcium {_as_sent(observation, conversion)}, no albumin the same day")
+
+    def _derived(self, name: str, value: float, calcium: Measured, reported: str) -> LabResult:
+        effective, _, _, _, observation, coding = calcium
+        analyte = self._analytes[name]
         default = analyte.reference_range(self._sex)
         return LabResult(
-            analyte=CORRECTED_CALCIUM,
+            analyte=name,
             value=value,
             unit=analyte.canonical_unit,
             effective=effective,
@@ -202,9 +238,9 @@ class LabReader:
             ref_high=default.high,
             ref_from_resource=False,
             interpretation=(),
-            reported=f"{value:.1f} {analyte.canonical_unit} (calcium {_as_sent(observation, ca_conversion)}, "
-                     f"albumin {_as_sent(albumin[4], albumin[3])})",
+            reported=reported,
             resource=reference_name(observation),
+            comparator=_comparator(observation),
         )
 
     def _coding(self, coding: Mapping[str, Any]) -> Coding:
@@ -262,6 +298,11 @@ def same_day_pairs(calcium: Sequence[Measured], albumin: Sequence[Measured]) -> 
         if same_day:
             pairs.append((ca, min(same_day, key=lambda a: abs((a[0] - ca[0]).total_seconds()))))
     return pairs
+
+
+def _row_time(row: Measured | tuple[Measured, Measured]) -> datetime:
+    """The time of a measured row, or of the calcium of a (calcium, albumin) pair."""
+    return row[0][0] if len(row) == 2 else row[0]
 
 
 def _utc_day(when: datetime) -> date:

@@ -15,8 +15,10 @@ or not, with its start and, for a stopped or completed one, its recorded end: ti
 The medication is read from ``medicationCodeableConcept`` or from the ``Medication`` that
 ``medicationReference`` points at: contained (``#id``), or in the record (``Medication/x``, ``urn:uuid:x``, or a
 full URL ending in ``Medication/x``), where the record layer also puts Medications it read from the FHIR server.
-Ingredients come from RxNorm codes (ingredient codes directly, products through the shipped table), then ATC
-codes, then ingredient names in the text (whole words).
+Ingredients come from RxNorm codes (ingredient codes directly, clinical and branded products through the shipped
+tables) and ATC codes of every coding (a local code beside them is ignored); when no code is known, from
+ingredient and brand names in the text and displays (whole words; ``Terminology.medication_text``), with a
+warning when those names point at different classes.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class Medicine:
     ingredients: frozenset[str]
     classes: frozenset[str]
     unresolved: str | None = None  # a medicationReference that could not be followed
+    ambiguity: str | None = None  # text-only names of different classes (Terminology.medication_text)
 
 
 @dataclass(slots=True)
@@ -161,6 +164,8 @@ class MedicationReader:
             return None
         if medicine.unresolved and warn_unresolved:
             self._warn(resource, f"medication reference {medicine.unresolved!r} not found; classified by its text")
+        if medicine.ambiguity and warn_unresolved:
+            self._warn(resource, f"ambiguous medication text: {medicine.ambiguity}")
         shown = status if isinstance(status, str) else "unknown"
         return Candidate(kind, shown, when, medicine, resource)
 
@@ -205,7 +210,8 @@ class MedicationReader:
 
     def _describe(self, found: list[tuple[str, str, str]], text: str) -> Medicine:
         """The medicine named by these codings and text, classified: RxNorm (ingredient, or product through the
-        shipped table) and ATC codes first, ingredient names in the text and displays when no code is known."""
+        shipped tables) and ATC codes first; when no code is known, ingredient and brand names in the text and
+        the codings' displays (a local code beside them is carried but not read)."""
         key = (tuple(found), text)
         known = self._known.get(key)
         if known is not None:
@@ -216,12 +222,14 @@ class MedicationReader:
             if system in (RXNORM, ATC):
                 ingredients |= terminology.ingredients_for(system, code)
         words = " ".join([text, *(display for _, _, display in found if display)])
-        named = frozenset(ingredients) if ingredients else terminology.ingredients_in_text(words)
+        matched = None if ingredients else terminology.medication_text(words)
+        named = matched.ingredients if matched else frozenset(ingredients)
         medicine = self._known[key] = Medicine(
             codes=tuple(Coding(s, c, d) for s, c, d in found),
             name=text,
             ingredients=named,
             classes=terminology.ingredient_classes(named, words),
+            ambiguity=matched.ambiguity if matched else None,
         )
         return medicine
 

@@ -2,17 +2,19 @@
 
 Vocabulary (names are defined by the value sets in ``rules/valuesets/``, never invented in code):
 
-* lab ``analyte``: potassium, sodium, magnesium, calcium, calcium_ionized, calcium_corrected (derived from
-  calcium and albumin), albumin, ck, tsh, free_t4, vitamin_d, vitamin_b12, glucose, egfr, creatinine, bun,
-  ferritin, hba1c, body_temperature, oxygen_saturation
+* lab ``analyte``: potassium, sodium, magnesium, calcium, calcium_ionized, calcium_corrected (reported, or derived
+  from calcium and albumin), calcium_uncorrected (total calcium without a same-day albumin), albumin, ck, tsh,
+  free_t4, vitamin_d, vitamin_b12, glucose, egfr, creatinine, bun, ferritin, hba1c, body_temperature, oxygen_saturation
 * medication ``classes``: statin, loop_diuretic, thiazide_diuretic, potassium_sparing_diuretic, beta2_agonist,
   methylxanthine, systemic_corticosteroid, statin_interacting, proton_pump_inhibitor, metformin, levothyroxine,
   potassium_supplement, magnesium_supplement, mineralocorticoid_antagonist, ace_inhibitor, arb, trimethoprim,
-  potassium_wasting_corticosteroid, insulin
+  potassium_wasting_corticosteroid, insulin, sulfonylurea, anticoagulant
 * finding ``concept``: cramp, spasm, myalgia, muscle_weakness, statin_myopathy, rhabdomyolysis, dyspnea,
   dizziness, fever, neck_stiffness, paresthesia, numbness, cellulitis, dvt, limb_swelling, limb_erythema,
+  leg_pain, chest_pain, fasciculation, muscle_wasting, malignancy, vte_history, myoglobinuria, seizure, smoker, pad,
   hypothyroidism, ckd, ckd_stage_3_5, dialysis, heart_failure, diabetes, hypoglycemia, dehydration, hypokalemia,
-  hyponatremia, hypomagnesemia, hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency
+  hyponatremia, hypomagnesemia, hypocalcemia, vitamin_d_deficiency, vitamin_b12_deficiency,
+  thyroid_parathyroid_surgery, cirrhosis
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class Finding:
     recorded: datetime | None
     resource: str  # "Condition/<id>" or "Observation/<id>"
     abated: datetime | None = None  # a Condition's abatementDateTime (or abatementPeriod end)
+    category: str = ""  # a Condition's problem-list-item or encounter-diagnosis (facts.findings), else ""
 
     @property
     def date(self) -> datetime | None:

@@ -102,6 +102,16 @@ class InteractionSet:
 
 
 @dataclass(frozen=True, slots=True)
+class TextMatch:
+    """What free text names: the ingredients, the names seen (ingredient or brand, as written) and, when the
+    names point at different medication classes without being one combination product, why that is unclear."""
+
+    ingredients: frozenset[str]
+    names: tuple[str, ...]
+    ambiguity: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Concept:
     name: str
     title: str
@@ -126,6 +136,7 @@ class Terminology:
         self._negation_values: set[SystemCode] = set()
         self._negation_interpretations: set[SystemCode] = set()
         self._negation_strings: frozenset[str] = frozenset()
+        self.brands: dict[str, frozenset[str]] = {}  # folded brand name -> ingredients
         non_systemic: set[str] = set()
         for name, doc in documents.items():
             self._add_definitions(name, doc)
@@ -139,6 +150,10 @@ class Terminology:
             {c.name: c.ingredients for c in self.medication_classes.values()}
         )
         self._ingredient_pattern = _words(self._ingredient_classes)
+        clash = sorted(set(self.brands) & set(self._ingredient_classes))
+        if clash:
+            raise ValueSetError(f"brands: {', '.join(clash)} is also an ingredient name")
+        self._name_pattern = _words([*self._ingredient_classes, *self.brands])
         self._non_systemic = _words(non_systemic)
 
     # ------------------------------------------------------------------ loading
@@ -185,6 +200,14 @@ class Terminology:
             self._define(self.interactions, file, f"interactions/{name}", name, interactions)
         for name, spec in doc.get("concepts", {}).items():
             self._define(self.concepts, file, f"concepts/{name}", name, Concept(name, spec["title"], spec["kind"]))
+        for index, brand in enumerate(doc.get("brands", ())):
+            where = f"{file}: at brands/{index}"
+            if brand["source"] not in sources:
+                raise ValueSetError(f"{where}/source: '{brand['source']}' is not in sources")
+            folded = brand["name"].casefold()
+            if folded in self.brands:
+                raise ValueSetError(f"{where}/name: '{brand['name']}' is already defined")
+            self.brands[folded] = frozenset(brand["ingredients"])
         if "negation_strings" in doc:
             self._negation_strings = self._negation_strings | {s.casefold() for s in doc["negation_strings"]}
 
@@ -285,6 +308,25 @@ class Terminology:
         if not text:
             return frozenset()
         return frozenset(m.lower() for m in self._ingredient_pattern.findall(text))
+
+    def medication_text(self, text: str) -> TextMatch:
+        """The ingredients free text names, through class ingredient names and brand names ("LIPITOR 40 MG PO
+        TABS", "atorvastatin 40 MG Oral Tablet [Lipitor]"), matched as whole words case-insensitively.
+
+        Names that point at different medication classes ("Lipitor and Lasix") make the match ambiguous unless one
+        name covers every ingredient found (a combination brand with its ingredients spelt out) or the text joins
+        them with "/" as combination products are written ("hydrochlorothiazide / triamterene"). Every ingredient
+        still counts: the caller warns, and the cards name the medication as written."""
+        if not text:
+            return TextMatch(frozenset(), ())
+        names = tuple(dict.fromkeys(m.casefold() for m in self._name_pattern.findall(text)))
+        per_name = [self.brands.get(name, frozenset({name})) for name in names]
+        ingredients = frozenset().union(*per_name)
+        class_sets = {self.ingredient_classes(found) for found in per_name}
+        ambiguity = None
+        if len(class_sets) > 1 and "/" not in text and not any(found >= ingredients for found in per_name):
+            ambiguity = f"the text names {', '.join(names)}, of different medication classes; all are counted"
+        return TextMatch(ingredients, names, ambiguity)
 
     def ingredient_classes(self, ingredients: Iterable[str], text: str = "") -> frozenset[str]:
         """The classes of the ingredients; classes that count only systemic forms are dropped when ``text``

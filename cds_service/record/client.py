@@ -64,13 +64,21 @@ class FetchFailed(Exception):
         return f"http_{self.status // 100}xx" if self.status >= 400 else "invalid"
 
 
+QUERY = "query"  # the search or read of a prefetch key the EHR did not prefetch, and its next pages
+COMPLETION = "completion"  # the service's own narrowed search completing a prefetched Bundle, and its next pages
+PREFETCH_PAGE = "prefetch_page"  # a page after a prefetched Bundle, reached by its next link
+MEDICATION = "medication"  # the read of a referenced Medication
+
+
 @dataclass(frozen=True, slots=True)
 class FhirCall:
-    """One FHIR request as logs and metrics see it: the resource type it asked for, never its query or ids."""
+    """One FHIR request as logs and metrics see it: the resource type it asked for and why (``via``: one of the
+    constants above), never its query or ids."""
 
     resource: str
     outcome: str  # "ok" or FetchFailed.outcome
     ms: float
+    via: str
 
 
 _RESOURCE_IN_PATH = re.compile(r"([A-Z][A-Za-z]+)(?:[/?]|$)")
@@ -99,8 +107,8 @@ def _resource_of(endpoint: FhirEndpoint, url: str) -> str:
     return match.group(1) if match and match.group(1) in KNOWN_RESOURCES else "other"
 
 
-def _note(endpoint: FhirEndpoint, url: str, outcome: str, seconds: float) -> None:
-    call = FhirCall(_resource_of(endpoint, url), outcome, round(seconds * 1000, 1))
+def _note(endpoint: FhirEndpoint, url: str, outcome: str, seconds: float, via: str) -> None:
+    call = FhirCall(_resource_of(endpoint, url), outcome, round(seconds * 1000, 1), via)
     calls = _calls.get()
     if calls is not None:
         calls.append(call)
@@ -149,23 +157,24 @@ class FhirClient:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def fetch(self, path: str) -> dict[str, Any]:
+    def fetch(self, path: str, *, via: str) -> dict[str, Any]:
         """Read or search ``path`` (relative to the base): GET, or POST ``_search`` when the URL would be long."""
         url = self.endpoint.absolute(path)
         target, _, query = url.partition("?")
         if query and len(url) > MAX_GET_URL:
-            return self.get(f"{target}/_search", form=urlencode(parse_qsl(query, keep_blank_values=True)))
-        return self.get(url)
+            return self.get(f"{target}/_search", via=via, form=urlencode(parse_qsl(query, keep_blank_values=True)))
+        return self.get(url, via=via)
 
-    def get(self, url: str, *, form: str | None = None) -> dict[str, Any]:
-        """GET ``url`` (absolute, under the endpoint's base), or POST it ``form``; return the FHIR resource."""
+    def get(self, url: str, *, via: str, form: str | None = None) -> dict[str, Any]:
+        """GET ``url`` (absolute, under the endpoint's base), or POST it ``form``; return the FHIR resource.
+        ``via`` says in the request's FHIR call list why it was made."""
         started = time.perf_counter()
         try:
             resource = self._get_with_retries(url, form)
         except FetchFailed as failure:
-            _note(self.endpoint, url, failure.outcome, time.perf_counter() - started)
+            _note(self.endpoint, url, failure.outcome, time.perf_counter() - started, via)
             raise
-        _note(self.endpoint, url, "ok", time.perf_counter() - started)
+        _note(self.endpoint, url, "ok", time.perf_counter() - started, via)
         return resource
 
     def _get_with_retries(self, url: str, form: str | None) -> dict[str, Any]:

@@ -4,7 +4,16 @@ Prefetch semantics (CDS Hooks 2.0.1 §prefetch): a key holding a resource or a B
 holding ``null`` means the EHR has no data (nothing is queried); a key that is absent, holds an
 OperationOutcome, or holds something that is not a FHIR resource is queried from the FHIR server. A searchset
 Bundle's ``next`` link is followed, on the same FHIR base and with the token, up to ``fhir_max_pages`` pages.
-All queries of one call run in parallel and stop at one deadline (the hook budget minus a margin).
+
+A prefetched Bundle with a ``next`` link is partial (an EHR may send the first page of a long lab history). For a
+key whose searches the service narrows to its look-back (``Lookback.search``: the labs), what the Bundle lacks is
+fetched with the service's own date-filtered search instead of the Bundle's pages, which in a long history mostly
+hold results no rule reads; its resources join the prefetched ones, each id once. For any other key the Bundle's
+next link is followed, and paging stops at a page wholly older than the key's look-back (``_older``), prefetched
+page included. A key whose completion fails or runs late is incomplete, as when a page fails.
+
+All queries and completions of one call run in parallel and stop at one deadline (the hook budget minus a
+margin). Each FHIR request is listed in the request's log line with why it was made (``client.FhirCall.via``).
 
 Outcomes: when a key must be queried and there is no usable fhirServer, ``CdsError`` (412) says why. When keys
 were queried and none of them gave any data, ``CdsError`` DEADLINE (timeouts) or RECORD_UNAVAILABLE (errors).
@@ -25,10 +34,10 @@ from typing import Any, TypeVar
 from ..wire.errors import DEADLINE, RECORD_UNAVAILABLE, CdsError
 from ..wire.hook_request import HookCall
 from .access import FhirEndpoint, endpoint_for, is_absolute
-from .client import FetchFailed, FhirClient, submit
+from .client import COMPLETION, MEDICATION, PREFETCH_PAGE, QUERY, FetchFailed, FhirClient, submit
 from .model import PatientRecord, Resource
 from .settings import RecordSettings
-from .templates import fill, resource_type_of
+from .templates import Lookback, fill, resource_type_of
 from .versions import NOT_IN_R4, described, not_in_r4
 
 log = logging.getLogger("cds_service.record")
@@ -61,16 +70,16 @@ def obtain_record(
     settings: RecordSettings,
     *,
     deadline: float | None = None,
-    narrowing: Mapping[str, str] | None = None,
+    lookbacks: Mapping[str, Lookback] | None = None,
 ) -> PatientRecord:
     """The patient record for ``call``; ``deadline`` (``time.monotonic()``) defaults to now + the fetch budget.
 
-    ``narrowing`` adds search parameters to the queries the service makes itself, per prefetch key (such as a
-    date floor under which no rule reads a lab); prefetched data is taken as sent.
+    ``lookbacks`` says per prefetch key how far back the rules read (see ``Lookback`` and the module's note on
+    partial Bundles); prefetched data is taken as sent.
     """
     started = time.monotonic()
     deadline = started + settings.fetch_budget_seconds if deadline is None else deadline
-    plan = _Plan.of(call, templates, narrowing or {})
+    plan = _Plan.of(call, templates, lookbacks or {})
     endpoint = _endpoint(call, settings, needed=bool(plan.to_query)) if plan.to_query or call.fhir_server else None
     client = FhirClient(endpoint, settings, deadline) if endpoint else None
     results = _fetch(plan, client, deadline)
@@ -105,42 +114,52 @@ class _Plan:
     """What the prefetch gave per key, and what remains to ask the FHIR server."""
 
     results: dict[str, KeyResult]  # keys settled by the prefetch (or unfillable)
-    to_query: dict[str, str]  # key -> filled template, to search or read
-    to_continue: dict[str, dict[str, Any]]  # key -> prefetched Bundle with a next link
+    to_query: dict[str, str]  # key -> filled (and narrowed) template, to search or read
+    to_complete: dict[str, str]  # key -> the narrowed search that completes its partial prefetched Bundle
+    to_continue: dict[str, dict[str, Any]]  # key -> partial prefetched Bundle whose next link is followed
+    since: dict[str, str]  # key -> the first day (YYYY-MM-DD) the rules read, for keys with a look-back
 
     @classmethod
-    def of(cls, call: HookCall, templates: Mapping[str, str], narrowing: Mapping[str, str]) -> _Plan:
-        plan = cls({}, {}, {})
+    def of(cls, call: HookCall, templates: Mapping[str, str], lookbacks: Mapping[str, Lookback]) -> _Plan:
+        plan = cls({}, {}, {}, {}, {key: lookback.since.isoformat() for key, lookback in lookbacks.items()})
         for key, template in templates.items():
             value = call.prefetch.get(key) if key in call.prefetch else _ABSENT
+            lookback = lookbacks.get(key)
             if value is None:
                 plan.results[key] = KeyResult(key, "null")
             elif _usable(value):
                 plan.results[key] = result = KeyResult(key, "prefetch")
-                _add_page(result, value)
-                if _next_link(value):
+                page = _add_page(result, value)
+                if _next_link(value) is None or _older(page, plan.since.get(key)):
+                    continue
+                path = fill(template, call.context) if lookback is not None and lookback.search else None
+                if lookback is not None and path is not None:
+                    plan.to_complete[key] = lookback.narrowed(path)
+                else:
                     plan.to_continue[key] = value
             elif (path := fill(template, call.context)) is None:
                 plan.results[key] = KeyResult(key, "server", problem="a template token has no value", got_data=False)
             else:
-                extra = narrowing.get(key)
-                plan.to_query[key] = f"{path}{'&' if '?' in path else '?'}{extra}" if extra else path
+                plan.to_query[key] = lookback.narrowed(path) if lookback is not None else path
         return plan
 
 
 def _fetch(plan: _Plan, client: FhirClient | None, deadline: float) -> dict[str, KeyResult]:
-    """Run the plan's queries and continuations in parallel; every key of the plan has a result afterwards."""
+    """Run the plan's queries, completions and continuations in parallel; every key of the plan has a result
+    afterwards."""
     results = dict(plan.results)
     tasks: dict[str, Callable[[], KeyResult]] = {}
-    for key, bundle in plan.to_continue.items():
-        if client is None:
-            results[key].problem = "its next page was not fetched: no usable fhirServer"
-        else:
-            tasks[key] = _continuation(client, results[key], bundle)
-    if client is not None:  # without one, to_query is empty (_endpoint raised)
+    if client is None:  # then to_query is empty (_endpoint raised)
+        for key in [*plan.to_complete, *plan.to_continue]:
+            results[key].problem = "what its next link holds was not fetched: no usable fhirServer"
+    else:
+        for key, path in plan.to_complete.items():
+            tasks[key] = _search(client, results[key], path, COMPLETION, plan.since.get(key))
+        for key, bundle in plan.to_continue.items():
+            tasks[key] = _continuation(client, results[key], bundle, plan.since.get(key))
         for key, path in plan.to_query.items():
             results[key] = KeyResult(key, "server", got_data=False)
-            tasks[key] = _query(client, results[key], path)
+            tasks[key] = _search(client, results[key], path, QUERY, plan.since.get(key))
     _finished, late = _run_all(tasks, deadline)
     for key in late:
         # Keep the pages that arrived in time: a snapshot, since the task may add one more before it stops at
@@ -150,7 +169,7 @@ def _fetch(plan: _Plan, client: FhirClient | None, deadline: float) -> dict[str,
             key,
             partial.source,
             list(partial.resources),
-            problem="its next pages did not arrive in time" if partial.got_data else "the time budget ran out",
+            problem="the rest of its data did not arrive in time" if partial.got_data else "the time budget ran out",
             timed_out=True,
             got_data=partial.got_data,
         )
@@ -231,33 +250,44 @@ def _endpoint(call: HookCall, settings: RecordSettings, *, needed: bool) -> Fhir
         return None
 
 
-def _query(client: FhirClient, result: KeyResult, path: str) -> Callable[[], KeyResult]:
-    """A task filling ``result`` page by page, so what arrived before the deadline is kept if it runs late."""
+def _search(
+    client: FhirClient, result: KeyResult, path: str, via: str, since: str | None
+) -> Callable[[], KeyResult]:
+    """A task adding what the search ``path`` finds to ``result`` (empty for a key the prefetch lacked; the
+    prefetched entries for a completion, which the record's merge keeps once each) page by page, so what arrived
+    before the deadline is kept if it runs late."""
 
     def run() -> KeyResult:
         try:
-            answer = client.fetch(path)
+            answer = client.fetch(path, via=via)
         except FetchFailed as failure:
-            result.problem, result.timed_out = failure.reason, failure.timed_out
+            lacking = "" if via == QUERY else "the search for what its prefetched Bundle lacks: "
+            result.problem = f"{lacking}{failure.reason}"
+            result.timed_out = failure.timed_out
             return result
-        _add_page(result, answer)
+        page = _add_page(result, answer)
         result.got_data = True
-        return _follow_pages(client, result, answer)
+        return result if _older(page, since) else _follow_pages(client, result, answer, via, since)
 
     return run
 
 
-def _continuation(client: FhirClient, prefetched: KeyResult, bundle: dict[str, Any]) -> Callable[[], KeyResult]:
+def _continuation(
+    client: FhirClient, prefetched: KeyResult, bundle: dict[str, Any], since: str | None
+) -> Callable[[], KeyResult]:
     """A task adding the pages after a prefetched Bundle to its ``KeyResult``."""
 
     def run() -> KeyResult:
-        return _follow_pages(client, prefetched, bundle)
+        return _follow_pages(client, prefetched, bundle, PREFETCH_PAGE, since)
 
     return run
 
 
-def _follow_pages(client: FhirClient, result: KeyResult, bundle: dict[str, Any]) -> KeyResult:
-    """Add the pages after ``bundle`` to ``result`` until there is no next link, the page cap, or a failure."""
+def _follow_pages(
+    client: FhirClient, result: KeyResult, bundle: dict[str, Any], via: str, since: str | None
+) -> KeyResult:
+    """Add the pages after ``bundle`` to ``result`` until there is no next link, a page wholly older than
+    ``since`` (``_older``: the rest is older still, and the key is complete), the page cap, or a failure."""
     pages = 1
     while (url := _next_link(bundle)) is not None:
         if pages >= client.settings.fhir_max_pages:
@@ -267,20 +297,58 @@ def _follow_pages(client: FhirClient, result: KeyResult, bundle: dict[str, Any])
             result.problem = "its next link points outside the fhirServer and was not followed"
             break
         try:
-            bundle = client.get(url)
+            bundle = client.get(url, via=via)
         except FetchFailed as failure:
             result.problem, result.timed_out = f"page {pages + 1}: {failure.reason}", failure.timed_out
             break
-        _add_page(result, bundle)
         pages += 1
+        if _older(_add_page(result, bundle), since):
+            break
     return result
 
 
-def _add_page(result: KeyResult, bundle: dict[str, Any]) -> None:
-    """Add what a prefetch value or a server page holds to ``result``, noting entries that held no resource."""
+def _add_page(result: KeyResult, bundle: dict[str, Any]) -> list[Resource]:
+    """Add what a prefetch value or a server page holds to ``result``, noting entries that held no resource;
+    return the resources added."""
     resources, unreadable = _resources_of(bundle)
     result.resources.extend(resources)
     result.problem = result.problem or _unread(unreadable)
+    return resources
+
+
+_DATED_BY = ("effectiveDateTime", "effectiveInstant", "issued")
+
+
+def _older(page: list[Resource], since: str | None) -> bool:
+    """True when every resource of ``page`` is dated before the day ``since`` and the page lists them newest
+    first: the order the dated templates ask for (``_sort=-date``), in which the pages after it are older still.
+
+    Searchset order is the server's to choose (a server may ignore ``_sort``), so it is checked, not assumed:
+    an empty page, a page in any other order, or a resource without a date never stops paging. Not caught: a
+    server that ignores the sort and pages one resource at a time, whose pages show no order.
+    """
+    if since is None or not page:
+        return False
+    previous = None
+    for resource in page:
+        day = _latest_day(resource)
+        if day is None or day >= since[: len(day)] or (previous is not None and day > previous):
+            return False
+        previous = day
+    return True
+
+
+def _latest_day(resource: Resource) -> str | None:
+    """The latest day (``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD`` text) that ``resource`` names in effective[x] or
+    ``issued``; None when it names none, or has an effectivePeriod without an end (still going on)."""
+    days = [value[:10] for name in _DATED_BY if isinstance(value := resource.get(name), str) and len(value) >= 4]
+    period = resource.get("effectivePeriod")
+    if isinstance(period, dict):
+        end = period.get("end")
+        if not isinstance(end, str) or len(end) < 4:
+            return None
+        days.append(end[:10])
+    return max(days, default=None)
 
 
 def _run_all(tasks: Mapping[str, Callable[[], T]], deadline: float) -> tuple[dict[str, T], list[str]]:
@@ -401,7 +469,7 @@ def _medication_id(holder: Mapping[str, Any], endpoint: FhirEndpoint | None) -> 
 def _read_medication(client: FhirClient, med_id: str) -> Callable[[], Resource | str]:
     def run() -> Resource | str:
         try:
-            resource = client.fetch(f"Medication/{med_id}")
+            resource = client.fetch(f"Medication/{med_id}", via=MEDICATION)
         except FetchFailed as failure:
             return failure.reason
         return resource if resource.get("resourceType") == "Medication" else "the answer is not a Medication"

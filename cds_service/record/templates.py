@@ -1,14 +1,16 @@
 """The prefetch templates the services publish in discovery, built from the terminology's code lists.
 
 Templates use only ``{{context.patientId}}`` (legal in CDS Hooks 2.0.1; no date tokens, so "last N days"
-filtering happens in the facts layer). Each search asks for up to 500 results per page; servers may cap the
-page size lower (the Medplum test server caps at 100), and the record layer follows ``next`` links up to
-``fhir_max_pages``.
+filtering happens in the facts layer; the service's own searches may add a ``Lookback``'s date floor). Each search
+asks for up to 500 results per page; servers may cap the page size lower (the Medplum test server caps at 100),
+and the record layer follows ``next`` links up to ``fhir_max_pages``.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
 from typing import Protocol
 from urllib.parse import quote
 
@@ -23,6 +25,25 @@ LOINC = "http://loinc.org"
 PAGE = "_count=500"
 PATIENT_TOKEN = "{{context.patientId}}"
 _TOKEN = re.compile(r"\{\{\s*context\.(\w+)\s*\}\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lookback:
+    """How far back the rules read what one prefetch key holds: nothing dated before ``since`` matters.
+
+    ``since`` already holds the facts layer's time-zone margin (``first_day_within``). With ``search``, the
+    service's own searches for the key ask the server for ``date=ge<since>`` (Observation.effective[x]), and a
+    prefetched Bundle of the key that has a ``next`` link is completed by such a search instead of its pages.
+    """
+
+    since: date
+    search: bool
+
+    def narrowed(self, path: str) -> str:
+        """``path`` with the date floor when the key is searched with it."""
+        if not self.search:
+            return path
+        return f"{path}{'&' if '?' in path else '?'}date=ge{self.since.isoformat()}"
 
 
 class CodeLike(Protocol):

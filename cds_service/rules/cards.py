@@ -73,7 +73,7 @@ def build_card(primary: Firing, related: list[Firing], facts: PatientFacts) -> d
 
 
 def _detail(primary: Firing, related: list[Firing]) -> str:
-    lines = _evidence(primary)
+    lines = evidence_lines(primary)
     parts = ["**Findings**", "\n".join(f"- {line}" for line in lines)] if lines else []
     parts += [_section(primary, s) for s in primary.rule.card.detail if shown(primary.states, s.when, s.unless)]
     if related:
@@ -86,7 +86,7 @@ def _section(firing: Firing, section: Section) -> str:
     return render(section.text, firing.matches, markdown)
 
 
-def _evidence(firing: Firing) -> list[str]:
+def evidence_lines(firing: Firing) -> list[str]:
     """One line per piece of evidence (the first block that matched it labels it), exclusions left out.
 
     A line is shown once even when two pieces of evidence read the same: one Condition coded with a code that

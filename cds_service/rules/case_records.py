@@ -105,9 +105,14 @@ def condition(item: Mapping[str, Any], index: int, now: datetime, patient_id: st
                 {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": item["verification"]}
             ]
         }
+    if "category" in item:
+        category = {"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": item["category"]}
+        resource["category"] = [{"coding": [category]}]
     if "onset" in item:
         resource["onsetDateTime"] = _stamp(at(now, item["onset"]))
         resource["recordedDate"] = resource["onsetDateTime"]
+    if "recorded" in item:
+        resource["recordedDate"] = _stamp(at(now, item["recorded"]))
     if "abated" in item:
         resource["abatementDateTime"] = _stamp(at(now, item["abated"]))
     return resource
@@ -250,10 +255,15 @@ def record_of(description: Mapping[str, Any], now: datetime, patient_id: str = P
         for resource in items:
             by_type.setdefault(resource["resourceType"], []).append(resource)
     drafts = grouped["draft_orders"]
+    # order-select: the drafts the clinician chose (``selected: false`` leaves one out); order-sign signs them all
+    chosen = [
+        draft for draft, item in zip(drafts, description.get("draft_orders") or (), strict=True)
+        if item.get("selected", True) or description.get("hook") == "order-sign"
+    ]
     return PatientRecord(
         patient_id=patient_id,
         resources=by_type,
         draft_orders=drafts,
-        selections=frozenset(f"MedicationRequest/{d['id']}" for d in drafts),
+        selections=frozenset(f"MedicationRequest/{d['id']}" for d in chosen),
         incomplete=frozenset(description.get("incomplete") or ()),
     )

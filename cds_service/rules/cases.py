@@ -27,9 +27,14 @@ class CaseTest:
     case: str
     description: str
     given: dict[str, Any]  # the group's patient merged with the test's additions
-    expect: Any  # "silent" or {"fires": {...}}
+    expect: Any  # "silent" or {"fires": {...}, "answer": [...]} (either key may be left out)
     todo: str | None
     path: Path
+
+    @property
+    def fires(self) -> dict[str, Any] | None:
+        """What the rule's own card should be, or None when the rule on its own should stay silent."""
+        return self.expect.get("fires") if isinstance(self.expect, dict) else None
 
     @property
     def name(self) -> str:
@@ -99,25 +104,44 @@ def hook_for(test: CaseTest, ruleset: RuleSet) -> str:
 
 def run_case(ruleset: RuleSet, test: CaseTest, terminology: Any, now: datetime = FROZEN_NOW) -> Outcome:
     """Run one case over the rule on its own and compare with the expectation (facts built as the service
-    builds them, with the whole rule set's lab look-back)."""
+    builds them, with the whole rule set's lab look-back); with ``answer``, also over the whole rule set."""
     outcome = Outcome(test)
     windows = FactWindows.for_rules(ruleset.lab_lookbacks, terminology.lab_codes)
     facts = build_facts(record_of(test.given, now), terminology, now, windows)
-    cards = evaluate(ruleset.only(test.rule_id), facts, hook_for(test, ruleset), max_cards=100)
+    hook = hook_for(test, ruleset)
+    cards = evaluate(ruleset.only(test.rule_id), facts, hook, max_cards=100)
     outcome.cards = cards
     for issued in cards:
         outcome.problems += [f"invalid card: {p}" for p in card_problems(issued.card)]
+    if isinstance(test.expect, dict) and "answer" in test.expect:
+        outcome.problems += _answer_problems(test.expect["answer"], evaluate(ruleset, facts, hook, max_cards=100))
     fired = [c for c in cards if c.rule_id == test.rule_id]
-    if test.expect == "silent":
+    expected = test.fires
+    if expected is None:
         if fired:
             outcome.problems.append(f"expected silence, got {fired[0].indicator}: {fired[0].card['summary']!r}")
         return outcome
-    expected = test.expect["fires"]
     if not fired:
         outcome.problems.append(f"expected a {expected['indicator']} card, the rule stayed silent")
         return outcome
     outcome.problems += _compare(expected, fired[0])
     return outcome
+
+
+def _answer_problems(expected: list[dict[str, Any]], cards: list[IssuedCard]) -> list[str]:
+    """The whole rule set's cards against ``answer``: each card's rule, in order, and the rules merged into it."""
+    got = [(c.rule_id, sorted(c.related)) for c in cards]
+    wanted = [(e["card"], sorted(e.get("merged", ()))) for e in expected]
+    if got == wanted:
+        return []
+    return [f"the rule set answers {_cards_text(got)}, expected {_cards_text(wanted)}"]
+
+
+def _cards_text(cards: list[tuple[str, list[str]]]) -> str:
+    """``[draft-statin-raised-ck (merged: statin-muscle-symptoms-ck)]``; ``no card`` for an empty answer."""
+    if not cards:
+        return "no card"
+    return "[" + ", ".join(rule + (f" (merged: {', '.join(merged)})" if merged else "") for rule, merged in cards) + "]"
 
 
 def _compare(expected: dict[str, Any], issued: IssuedCard) -> list[str]:

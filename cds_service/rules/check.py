@@ -3,8 +3,9 @@ then run every rule's cases. Prints one line per problem (file and path inside i
 """
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -17,10 +18,11 @@ from .loader import (
     case_files,
     load_override_reasons,
     load_rule,
+    merge_problems,
     rule_files,
     shipped_rules_dir,
 )
-from .model import Rule
+from .model import CompositeCriterion, Criterion, LabCriterion, Rule
 
 
 @dataclass(slots=True)
@@ -68,9 +70,35 @@ def collect(directory: Path, terminology: Terminology, report: Report) -> None:
         report.tests[rule_id] = tests
 
 
+def review_problems(rule: Rule) -> list[str]:
+    """The clinical review beside ``rule`` (``<id>.review.md``) exists and names every numeric threshold."""
+    review = rule.path.with_name(f"{rule.id}.review.md")
+    if not review.is_file():
+        return [f"{rule.path}: has no clinical review {review.name} beside it"]
+    text = review.read_text("utf-8")
+    missing = sorted({f"{value:g}" for value in thresholds(rule.criteria.values())} - _numbers_in(text), key=float)
+    return [f"{review}: does not name the threshold {value} of its rule" for value in missing]
+
+
+def thresholds(criteria: Iterable[Criterion]) -> Iterator[float]:
+    """Every number a lab criterion compares with, at any depth."""
+    for criterion in criteria:
+        if isinstance(criterion, CompositeCriterion):
+            yield from thresholds(criterion.children)
+        elif isinstance(criterion, LabCriterion):
+            yield from (value for _, value in criterion.comparisons)
+
+
+def _numbers_in(text: str) -> set[str]:
+    return {f"{float(number):g}" for number in re.findall(r"(?<![\w.])\d+(?:\.\d+)?", text)}
+
+
 def lint(report: Report) -> None:
-    """Rules about the rule set: every rule has cases beside it, no orphan cases, both outcomes covered."""
+    """Rules about the rule set: every rule has cases and a clinical review beside it, no orphan cases, both
+    outcomes covered, every merged group exists."""
+    report.problems += merge_problems(report.rules)
     for rule in report.rules:
+        report.problems += review_problems(rule)
         tests = report.tests.get(rule.id)
         cases_path = rule.path.with_name(f"{rule.id}.cases.yaml")
         if tests is None:
@@ -78,7 +106,7 @@ def lint(report: Report) -> None:
             continue
         if tests[0].path != cases_path:
             report.problems.append(f"{tests[0].path}: must sit beside its rule as {cases_path}")
-        fires = sum(1 for t in tests if t.expect != "silent")
+        fires = sum(1 for t in tests if t.fires is not None)
         silent = len(tests) - fires
         excludes = sum(1 for name in rule.criteria if name.startswith("exclude_"))
         if not fires:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TypeAlias
 
 from ..facts.model import Finding, LabResult, MedicationUse, PatientFacts
 from .expression import Tri, all_of, any_of, not_
 from .model import (
+    CRAMP_CONCEPTS,
+    AgeCriterion,
     CompositeCriterion,
     Criterion,
     FindingCriterion,
@@ -41,10 +43,12 @@ FUTURE_TOLERANCE = timedelta(hours=1)  # clock skew between the EHR and this ser
 
 @dataclass(frozen=True, slots=True)
 class Absence:
-    """Evidence that no result of ``analyte`` exists within the look-back."""
+    """Evidence that no result of ``analyte`` exists within the look-back; with ``since``, none since the
+    documented onset of the cramps (the look-back holds only results drawn before it)."""
 
     analyte: str
     within_text: str
+    since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,15 @@ class Timing:
         return (self.until_date - self.since_date).days
 
 
-Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence | Pairing | Timing
+@dataclass(frozen=True, slots=True)
+class Age:
+    """Evidence of the patient's age: whole years at the evaluation time, from the birth date."""
+
+    years: int
+    birth_date: date
+
+
+Evidence: TypeAlias = LabResult | MedicationUse | Finding | Absence | Pairing | Timing | Age
 # id(criterion) -> its result over one patient's facts; ids are stable because the rule set holds its criteria
 Memo: TypeAlias = "dict[int, Match]"
 
@@ -104,6 +116,8 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         return _composite(criterion, facts, memo)
     if type(criterion) is LabCriterion:
         return _lab(criterion, facts)
+    if type(criterion) is AgeCriterion:
+        return _age(criterion, facts)
     if type(criterion) is InteractionCriterion:
         found: tuple[Evidence, ...] = _pairings(criterion, facts)
         return Match(True, found) if found else _not_found(criterion, facts)
@@ -111,9 +125,11 @@ def _evaluate(criterion: Criterion, facts: PatientFacts, memo: Memo | None) -> M
         timing = _timing(criterion, facts)
         return Match(True, (timing,)) if timing else _not_found(criterion, facts)
     if type(criterion) is MedicationCriterion:
+        started_by = None if criterion.taken_for is None else facts.now - criterion.taken_for
         found = tuple(
             m for m in facts.medications_in(criterion.classes)
             if _use_matches(criterion.use, m) and _dosing_matches(criterion.as_needed, m)
+            and (started_by is None or _started_by(m, started_by))
         )
     elif type(criterion) is FindingCriterion:
         found = _current_findings(criterion, facts)
@@ -165,6 +181,14 @@ def _use_matches(use: str, medication: MedicationUse) -> bool:
     return medication.kind != "draft"
 
 
+def _started_by(medication: MedicationUse, moment: datetime) -> bool:
+    """The medication's start date is known and not after ``moment`` (an undated one never counts)."""
+    when = medication.date
+    if when is None:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= moment
+
+
 def _dosing_matches(as_needed: bool | None, medication: MedicationUse) -> bool:
     if as_needed is None:
         return True
@@ -186,29 +210,57 @@ def _current_findings(criterion: FindingCriterion, facts: PatientFacts) -> tuple
     return tuple(found)
 
 
-def latest_within(facts: PatientFacts, analyte: str, within: timedelta) -> LabResult | None:
-    """The newest result of ``analyte`` dated within ``within`` before now (results after now are ignored)."""
-    earliest, latest = facts.now - within, facts.now + FUTURE_TOLERANCE
+def latest_within(facts: PatientFacts, analyte: str, earliest: datetime) -> LabResult | None:
+    """The newest result of ``analyte`` dated from ``earliest`` to now (results after now are ignored)."""
+    latest = facts.now + FUTURE_TOLERANCE
     for result in facts.labs.get(analyte, ()):  # newest first (PatientFacts.labs): stop at the first one not ahead
         if result.effective <= latest:
             return result if result.effective >= earliest else None
     return None
 
 
+def cramp_onset(facts: PatientFacts) -> datetime | None:
+    """The documented onset of the cramps: the earliest onset of a current cramp or spasm (an Observation's is
+    its effective time), future ones ignored; None when no current one records an onset."""
+    latest = facts.now + FUTURE_TOLERANCE
+    onsets = [_aware(f.onset) for f in facts.findings_of(CRAMP_CONCEPTS) if f.onset is not None]
+    return min((onset for onset in onsets if onset <= latest), default=None)
+
+
 def _lab(criterion: LabCriterion, facts: PatientFacts) -> Match:
-    result = latest_within(facts, criterion.analyte, criterion.within)
+    result = latest_within(facts, criterion.analyte, facts.now - criterion.within)
+    since = None  # the onset, when it left out the newest result (and so every result) of the look-back
+    if criterion.after_onset and result is not None:
+        onset = cramp_onset(facts)
+        if onset is not None and result.effective < onset:
+            result, since = None, onset
     if criterion.missing:
         if result is not None:
             return FALSE
         if _incomplete(criterion, facts):
             return UNKNOWN
-        return Match(True, (Absence(criterion.analyte, criterion.within_text),))
+        return Match(True, (Absence(criterion.analyte, criterion.within_text, since),))
     if result is None:
         return _not_found(criterion, facts)
     states = [_compare(result, op, limit) for op, limit in criterion.comparisons]
     states += [_in_range(result, check) for check in criterion.range_checks]
     state = all_of(states)
     return Match(state, (result,) if state else ())
+
+
+def age_in_years(born: date, on: date) -> int:
+    """Completed years of life on ``on`` (a 29 February birthday falls on 1 March in other years)."""
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def _age(criterion: AgeCriterion, facts: PatientFacts) -> Match:
+    """Unknown without a birth date: a missing date of birth says nothing about the patient's age."""
+    if facts.birth_date is None:
+        return UNKNOWN
+    years = age_in_years(facts.birth_date, facts.now.date())
+    state = (criterion.at_least is None or years >= criterion.at_least) and (
+        criterion.below is None or years < criterion.below)
+    return Match(True, (Age(years, facts.birth_date),)) if state else FALSE
 
 
 def _compare(result: LabResult, op: str, limit: float) -> Tri:

@@ -1,9 +1,11 @@
 """Evaluate the rule set over one patient's facts and return the cards, ready for the response.
 
 * No card at all unless a cramp or spasm is documented and current (the facts keep only current findings).
-* One card per underlying problem: rules share a ``group``; the firing with the highest indicator (then the
-  earliest rule) makes the card and the others' summaries and suggestions are merged into it.
-* Cards are ordered critical, warning, info, then by rule order, and capped at ``max_cards``.
+* One card per underlying problem (``problems``): rules share a ``group`` or join others with ``merges_with``;
+  the firing with the highest indicator (then one about the order, then the earliest rule) makes the card and
+  the others' summaries and suggestions are merged into it. On order hooks only problems about the order being
+  placed, or critical ones, are answered.
+* Cards are ordered critical, warning, info, then about the order, then by rule order, and capped at ``max_cards``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..facts.model import PatientFacts
-from .cards import Firing, build_card, evidence_of
+from .cards import Firing, build_card, evidence_lines, evidence_of
 from .criteria import Evidence, Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
 from .expression import Tri
@@ -24,13 +26,14 @@ from .loader import (
     Vocabulary,
     load_override_reasons,
     load_rule,
+    merge_problems,
     rule_files,
     shipped_rules_dir,
 )
-from .model import INDICATOR_RANK, Criterion, LabCriterion, Rule, binding_name
+from .model import CRAMP_CONCEPTS, Criterion, LabCriterion, Rule, binding_name
+from .problems import problems
 
 log = logging.getLogger("cds_service.rules")
-CRAMP_CONCEPTS = frozenset({"cramp", "spasm"})  # the symptoms this service is about; nothing fires without one
 
 __all__ = ["CRAMP_CONCEPTS", "IssuedCard", "RuleError", "RuleSet", "evaluate", "fire"]
 
@@ -41,7 +44,8 @@ class IssuedCard:
     indicator: str
     card: dict[str, Any]
     related: tuple[str, ...] = ()  # ids of rules about the same problem whose findings were merged in
-    evidence: tuple[Evidence, ...] = ()  # what the card's Findings list shows (the population scan reports it)
+    evidence: tuple[str, ...] = ()  # the card's evidence lines (Markdown): what the repeat check compares
+    evidence_items: tuple[Evidence, ...] = ()  # the same evidence as data (the population scan reports it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +63,8 @@ class RuleSet:
 
     @classmethod
     def load(cls, directory: Path | None, terminology: Vocabulary | None) -> RuleSet:
-        """Load every rule below ``directory`` (None: the shipped rules); RuleError on the first bad file."""
+        """Load every rule below ``directory`` (None: the shipped rules), deprecated ones too (a site may still
+        deploy them: cds_service.governance); RuleError on the first bad file."""
         directory = directory or shipped_rules_dir()
         if not directory.is_dir():
             raise RuleError(f"{directory}: the rules directory does not exist")
@@ -71,8 +76,10 @@ class RuleSet:
             if rule.id in seen:
                 raise RuleError(f"{path}: at id: {rule.id!r} is also the id of {seen[rule.id]}")
             seen[rule.id] = path
-            if rule.status != "deprecated":
-                rules.append(rule)
+            rules.append(rule)
+        problems_found = merge_problems(rules)
+        if problems_found:
+            raise RuleError(problems_found[0])
         return cls.of(rules, directory)
 
     @classmethod
@@ -143,22 +150,13 @@ def fire(rule: Rule, facts: PatientFacts, memo: Memo | None = None) -> Firing | 
     )
 
 
-def _rank(firing: Firing) -> tuple[int, bool, int]:
-    """Critical first; within an indicator, cards about the order being placed, then rule order."""
-    return INDICATOR_RANK[firing.indicator], not firing.rule.about_orders, firing.rule.order
-
-
 def evaluate(ruleset: RuleSet, facts: PatientFacts, hook: str, *, max_cards: int) -> list[IssuedCard]:
     """The cards for ``facts`` on ``hook``: one per problem, critical first, at most ``max_cards``."""
     if not facts.findings_of(CRAMP_CONCEPTS):
         return []
     memo: Memo = {}
     firings = [f for f in (_fire_safely(r, facts, memo) for r in ruleset.rules if hook in r.hooks) if f is not None]
-    groups: dict[str, list[Firing]] = {}
-    for firing in sorted(firings, key=_rank):
-        groups.setdefault(firing.rule.group, []).append(firing)
-    ranked = sorted(groups.values(), key=lambda group: _rank(group[0]))
-    return [_issue(group, facts) for group in ranked[: max(max_cards, 0)]]
+    return [_issue(problem, facts) for problem in problems(firings, hook)[: max(max_cards, 0)]]
 
 
 def _fire_safely(rule: Rule, facts: PatientFacts, memo: Memo) -> Firing | None:
@@ -177,5 +175,6 @@ def _issue(group: Sequence[Firing], facts: PatientFacts) -> IssuedCard:
         indicator=primary.indicator,
         card=build_card(primary, related, facts),
         related=tuple(f.rule.id for f in related),
-        evidence=tuple(evidence_of(primary)),
+        evidence=tuple(evidence_lines(primary)),
+        evidence_items=tuple(evidence_of(primary)),
     )

@@ -19,6 +19,7 @@ from ..schemas import validator as schema_validator
 from .expression import ExpressionError, parse
 from .model import (
     Action,
+    AgeCriterion,
     Band,
     CardTemplate,
     Coding,
@@ -40,7 +41,7 @@ from .resources import order_problem
 from .templates import FIELDS, criterion_kind, placeholders
 
 FIELD_ORDER = (
-    "id", "title", "status", "version", "description", "references", "evidence", "hooks", "group",
+    "id", "title", "status", "version", "description", "references", "evidence", "hooks", "group", "merges_with",
     "criteria", "condition", "card", "limitations",
 )
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
@@ -158,16 +159,30 @@ def load_rule(path: Path, order: int, vocabulary: Vocabulary | None, reasons: Ma
     if unused:
         raise ctx.fail("condition", f"does not use {', '.join(unused)} (only note_* blocks may stay out of it)")
     hooks = frozenset(data["hooks"])
-    about_orders = _uses_ordering(criteria.values())
-    if about_orders and not hooks <= ORDER_HOOKS:
+    if _uses_ordering(criteria.values()) and not hooks <= ORDER_HOOKS:
         raise ctx.fail("hooks", "a rule about orders being placed applies only to order-select and order-sign")
+    if data["group"] in data.get("merges_with", ()):
+        raise ctx.fail("merges_with", f"names the rule's own group {data['group']!r}")
     card = _card(ctx, data["card"], criteria, references, reasons)
     return Rule(
         id=data["id"], title=data["title"], status=data["status"], version=data["version"],
         description=data["description"].strip(), references=references, evidence=data["evidence"], hooks=hooks,
         group=data["group"], criteria=criteria, condition=expression, condition_text=data["condition"],
-        card=card, limitations=data["limitations"].strip(), path=path, order=order, about_orders=about_orders,
+        card=card, limitations=data["limitations"].strip(), path=path, order=order,
+        merges_with=tuple(data.get("merges_with", ())),
     )
+
+
+def merge_problems(rules: Iterable[Rule]) -> list[str]:
+    """One line per ``merges_with`` entry that names no rule's group (a typo would silently merge nothing)."""
+    rules = list(rules)
+    groups = {rule.group for rule in rules}
+    return [
+        f"{rule.path}: at merges_with: no rule has the group {group!r}"
+        for rule in rules
+        for group in rule.merges_with
+        if group not in groups
+    ]
 
 
 def _names(vocabulary: Vocabulary | None, attribute: str) -> frozenset[str] | None:
@@ -208,7 +223,11 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         return FindingCriterion(concepts, within, label)
     if "medication" in spec:
         classes = _known(ctx, f"{where}/medication", spec["medication"], "medication_classes", "medication class")
-        return MedicationCriterion(classes, spec.get("use", "current"), label, spec.get("as_needed"))
+        taken_for = parse_duration(spec["taken_for"]) if "taken_for" in spec else None
+        return MedicationCriterion(classes, spec.get("use", "current"), label, spec.get("as_needed"), taken_for)
+    if "age" in spec:
+        limits = spec["age"]
+        return AgeCriterion(limits.get("at_least"), limits.get("below"), label, spec.get("basis", ""))
     if "interaction" in spec:
         sets = _known(ctx, f"{where}/interaction", spec["interaction"], "interactions", "interaction set")
         found = ctx.vocabulary.interactions if ctx.vocabulary is not None else {}
@@ -247,6 +266,7 @@ def _criterion(ctx: _Context, where: str, spec: Mapping[str, Any]) -> Criterion:
         missing=bool(spec.get("missing")),
         label=label,
         basis=spec.get("basis", ""),
+        after_onset=bool(spec.get("after_onset")),
     )
 
 
@@ -257,7 +277,7 @@ def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids
         if isinstance(criterion, CompositeCriterion):
             for index, child in enumerate(criterion.children):
                 walk(f"{where}/{criterion.op}/{index}", child)
-        elif isinstance(criterion, TimingCriterion | LabCriterion) and _thresholds(criterion):
+        elif isinstance(criterion, TimingCriterion | LabCriterion | AgeCriterion) and _thresholds(criterion):
             if not criterion.basis:
                 numbers = _thresholds(criterion)
                 raise ctx.fail(where, f"the threshold ({numbers}) needs a basis: the id of the reference behind it")
@@ -268,11 +288,14 @@ def _check_bases(ctx: _Context, criteria: Mapping[str, Criterion], reference_ids
         walk(f"criteria/{name}", criterion)
 
 
-def _thresholds(criterion: LabCriterion | TimingCriterion) -> str:
-    """The criterion's numbers as text ("below 3.5", "under P4W 3 points"); empty when it has none."""
+def _thresholds(criterion: LabCriterion | TimingCriterion | AgeCriterion) -> str:
+    """The criterion's numbers as text ("below 3.5", "under P4W 3 points", "at_least 65"); empty when none."""
     if isinstance(criterion, TimingCriterion):
         return ", ".join(f"under {b.under_text} {b.points} points" if b.under_text else f"{b.points} points"
                          for b in criterion.bands)
+    if isinstance(criterion, AgeCriterion):
+        limits = (("at_least", criterion.at_least), ("below", criterion.below))
+        return ", ".join(f"{op} {value}" for op, value in limits if value is not None)
     return ", ".join(f"{op} {value:g}" for op, value in criterion.comparisons)
 
 

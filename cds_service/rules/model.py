@@ -12,6 +12,7 @@ from typing import Literal, TypeAlias
 from .expression import Expression
 
 Indicator = Literal["info", "warning", "critical"]
+CRAMP_CONCEPTS = frozenset({"cramp", "spasm"})  # the symptoms this service is about; nothing fires without one
 INDICATOR_RANK: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
 PREFIXES: tuple[str, ...] = ("require_", "exclude_", "note_")
 
@@ -38,17 +39,23 @@ class MedicationCriterion:
     """A medication of one of ``classes``: taken now (``current``), being ordered (``ordering``) or either.
 
     ``as_needed`` True matches only medicines whose recorded dosage is as needed (PRN); False matches every other
-    (a regular dosage, or none recorded); None ignores the dosage."""
+    (a regular dosage, or none recorded); None ignores the dosage. ``taken_for`` matches only one whose start
+    (authoredOn, effective start) is at least that long ago."""
 
     classes: frozenset[str]
     use: Literal["current", "ordering", "any"] = "current"
     label: str = ""
     as_needed: bool | None = None
+    taken_for: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LabCriterion:
-    """The newest result of ``analyte`` within ``within`` passes every comparison, or (``missing``) none exists."""
+    """The newest result of ``analyte`` within ``within`` passes every comparison, or (``missing``) none exists.
+
+    ``after_onset``: only results drawn at or after the documented onset of the cramps count (a CK must reflect
+    the current episode, clinical-reference.md §5).
+    """
 
     analyte: str
     within: timedelta
@@ -59,6 +66,7 @@ class LabCriterion:
     missing: bool = False
     label: str = ""
     basis: str = ""  # the id of the reference that supports the comparisons' numbers
+    after_onset: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,16 @@ class TimingCriterion:
 
 
 @dataclass(frozen=True, slots=True)
+class AgeCriterion:
+    """The patient's age in whole years at the evaluation time is at least ``at_least`` and below ``below``."""
+
+    at_least: int | None = None
+    below: int | None = None
+    label: str = ""
+    basis: str = ""  # the id of the reference that supports the age limits
+
+
+@dataclass(frozen=True, slots=True)
 class CompositeCriterion:
     op: Literal["any", "all", "not"]
     children: tuple[Criterion, ...]
@@ -106,7 +124,8 @@ class CompositeCriterion:
 
 
 Criterion: TypeAlias = (
-    FindingCriterion | MedicationCriterion | LabCriterion | InteractionCriterion | TimingCriterion | CompositeCriterion
+    FindingCriterion | MedicationCriterion | LabCriterion | AgeCriterion | InteractionCriterion | TimingCriterion
+    | CompositeCriterion
 )
 
 
@@ -180,7 +199,7 @@ class Rule:
     limitations: str
     path: Path
     order: int  # position in the rule set; breaks ties between cards of the same indicator
-    about_orders: bool = False  # about an order being placed: shown first among cards of its indicator
+    merges_with: tuple[str, ...] = ()  # other groups whose firings join this rule's card when it fires
 
 
 def binding_name(block: str) -> str:

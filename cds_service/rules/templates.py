@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from ..facts.model import Finding, LabResult, MedicationUse
-from .criteria import Absence, Evidence, Match, Pairing, Timing
+from .criteria import Absence, Age, Evidence, Match, Pairing, Timing
 from .model import (
+    AgeCriterion,
     CompositeCriterion,
     Criterion,
     InteractionCriterion,
@@ -34,6 +35,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "finding": frozenset({"names", "date"}),
     "interaction": frozenset({"first", "second", "note"}),
     "timing": frozenset({"span", "points"}),
+    "age": frozenset({"years"}),
     "mixed": frozenset({"date"}),  # a composite of different kinds: only {name} and {name.date}
 }
 NO_RANGE = "no reference range"
@@ -48,6 +50,7 @@ _NAMES = {  # how card text names an analyte (others: the name with spaces, capi
     "vitamin_d": "25-OH vitamin D",
     "vitamin_b12": "Vitamin B12",
     "calcium_corrected": "Albumin-corrected calcium",
+    "calcium_uncorrected": "Total calcium, not albumin-corrected,",
     "calcium_ionized": "Ionized calcium",
 }
 
@@ -63,6 +66,8 @@ def criterion_kind(criterion: Criterion) -> str:
         return "interaction"
     if isinstance(criterion, TimingCriterion):
         return "timing"
+    if isinstance(criterion, AgeCriterion):
+        return "age"
     return "medication" if isinstance(criterion, MedicationCriterion) else "finding"
 
 
@@ -141,13 +146,15 @@ def field_value(evidence: Sequence[Evidence], field: str | None) -> str:
         if field == "results":
             return _join([_result(e) for e in evidence if isinstance(e, LabResult)])
         return _lab_field(first, field)
+    if isinstance(first, Age):
+        return str(first.years) if field == "years" else f"aged {first.years}"
     if isinstance(first, Absence):
         analyte = running(analyte_name(first.analyte))
         if field == "analyte":
             return analyte
         if field == "within":
             return _window(first.within_text)
-        return f"no {analyte} in the last {_window(first.within_text)}"
+        return f"no {analyte} {_absence_span(first)}"
     if isinstance(first, Pairing):
         pairs = [e for e in evidence if isinstance(e, Pairing)]
         if field == "note":
@@ -235,6 +242,13 @@ def evidence_date(evidence: Evidence) -> datetime | None:
     return None
 
 
+def _absence_span(absence: Absence) -> str:
+    """Where a result is missing: in the look-back, or since the cramps began (older ones did not count)."""
+    if absence.since is not None:
+        return f"since the cramps began ({_day(absence.since)})"
+    return f"in the last {_window(absence.within_text)}"
+
+
 def _window(text: str) -> str:
     match = re.fullmatch(r"P(\d+)([YMWD])", text)
     if not match:
@@ -269,9 +283,11 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
         if evidence.ref_high and evidence.value > evidence.ref_high:
             text += f", {evidence.value / evidence.ref_high:.1f}× the upper limit"
         return f"{text}, {_day(evidence.effective)}"
+    if isinstance(evidence, Age):
+        return f"{label}age **{evidence.years} years** (born {evidence.birth_date.isoformat()})"
     if isinstance(evidence, Absence):
         analyte = markdown(running(analyte_name(evidence.analyte)))
-        return f"{label}no {analyte} result in the last {_window(evidence.within_text)}"
+        return f"{label}no {analyte} result {_absence_span(evidence)}"
     if isinstance(evidence, Pairing):
         # the note is the value set's own text (not patient data): shown as written
         return f"{label}{_medication(evidence.first)} with {_medication(evidence.second)}: {evidence.note}"

@@ -25,7 +25,6 @@ from ..rules.engine import IssuedCard
 from ..rules.templates import analyte_name, evidence_date, timing_text, unit_text, value_text
 from ..wire.errors import CdsError
 from ..wire.services import Service
-from .deployment import deployment_of
 from .lines import Lines
 from .routing import Router
 from .tally import Tally
@@ -74,7 +73,6 @@ def evaluate_partition(
     service = runtime.registry.for_hook(hook)
     if service is None:
         raise ValueError(f"no service answers {hook}")
-    deployments = {rule.id: deployment_of(rule, runtime.settings) for rule in runtime.ruleset.rules}
     single = router.single_keys()
     tally, rows = Tally(), []
     for patient, items in groups:
@@ -87,16 +85,18 @@ def evaluate_partition(
         if issued is None:
             continue
         tally.cards_per_patient[len(issued)] += 1
-        for card in issued:
-            evidence = [(evidence_value(item), evidence_date(item)) for item in card.evidence]
+        for card, deployment in issued:
+            evidence = [(evidence_value(item), evidence_date(item)) for item in card.evidence_items]
             tally.cards[card.rule_id, card.indicator] += 1
             tally.evidence.update((card.rule_id, value) for value in {v for v, _d in evidence})
-            rows.append(_row(patient, card, deployments[card.rule_id], evidence))
+            rows.append(_row(patient, card, deployment, evidence))
     return [(tally, rows)]
 
 
-def _answer(runtime: Runtime, service: Service, body: bytes, tally: Tally) -> list[IssuedCard] | None:
-    """The hook's cards for ``body``; None (counted with the reason) when the call is refused or fails."""
+def _answer(runtime: Runtime, service: Service, body: bytes, tally: Tally) -> list[tuple[IssuedCard, str]] | None:
+    """The hook's cards for ``body`` with their deployment: the cards it shows (active rules), then its silent
+    rules' would-be cards; None (counted with the reason) when the call is refused or fails. No repeat check:
+    a scan has no earlier calls."""
     try:
         request = read_request(runtime, body)
         validate_envelope(request)
@@ -109,7 +109,7 @@ def _answer(runtime: Runtime, service: Service, body: bytes, tally: Tally) -> li
         tally.not_evaluated[f"the hook call failed: {type(exc).__name__}"] += 1
         return None
     tally.incomplete.update(answer.record.warnings)
-    return answer.issued
+    return [(card, "active") for card in answer.issued] + [(card, "silent") for card in answer.silent]
 
 
 def _row(

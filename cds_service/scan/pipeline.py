@@ -28,7 +28,6 @@ from dask.delayed import delayed
 from distributed import Client, LocalCluster, as_completed
 
 from ..evaluation import Runtime
-from .deployment import deployment_of
 from .lines import READ, Block, Lines, read_block
 from .patients import evaluate_partition
 from .routing import Router
@@ -192,7 +191,8 @@ class Progress:
 
 def rules_of(runtime: Runtime, hook: str) -> list[tuple[str, str, str]]:
     """(id, title, deployment) of every rule of ``hook``, in rule order."""
-    return [(r.id, r.title, deployment_of(r, runtime.settings)) for r in runtime.ruleset.rules if hook in r.hooks]
+    deployment = runtime.governance.deployment
+    return [(r.id, r.title, deployment[r.id]) for r in runtime.ruleset.rules if hook in r.hooks]
 
 
 def _first(item: tuple[Any, ...]) -> Any:

@@ -100,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         app = create_app(settings)  # loads and checks rules, value sets and the database before any port is opened
-        _serve_metrics_apart(settings)
+        _serve_metrics_apart(settings, app)
     except Exception:
         remove_metrics_dir()
         raise
@@ -113,15 +113,16 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_metrics_apart(settings: Settings) -> None:
+def _serve_metrics_apart(settings: Settings, app: Any) -> None:
     """With ``metrics_bind``, serve the metrics on that address from this (gunicorn's master) process."""
-    from .metrics import metrics_address, serve_metrics
+    from ..api.state import EXTENSION_KEY
+    from .metrics import FiringRateAnomalies, metrics_address, serve_metrics
 
     address = metrics_address(settings)
     if address is None:
         return
     try:
-        serve_metrics(address)
+        serve_metrics(address, FiringRateAnomalies(app.extensions[EXTENSION_KEY].firing_rate_anomalies))
     except OSError as exc:
         problem = exc.strerror or exc
         raise ConfigError(f"metrics_bind = {settings.metrics_bind!r}: cannot listen there ({problem})") from None

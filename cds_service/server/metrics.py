@@ -14,7 +14,7 @@ prefetch keys), never from request data, so the number of series stays bounded.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,7 +25,9 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from ..config import Settings, host_and_port
 
@@ -39,7 +41,12 @@ REQUEST_SECONDS = Histogram(
     ["endpoint", "service", "status"],
     buckets=LATENCY_BUCKETS,
 )
-CARDS = Counter("cds_cards", "Cards returned to the EHR, by rule and indicator.", ["rule", "indicator"])
+CARDS = Counter(
+    "cds_cards",
+    "Cards issued, by rule, indicator and deployment: active (returned to the EHR) or silent (recorded only).",
+    ["rule", "indicator", "deployment"],
+)
+REPEATS = Counter("cds_card_repeats", "Cards left out as repeats of a finding issued recently, by rule.", ["rule"])
 INCOMPLETE = Counter(
     "cds_hook_incomplete_records",
     "Hook calls answered while some prefetch key's data was partial or missing, by service.",
@@ -72,10 +79,15 @@ def observe_request(endpoint: str, service: str, status: int, seconds: float) ->
     REQUEST_SECONDS.labels(endpoint, service, str(status)).observe(seconds)
 
 
-def count_cards(service: str, cards: Iterable[tuple[str, str]], incomplete: bool) -> None:
-    """Count the (rule id, indicator) of each card sent, and the call if its record was incomplete."""
-    for rule, indicator in cards:
-        CARDS.labels(rule, indicator).inc()
+def count_cards(
+    service: str, cards: Iterable[tuple[str, str, str]], repeats: Iterable[str], incomplete: bool
+) -> None:
+    """Count the (rule id, indicator, deployment) of each card issued, the rule ids of the repeats left out, and
+    the call if its record was incomplete."""
+    for rule, indicator, deployment in cards:
+        CARDS.labels(rule, indicator, deployment).inc()
+    for rule in repeats:
+        REPEATS.labels(rule).inc()
     if incomplete:
         INCOMPLETE.labels(service).inc()
 
@@ -102,9 +114,37 @@ def count_feedback(service: str, outcomes: Iterable[str], repeats: int) -> None:
         FEEDBACK_REPEATS.labels(service).inc(repeats)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics text and its content type, added up over all workers in multiprocess mode."""
-    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+class FiringRateAnomalies(Collector):
+    """``cds_rule_firing_rate_anomaly``: ``check`` reads it from the database at each scrape (rule id -> flagged;
+    None leaves the gauge out), so it is one value for every worker and instance (cds_service.storage.analytics
+    explains the check)."""
+
+    def __init__(self, check: Callable[[], Mapping[str, bool] | None]) -> None:
+        self._check = check
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        anomalies = self._check()
+        if anomalies is None:
+            return
+        gauge = GaugeMetricFamily(
+            "cds_rule_firing_rate_anomaly",
+            "1 when the rule's firing rate today (cards per hook call, UTC day) is outside its usual band, else 0.",
+            labels=["rule"],
+        )
+        for rule, flagged in sorted(anomalies.items()):
+            gauge.add_metric([rule], 1.0 if flagged else 0.0)
+        yield gauge
+
+
+def exposition(extra: Collector | None = None) -> tuple[bytes, str]:
+    """The metrics text and its content type, added up over all workers in multiprocess mode, followed by what
+    ``extra`` collects."""
+    text = generate_latest(_registry())
+    if extra is not None:
+        own = CollectorRegistry(auto_describe=False)
+        own.register(extra)
+        text += generate_latest(own)
+    return text, CONTENT_TYPE_LATEST
 
 
 def _registry() -> CollectorRegistry:
@@ -122,9 +162,12 @@ def metrics_address(settings: Settings) -> tuple[str, int] | None:
     return host_and_port(settings.metrics_bind)
 
 
-def serve_metrics(address: tuple[str, int]) -> None:
-    """Serve the exposition of every worker at ``address`` from a thread of this process (``serve`` runs it in
-    gunicorn's master, before the workers are forked): prometheus-client's own HTTP server, which answers
-    nothing but the metrics."""
+def serve_metrics(address: tuple[str, int], extra: Collector | None = None) -> None:
+    """Serve the exposition of every worker, and what ``extra`` collects, at ``address`` from a thread of this
+    process (``serve`` runs it in gunicorn's master, before the workers are forked): prometheus-client's own HTTP
+    server, which answers nothing but the metrics."""
     host, port = address
-    start_http_server(port, addr=host, registry=_registry())
+    registry = _registry()
+    if extra is not None:
+        registry.register(extra)
+    start_http_server(port, addr=host, registry=registry)

@@ -1,13 +1,15 @@
 """The shared database (SQLAlchemy Core): SQLite by default, PostgreSQL when ``database_url`` says so.
 
-It holds what several workers and instances must agree on: clinician feedback and seen JWT ids (replay
-protection). Access tokens and JWTs themselves are never stored. The tables below are the code's model of the
-schema; the database gets them from the Alembic migrations (cds_service.storage.schema), which a test keeps equal.
+It holds what several workers and instances must agree on: clinician feedback, the cards issued (for
+analytics and the repeat check), hook calls per day, and seen JWT ids (replay protection). Access tokens and
+JWTs themselves are never stored. The tables below are the code's model of the schema; the database gets them
+from the Alembic migrations (cds_service.storage.schema), which a test keeps equal.
 """
 from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Date,
     DateTime,
     Engine,
     Index,
@@ -57,8 +59,25 @@ issued_cards = Table(
     Column("rule_id", String(128), nullable=False),
     Column("indicator", String(16), nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
+    # Since revision 0002 (empty or NULL in older rows): the UTC day of issued_at, for per-day analytics; whether
+    # the card was shown or only recorded (a silent rule); the hashed patient id; and the finding's fingerprint
+    # (cds_service.governance.finding_fingerprint), which the repeat check looks up.
+    Column("issued_on", Date, nullable=True),
+    Column("deployment", String(8), nullable=False, server_default="active"),
+    Column("patient", String(16), nullable=False, server_default=""),
+    Column("finding", String(64), nullable=False, server_default=""),
 )
 Index("ix_issued_cards_issued_at", issued_cards.c.issued_at)
+Index("ix_issued_cards_issued_on", issued_cards.c.issued_on)
+Index("ix_issued_cards_finding", issued_cards.c.finding, issued_cards.c.issued_at)
+
+hook_calls_daily = Table(  # hook calls answered per UTC day and service: the denominator of firing rates
+    "hook_calls_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("service_id", String(128), primary_key=True),
+    Column("calls", Integer, nullable=False),
+)
 
 seen_jti = Table(
     "seen_jti",
@@ -98,6 +117,18 @@ def insert_ignoring_duplicates(engine: Engine, table: Table, *unique_columns: st
         raise ValueError(f"unsupported database dialect {engine.dialect.name!r}: use SQLite or PostgreSQL")
     insert: Insert = dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique_columns) or None)
     return insert
+
+
+def add_to_counts(engine: Engine, table: Table, count_column: str) -> Insert:
+    """``INSERT`` into ``table`` that adds ``count_column`` to the row with the same primary key when there is one
+    (``ON CONFLICT DO UPDATE``), so several processes can add to one counter."""
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[engine.dialect.name]
+    insert = dialect.insert(table)
+    keys = [column.name for column in table.primary_key.columns]
+    adding: Insert = insert.on_conflict_do_update(
+        index_elements=keys, set_={count_column: table.c[count_column] + insert.excluded[count_column]}
+    )
+    return adding
 
 
 def is_reachable(engine: Engine) -> bool:

@@ -9,7 +9,15 @@ The first row queued after a write starts a timer; when it ends, everything queu
 transaction. Rows are also written when a reader in this process needs them (``flush``: the feedback and
 analytics endpoints) and when the process exits normally. A process that is killed outright loses at most one
 interval of these rows; the cards themselves and the feedback are unaffected. While the database is unreachable
-the rows wait, up to ``MAX_PENDING``, and are retried with the next batch.
+the rows wait, up to ``MAX_PENDING``, and are retried with the next batch. Hook calls are counted per day and
+service the same way (``hook_calls_daily``, the denominator of firing rates).
+
+The repeat check (``seen``) reads the database and this process's queue, so a card is known at once to the
+process that issued it and, to the other workers and instances, once its batch is written: within
+``issued_cards_flush_seconds``. Two calls for the same finding on two processes inside that interval can both
+show the card. While the database cannot be read, only this process's queue is known (the card shows), and after
+a failed read the database is left alone for ``RETRY_SECONDS``, so an unreachable database slows at most one hook
+call per process in that time.
 """
 from __future__ import annotations
 
@@ -17,20 +25,32 @@ import atexit
 import logging
 import os
 import threading
-from collections import deque
-from collections.abc import Iterable
-from datetime import datetime
-from typing import Any
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .database import insert_ignoring_duplicates, issued_cards
+from ..rules.model import INDICATOR_RANK
+from .database import add_to_counts, hook_calls_daily, insert_ignoring_duplicates, issued_cards
 
 log = logging.getLogger("cds_service.storage.issued_cards")
 
 MAX_PENDING = 100_000  # rows held while the database is unreachable (a few MB); older ones are dropped beyond it
 RETRY_SECONDS = 5.0  # after a failed write
+
+
+class IssuedRow(NamedTuple):
+    """One card issued: shown (``active``) or only recorded (``silent``), with its finding's fingerprint."""
+
+    card_uuid: str
+    rule_id: str
+    indicator: str
+    deployment: str = "active"
+    finding: str = ""
 
 
 class IssuedCardLog:
@@ -39,6 +59,7 @@ class IssuedCardLog:
     def __init__(self, engine: Engine, interval_seconds: float) -> None:
         self._engine = engine
         self._insert = insert_ignoring_duplicates(engine, issued_cards)
+        self._add_calls = add_to_counts(engine, hook_calls_daily, "calls")
         self._interval = interval_seconds
         self._pending: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING)
         self._write_lock = threading.Lock()
@@ -46,19 +67,51 @@ class IssuedCardLog:
         self._timer_pid: int | None = None  # the process with a write scheduled (gunicorn forks workers)
         self._exit_hook_pid: int | None = None
         self._dropped = 0  # rows pushed out of a full queue since the last report (reported with each write attempt)
+        self._calls: Counter[tuple[date, str]] = Counter()  # hook calls not written yet, by day and service
+        self._calls_lock = threading.Lock()
+        self._read_failed_at: float | None = None  # time.monotonic() of the last failed repeat-check read
 
-    def add(self, service_id: str, cards: Iterable[tuple[str, str, str]], at: datetime) -> None:
-        """Queue one row per card (card uuid, rule id, indicator) issued by ``service_id`` at ``at``."""
-        rows = [
-            {"card_uuid": uuid, "service_id": service_id, "rule_id": rule, "indicator": ind, "issued_at": at}
-            for uuid, rule, ind in cards
-        ]
-        if not rows:
-            return
+    def add(self, service_id: str, cards: Iterable[tuple[str, ...]], at: datetime, patient: str = "") -> None:
+        """Count one hook call of ``service_id`` at ``at`` (UTC) and queue one row per card it issued (an
+        ``IssuedRow``, or its first fields); ``patient`` is the hashed patient id."""
+        day = at.astimezone(UTC).date()
+        call = {"service_id": service_id, "issued_at": at, "issued_on": day, "patient": patient}
+        rows = [{**call, **IssuedRow(*card)._asdict()} for card in cards]
+        with self._calls_lock:
+            self._calls[(day, service_id)] += 1
         self._dropped += max(len(self._pending) + len(rows) - MAX_PENDING, 0)
         self._pending.extend(rows)
         if self._timer_pid != os.getpid():
             self._schedule()
+
+    def seen(self, since: Mapping[str, datetime]) -> dict[str, str]:
+        """For each finding fingerprint, the most severe indicator it was issued with since its time in ``since``:
+        from this process's queue and the database (only the queue while the database cannot be read)."""
+        found: dict[str, str] = {}
+
+        def note(finding: str, issued_at: datetime, indicator: str) -> None:
+            earlier = found.get(finding)
+            if issued_at >= since[finding] and (earlier is None or INDICATOR_RANK[indicator] < INDICATOR_RANK[earlier]):
+                found[finding] = indicator
+
+        for row in list(self._pending):
+            if row["finding"] in since:
+                note(row["finding"], row["issued_at"], row["indicator"])
+        failed = self._read_failed_at
+        if failed is not None and time.monotonic() - failed < RETRY_SECONDS:
+            return found
+        query = select(issued_cards.c.finding, issued_cards.c.issued_at, issued_cards.c.indicator).where(
+            issued_cards.c.finding.in_(list(since)), issued_cards.c.issued_at >= min(since.values())
+        )
+        try:
+            with self._engine.connect() as conn:
+                for finding, issued_at, indicator in conn.execute(query):
+                    note(finding, _aware(issued_at), indicator)
+            self._read_failed_at = None
+        except SQLAlchemyError as exc:
+            self._read_failed_at = time.monotonic()
+            log.warning("repeat check without the database (cards may repeat): %s", type(exc).__name__)
+        return found
 
     @property
     def pending(self) -> int:
@@ -68,16 +121,24 @@ class IssuedCardLog:
         """Write every queued row now, in one transaction; on a database error the rows stay queued and it raises."""
         with self._write_lock:
             batch = [self._pending.popleft() for _ in range(len(self._pending))]
+            with self._calls_lock:
+                calls, self._calls = self._calls, Counter()
             if self._dropped:
                 log.error("%d issued-card rows were dropped from a full queue (database unreachable)", self._dropped)
                 self._dropped = 0
-            if not batch:
+            if not batch and not calls:
                 return
             try:
                 with self._engine.begin() as conn:
-                    conn.execute(self._insert, batch)
+                    if batch:
+                        conn.execute(self._insert, batch)
+                    if calls:
+                        counts = [{"day": d, "service_id": service, "calls": n} for (d, service), n in calls.items()]
+                        conn.execute(self._add_calls, counts)
             except SQLAlchemyError as exc:
                 self._pending.extendleft(reversed(batch))
+                with self._calls_lock:
+                    self._calls.update(calls)
                 log.warning("issued cards not written yet (%d queued): %s", len(self._pending), type(exc).__name__)
                 raise
 
@@ -109,3 +170,8 @@ class IssuedCardLog:
         except SQLAlchemyError:
             if self._pending:
                 self._schedule(max(RETRY_SECONDS, self._interval))
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back the UTC times it was given without their zone."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -24,9 +24,10 @@
 //                                               answer with an OperationOutcome and the given status, answer
 //                                               with broken JSON, or redirect (302) to location
 //   GET  /__control/requests                   the FHIR requests received since the last reset:
-//                                               [{"method", "url", "authorization", "authorized"}]: whether
-//                                               an Authorization header came, and whether it passed (never
-//                                               the header itself)
+//                                               [{"method", "url", "form", "authorization", "authorized"}]:
+//                                               the form body of a POST _search ("" for other requests),
+//                                               whether an Authorization header came, and whether it passed
+//                                               (never the header itself)
 //
 // Facts about Medplum's engine that shape this file: it evaluates each R4 search parameter through its shared
 // expression (a union over every resource type the parameter is defined on), so the expressions are narrowed
@@ -144,6 +145,7 @@ async function handle(req, res) {
   state.requests.push({
     method: req.method,
     url: url.pathname + url.search,
+    form: (req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded') ? body : '',
     authorization: 'authorization' in req.headers,
     authorized,
   });

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,8 @@ class FhirTestServer:
         self._control("fault", {"kind": "redirect", "location": location, "count": count})
 
     def requests(self) -> list[dict[str, Any]]:
-        """The FHIR requests since the last reset: ``{"method", "url", "authorization", "authorized"}`` each."""
+        """The FHIR requests since the last reset: ``{"method", "url", "form", "authorization", "authorized"}``
+        each (``form``: the form body of a POST ``_search``, else empty)."""
         resp = self._http.get(f"{self.control_url}/requests", timeout=10)
         resp.raise_for_status()
         return resp.json()
@@ -120,9 +122,9 @@ def _start() -> tuple[subprocess.Popen[str], dict[str, str]]:
     return process, json.loads(first_line[0])
 
 
-@pytest.fixture(scope="session")
-def fhir_server_process() -> Iterator[FhirTestServer]:
-    """The session's test FHIR server process (use ``fhir_server``, which also empties it per test)."""
+@contextmanager
+def running_fhir_server() -> Iterator[FhirTestServer]:
+    """A test FHIR server process for the duration of the block (also used by bench/bench_partial_prefetch.py)."""
     process, where = _start()
     server = FhirTestServer(where["listening"], where["control"])
     try:
@@ -135,6 +137,13 @@ def fhir_server_process() -> Iterator[FhirTestServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+
+
+@pytest.fixture(scope="session")
+def fhir_server_process() -> Iterator[FhirTestServer]:
+    """The session's test FHIR server process (use ``fhir_server``, which also empties it per test)."""
+    with running_fhir_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 
+from .governance import EVERY_CALL_ANEW, as_environment
 from .live import free_port, stop_process, wait_until_answering
 
 START_SECONDS = 60
@@ -99,7 +100,12 @@ class ServiceInstance:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cds_service.server.cli", "serve",
              "--port", str(self.port), "--workers", str(workers)],
-            env={**os.environ, "CDS_DATA_DIR": str(home / f"data-{self.port}"), **env},
+            env={
+                **os.environ,
+                "CDS_DATA_DIR": str(home / f"data-{self.port}"),
+                **as_environment(EVERY_CALL_ANEW),
+                **env,
+            },
             cwd=home,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import requests
 
+from .governance import EVERY_CALL_ANEW, as_environment
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -51,7 +53,7 @@ def serve(
 ) -> Iterator[str]:
     """Start ``cds-service serve`` with its own data directory; yield its base URL; stop it afterwards."""
     port = free_port()
-    environment = {**os.environ, "CDS_DATA_DIR": str(tmp / "data"), **(env or {})}
+    environment = {**os.environ, "CDS_DATA_DIR": str(tmp / "data"), **as_environment(EVERY_CALL_ANEW), **(env or {})}
     log = open(tmp / f"serve-{port}.log", "wb")  # noqa: SIM115 - open while the server runs; closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "cds_service.server.cli", "serve",

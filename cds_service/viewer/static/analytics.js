@@ -1,4 +1,5 @@
-// The feedback analytics page: GET /analytics for a period of days and a table per rule.
+// The feedback analytics page: GET /analytics for a period of days; a table per rule (with the firing-rate
+// flag), one per day, and one per rule and day.
 
 import { requestJson } from "./api.js";
 
@@ -22,6 +23,27 @@ function percent(part, whole) {
   return whole ? `${Math.round((100 * part) / whole)}%` : "–";
 }
 
+function ratio(value) {
+  return value === null || value === undefined ? "–" : value.toFixed(2);
+}
+
+// Today's (the period's last day's) firing rate against the rule's usual band; flagged rules say so in words.
+function firingCell(rule) {
+  const td = document.createElement("td");
+  const rate = rule.firingRate;
+  if (!rate || rate.rate === null) {
+    td.textContent = "–";
+    return td;
+  }
+  const band = rate.band ? ` (usual ${ratio(rate.band.low)}–${ratio(rate.band.high)})` : " (too little data for a band)";
+  td.textContent = `${ratio(rate.rate)} per call on ${rate.day}${band}`;
+  if (rate.flagged) {
+    td.className = "flagged";
+    td.prepend(cell("strong", "Unusual firing rate: "));
+  }
+  return td;
+}
+
 function reasonsCell(rule) {
   const td = document.createElement("td");
   const list = document.createElement("ul");
@@ -34,41 +56,94 @@ function reasonsCell(rule) {
   return td;
 }
 
-function render(report) {
-  const table = document.createElement("table");
-  table.className = "report";
+function table(headings, rows, footer) {
+  const node = document.createElement("table");
+  node.className = "report";
   const head = document.createElement("thead");
-  head.append(
-    row("th", [
-      ["Rule"], ["Shown", "number"], ["Critical / warning / info", "number"], ["Accepted", "number"],
-      ["Overridden", "number"], ["No feedback", "number"], ["Override rate", "number"], ["Override reasons"],
-    ]),
-  );
+  head.append(row("th", headings));
   const body = document.createElement("tbody");
-  for (const rule of report.rules) {
+  body.append(...rows);
+  node.append(head, body);
+  if (footer) {
+    const foot = document.createElement("tfoot");
+    foot.append(footer);
+    node.append(foot);
+  }
+  return node;
+}
+
+function rulesTable(report) {
+  const rows = report.rules.map((rule) => {
     const tr = row("td", [
       [rule.ruleId],
+      [rule.deployment || "–"],
       [String(rule.shown), "number"],
+      [String(rule.silent), "number"],
       [`${rule.shownByIndicator.critical} / ${rule.shownByIndicator.warning} / ${rule.shownByIndicator.info}`, "number"],
       [String(rule.accepted), "number"],
       [String(rule.overridden), "number"],
       [String(rule.noFeedback), "number"],
+      [percent(rule.accepted, rule.shown), "number"],
       [percent(rule.overridden, rule.shown), "number"],
     ]);
     tr.dataset.ruleId = rule.ruleId;
-    tr.append(reasonsCell(rule));
-    body.append(tr);
-  }
-  const foot = document.createElement("tfoot");
+    if (rule.firingRate && rule.firingRate.flagged) tr.dataset.flagged = "true";
+    tr.append(reasonsCell(rule), firingCell(rule));
+    return tr;
+  });
   const totals = report.totals;
-  foot.append(
-    row("td", [
-      ["All rules"], [String(totals.shown), "number"], [""], [String(totals.accepted), "number"],
-      [String(totals.overridden), "number"], [""], [percent(totals.overridden, totals.shown), "number"], [""],
-    ]),
+  const footer = row("td", [
+    ["All rules"], [""], [String(totals.shown), "number"], [String(totals.silent), "number"], [""],
+    [String(totals.accepted), "number"], [String(totals.overridden), "number"], [""],
+    [percent(totals.accepted, totals.shown), "number"], [percent(totals.overridden, totals.shown), "number"], [""], [""],
+  ]);
+  return table(
+    [
+      ["Rule"], ["Deployment"], ["Shown", "number"], ["Silent firings", "number"],
+      ["Critical / warning / info", "number"], ["Accepted", "number"], ["Overridden", "number"],
+      ["No feedback", "number"], ["Acceptance rate", "number"], ["Override rate", "number"], ["Override reasons"],
+      ["Firing rate"],
+    ],
+    rows,
+    footer,
   );
-  table.append(head, body, foot);
-  const parts = [report.rules.length ? table : cell("p", "No cards were shown in this period.", "no-cards")];
+}
+
+function daysTable(report) {
+  const rows = report.days.map((day) => {
+    const tr = row("td", [
+      [day.day], [String(day.hookCalls), "number"], [String(day.shown), "number"], [String(day.silent), "number"],
+      [ratio(day.cardsPerCall), "number"],
+    ]);
+    tr.dataset.day = day.day;
+    return tr;
+  });
+  return table(
+    [["Day (UTC)"], ["Hook calls", "number"], ["Cards shown", "number"], ["Silent firings", "number"],
+      ["Cards per call", "number"]],
+    rows,
+  );
+}
+
+function ruleDaysTable(report) {
+  const rows = report.rules.flatMap((rule) =>
+    rule.days.map((day) =>
+      row("td", [[day.day], [rule.ruleId], [String(day.shown), "number"], [String(day.silent), "number"]]),
+    ),
+  );
+  return table([["Day (UTC)"], ["Rule"], ["Shown", "number"], ["Silent firings", "number"]], rows);
+}
+
+function render(report) {
+  const flagged = report.flaggedRules;
+  const parts = [];
+  if (flagged.length) {
+    parts.push(cell("p", `Unusual firing rate today: ${flagged.join(", ")}.`, "flagged"));
+  }
+  parts.push(report.rules.length ? rulesTable(report) : cell("p", "No cards were shown in this period.", "no-cards"));
+  if (report.days.length) {
+    parts.push(cell("h3", "Per day"), daysTable(report), cell("h3", "Per rule and day"), ruleDaysTable(report));
+  }
   const orphans = report.unattributedFeedback;
   if (orphans.accepted || orphans.overridden) {
     parts.push(
