@@ -13,14 +13,14 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, assert_never
 
 import orjson
 
 from ..config import Settings
 from ..evaluation import Runtime, answer_hook, read_request, validate_envelope
 from ..facts.model import Finding, LabResult, MedicationUse
-from ..rules.criteria import Absence, Evidence, Pairing, Timing
+from ..rules.criteria import Absence, Age, Evidence, Pairing, Timing
 from ..rules.engine import IssuedCard
 from ..rules.templates import analyte_name, evidence_date, timing_text, unit_text, value_text
 from ..wire.errors import CdsError
@@ -141,4 +141,6 @@ def evidence_value(item: Evidence) -> str:
         return f"{item.first.name} with {item.second.name}"
     if isinstance(item, Timing):
         return timing_text(item)
-    raise TypeError(f"unknown evidence {type(item).__name__}")
+    if isinstance(item, Age):
+        return f"age {item.years}"
+    assert_never(item)  # a new kind of evidence must be named here (mypy checks that every kind is)
