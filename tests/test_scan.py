@@ -19,6 +19,7 @@ import pytest
 import requests
 from support.browser import browser, page, page_errors, screenshot  # noqa: F401 (fixtures)
 from support.bulk import (
+    BUNDLES,
     GENERATED,
     NOW,
     REQUESTS,
@@ -115,7 +116,8 @@ def test_the_scan_runs_quietly_without_a_terminal(local_run) -> None:
     result, out = local_run
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"scan: {46 + GENERATED} patients scanned")
+    patients = len(list(BUNDLES.glob("*.json"))) + GENERATED
+    assert result.stderr.strip().splitlines()[-1].startswith(f"scan: {patients} patients scanned")
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "summary.json", "worklist.ndjson"]
 
 
