@@ -3,14 +3,14 @@ suggestions with FHIR R4 resources, coded override reasons. No null or empty ele
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..facts.model import MedicationUse, PatientFacts
-from .criteria import Match
+from .criteria import Evidence, Match
 from .expression import Tri
-from .model import Action, Reference, Rule, Section, SuggestionTemplate, binding_name
+from .model import Action, Criterion, Reference, Rule, Section, SuggestionTemplate, binding_name
 from .templates import evidence_line, markdown, plain, render
 from .uuids import random_uuid
 
@@ -93,6 +93,20 @@ def evidence_lines(firing: Firing) -> list[str]:
     means both a cramp and a spasm (ICD-10-CM R25.2) is two findings, one per concept, but one entry in the chart.
     """
     lines: list[str] = []
+    for criterion, item in _labelled_evidence(firing):
+        line = evidence_line(criterion, item)
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def evidence_of(firing: Firing) -> list[Evidence]:
+    """The evidence the card's Findings list shows, each piece once, in the order shown."""
+    return [item for _criterion, item in _labelled_evidence(firing)]
+
+
+def _labelled_evidence(firing: Firing) -> Iterator[tuple[Criterion, Evidence]]:
+    """Each piece of evidence of the blocks that matched, with the first block that matched it (its label)."""
     seen: list[object] = []
     for name, criterion in firing.rule.criteria.items():
         if name.startswith("exclude_") or firing.states.get(name) is not True:
@@ -100,10 +114,7 @@ def evidence_lines(firing: Firing) -> list[str]:
         for item in firing.matches[binding_name(name)].evidence:
             if item not in seen:
                 seen.append(item)
-                line = evidence_line(criterion, item)
-                if line not in lines:
-                    lines.append(line)
-    return lines
+                yield criterion, item
 
 
 def _suggestions(firing: Firing, facts: PatientFacts, *, recommend: bool) -> list[dict[str, Any]]:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..facts.model import PatientFacts
-from .cards import Firing, build_card, evidence_lines
-from .criteria import Memo, shared_criteria
+from .cards import Firing, build_card, evidence_lines, evidence_of
+from .criteria import Evidence, Memo, shared_criteria
 from .criteria import evaluate as evaluate_criterion
 from .expression import Tri
 from .loader import (
@@ -45,6 +45,7 @@ class IssuedCard:
     card: dict[str, Any]
     related: tuple[str, ...] = ()  # ids of rules about the same problem whose findings were merged in
     evidence: tuple[str, ...] = ()  # the card's evidence lines (Markdown): what the repeat check compares
+    evidence_items: tuple[Evidence, ...] = ()  # the same evidence as data (the population scan reports it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,4 +176,5 @@ def _issue(group: Sequence[Firing], facts: PatientFacts) -> IssuedCard:
         card=build_card(primary, related, facts),
         related=tuple(f.rule.id for f in related),
         evidence=tuple(evidence_lines(primary)),
+        evidence_items=tuple(evidence_of(primary)),
     )

@@ -140,7 +140,7 @@ def field_value(evidence: Sequence[Evidence], field: str | None) -> str:
     """
     first = evidence[0]
     if field == "date":
-        dates = [d for d in (_evidence_date(e) for e in evidence) if d]
+        dates = [d for d in (evidence_date(e) for e in evidence) if d]
         return _day(max(dates, key=_utc)) if dates else _day(None)
     if isinstance(first, LabResult):
         if field == "results":
@@ -229,7 +229,8 @@ def timing_text(timing: Timing) -> str:
             f"{_SINCE[timing.since]} {timing.medication.name} ({_points(timing.points)})")
 
 
-def _evidence_date(evidence: Evidence) -> datetime | None:
+def evidence_date(evidence: Evidence) -> datetime | None:
+    """When a piece of evidence happened (a lab drawn, a drug ordered, a finding dated); None when it is undated."""
     if isinstance(evidence, LabResult):
         return evidence.effective
     if isinstance(evidence, MedicationUse):

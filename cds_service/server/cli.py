@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -176,6 +177,57 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+SCAN_INSTALL = "pip install 'cds-service[scan]'"
+
+
+def _scan(args: argparse.Namespace) -> int:
+    """Exit 0 when patients were scanned, 1 when none could be (the summary says why), 2 for bad arguments."""
+    try:
+        from ..scan.command import ScanRequest, report_line, scan
+        from ..scan.export import ExportFailed
+        from ..scan.routing import TemplateNotSupported
+        from ..scan.source import SourceError
+    except ModuleNotFoundError as missing:
+        if (missing.name or "").split(".")[0] in {"dask", "distributed"}:
+            print(f"cds-service scan needs Dask: {SCAN_INSTALL}", file=sys.stderr)
+            return 2
+        raise
+    settings = load_config(args.config, overrides={"now": args.now} if args.now else None)
+    configure_logging(settings.log_level)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's start and stop are not news
+    request = ScanRequest(
+        source=args.source,
+        out=Path(args.out),
+        settings=settings,
+        hook=args.hook,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        pseudonymise=args.pseudonymise,
+        block_size=args.block_size,
+        progress=sys.stderr.isatty(),
+        group=args.group,
+        patient_level=args.patient_level,
+        since=args.since,
+        export_dir=Path(args.export_dir) if args.export_dir else None,
+    )
+    try:
+        summary = scan(request)
+    except ExportFailed as error:
+        print(f"cds-service scan: the export failed, nothing was scanned: {error}", file=sys.stderr)
+        return 1
+    except (SourceError, TemplateNotSupported) as error:
+        print(f"cds-service scan: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the scheduler cannot be reached, the output folder cannot be written
+        print(f"cds-service scan: {error}", file=sys.stderr)
+        return 2
+    print(report_line(summary), file=sys.stderr)
+    if summary["patients"]["scanned"] == 0:
+        print("cds-service scan: no patient could be scanned (summary.json says why)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _config_show(args: argparse.Namespace) -> int:
     print(json.dumps(masked_settings(load_config(args.config)), indent=2))
     return 0
@@ -185,6 +237,13 @@ def _rules_check(args: argparse.Namespace) -> int:
     from ..rules.check import run_check
 
     return run_check(Path(args.rules_dir) if args.rules_dir else None)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help="TOML configuration file")
     evaluate.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
     evaluate.set_defaults(run=_evaluate)
+
+    scan = commands.add_parser("scan", help="run the rules over a Bulk FHIR export, patient by patient, on Dask")
+    scan.add_argument("source", help="folder of Bulk FHIR NDJSON files (.ndjson, .ndjson.gz), or a FHIR server's "
+                      "base URL to export from (Bulk Data $export; token in CDS_SCAN_BEARER_TOKEN)")
+    scan.add_argument("--out", required=True, help="output folder (worklist.ndjson, summary.json, report.html)")
+    scan.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
+    scan.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
+    scan.add_argument("--workers", type=_positive, help="local worker processes (default: one per core)")
+    scan.add_argument("--hook", default="patient-view", choices=["patient-view"], help="the hook to answer")
+    scan.add_argument("--pseudonymise", action="store_true", help="HMAC-SHA256 pseudonyms for patient ids")
+    scan.add_argument("--block-size", type=_positive, help="bytes of NDJSON per task (default 64 MiB)")
+    scan.add_argument("--group", help="with a server: export this Group's patients (Group/ID/$export)")
+    scan.add_argument("--patient-level", action="store_true", help="with a server: Patient/$export")
+    scan.add_argument("--since", help="with a server: only resources changed since (the export's _since)")
+    scan.add_argument("--export-dir", help="with a server: where to save the export (default OUT/export)")
+    scan.add_argument("--config", help="TOML configuration file (also CDS_CONFIG)")
+    scan.set_defaults(run=_scan)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)

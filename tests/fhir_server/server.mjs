@@ -9,6 +9,11 @@
 // to --page-size and is capped at --max-count; each page carries self/first/next/previous links.
 // With --token (or POST /__control/token), FHIR requests need "Authorization: Bearer <token>" or get 401.
 //
+// Bulk Data export (a minimal $export for the population scan): GET [base]/$export, [base]/Patient/$export or
+// [base]/Group/<id>/$export with _type and _since answers 202 with Content-Location; the status URL answers 202
+// with Retry-After: 1 for the first --export-polls polls (default 2), then the manifest; each output file is
+// NDJSON of one type. The token, faults and request log apply to all of them.
+//
 // Test controls (JSON bodies, answered with the current state):
 //   POST /__control/reset                      empty the repository, clear faults, the token and the request log
 //   POST /__control/token     {"token": s|null} require this bearer token (null: open server)
@@ -57,6 +62,7 @@ const { values: options } = parseArgs({
     'page-size': { type: 'string', default: '10' },
     'max-count': { type: 'string', default: '100' },
     token: { type: 'string' },
+    'export-polls': { type: 'string', default: '2' },
   },
 });
 const pageSize = Number.parseInt(options['page-size'], 10);
@@ -148,7 +154,64 @@ async function handle(req, res) {
     res.setHeader('WWW-Authenticate', 'Bearer realm="fhir"');
     return send(res, 401, outcome('login', 'A valid bearer token is required'));
   }
+  const exported = url.pathname.slice(BASE_PATH.length).match(EXPORT_PATH);
+  if (req.method === 'GET' && exported) return bulkExport(exported, url, baseUrl(req), res);
   return fhir(req, url, body, res);
+}
+
+// --- Bulk Data export -------------------------------------------------------------------------------------
+
+const EXPORT_PATH = /^\/(?:(?:Patient|Group\/([^/]+))\/)?\$export$|^\/__export\/(status|files)\/(\d+)(?:\/(\w+)\.ndjson)?$/;
+const exportJobs = new Map(); // job id -> { polls, request, files: {type: [resources]} }
+
+async function bulkExport(match, url, base, res) {
+  const [, group, what, job, fileType] = match;
+  if (!what) return kickOff(group, url, base, res);
+  const found = exportJobs.get(job);
+  if (!found) return send(res, 404, outcome('not-found', `No export job ${job}`));
+  if (what === 'files') {
+    const lines = (found.files[fileType] ?? []).map((r) => JSON.stringify(r) + '\n').join('');
+    res.writeHead(200, { 'Content-Type': 'application/fhir+ndjson' });
+    return res.end(lines);
+  }
+  if (found.polls > 0) {
+    found.polls--;
+    res.writeHead(202, { 'Retry-After': '1', 'X-Progress': 'exporting' });
+    return res.end();
+  }
+  const output = Object.entries(found.files).map(([type, resources]) => (
+    { type, url: `${base}/__export/files/${job}/${type}.ndjson`, count: resources.length }));
+  return send(res, 200, { transactionTime: found.time, request: found.request, requiresAccessToken: !!state.token,
+    output, error: [] }, 'application/json');
+}
+
+async function kickOff(group, url, base, res) {
+  const types = (url.searchParams.get('_type') ?? 'Patient,Observation,Condition').split(',').filter(Boolean);
+  const since = url.searchParams.get('_since');
+  let members = null;
+  if (group) {
+    const [result, found] = await router.handleRequest(
+      { method: 'GET', url: `Group/${group}`, pathname: '', params: {}, query: {} }, repo);
+    if (!found) return send(res, getStatus(result), result);
+    members = new Set((found.member ?? []).map((m) => m.entity?.reference?.replace(/^Patient\//, '')));
+  }
+  const files = {};
+  for (const type of types) {
+    if (!getSearchParameters(type)) return send(res, 400, outcome('not-supported', `Unknown _type ${type}`));
+    const found = await repo.search({ resourceType: type, count: 1000000 });
+    files[type] = (found.entry ?? []).map((e) => e.resource).filter((r) => (
+      (!since || (r.meta?.lastUpdated ?? '') >= since) && (!members || members.has(exportedPatient(r)))));
+  }
+  const job = String(exportJobs.size + 1);
+  exportJobs.set(job, { polls: Number.parseInt(options['export-polls'], 10), request: url.href, files,
+    time: new Date().toISOString() });
+  res.writeHead(202, { 'Content-Location': `${base}/__export/status/${job}` });
+  return res.end();
+}
+
+function exportedPatient(resource) {
+  if (resource.resourceType === 'Patient') return resource.id;
+  return (resource.subject ?? resource.patient)?.reference?.replace(/^Patient\//, '');
 }
 
 function readBody(req) {

@@ -30,9 +30,10 @@ CHROMIUM_ARGS = [
 __all__ = ["ARTIFACTS", "browser", "page", "page_errors", "screenshot"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per test module. Each module imports these fixtures, which makes each import its own
+    fixture: module scope ends one before the next starts (two sync Playwright instances cannot share a thread)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (Debian: apt-get install chromium); the browser tests need it")
     from playwright.sync_api import sync_playwright

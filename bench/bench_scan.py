@@ -1,0 +1,140 @@
+"""Benchmark of ``cds-service scan``: patients per second against a floor, scaling from one worker to two, and
+peak memory per worker as the population grows. Method and figures: bench/README.md ("Population scan").
+
+The population clones the project's fixture patients (cramps with the labs and drugs their rules read) as a
+minority among background patients (a few routine labs, a condition, sometimes a drug, no cramps), all with
+new ids, written as a Bulk export (one NDJSON file per type). The floor is the same Dask pipeline (read, parse
+each line for its patient, join Medications, shuffle by patient) that counts the patients instead of answering.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from cds_service.config import load_config
+from cds_service.evaluation import Runtime
+from cds_service.scan.pipeline import Plan, connect, run
+from cds_service.scan.source import open_source
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = "2026-11-01T00:00:00Z"
+CRAMPS_SHARE = 0.15  # patients cloned from a fixture (all of which document cramps)
+BACKGROUND_LABS = [("2823-3", "mmol/L", 3.2, 5.2), ("2951-2", "mmol/L", 132, 146), ("2160-0", "mg/dL", 0.6, 1.6),
+                   ("2345-7", "mg/dL", 70, 140), ("33914-3", "mL/min/{1.73_m2}", 40, 110)]
+
+
+def fixtures() -> list[list[dict[str, Any]]]:
+    return [[e["resource"] for e in json.loads(p.read_text())["entry"]]
+            for p in sorted((ROOT / "fixtures" / "bundles").glob("*.json"))]
+
+
+def clone(resources: list[dict[str, Any]], patient_id: str) -> list[dict[str, Any]]:
+    """A fixture patient under a new id (every id and patient reference rewritten)."""
+    text = json.dumps(resources)
+    old = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+    return json.loads(text.replace(old, patient_id))
+
+
+def background(rng: random.Random, patient_id: str) -> list[dict[str, Any]]:
+    subject = {"reference": f"Patient/{patient_id}"}
+    out: list[dict[str, Any]] = [{"resourceType": "Patient", "id": patient_id, "gender": rng.choice(["male", "female"]),
+                                  "birthDate": f"{rng.randint(1935, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}"}]
+    for n in range(rng.randint(5, 30)):
+        code, unit, low, high = rng.choice(BACKGROUND_LABS)
+        out.append({"resourceType": "Observation", "id": f"{patient_id}-lab-{n}", "status": "final",
+                    "subject": subject, "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                    "effectiveDateTime": f"20{rng.randint(19, 26)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+                    "valueQuantity": {"value": round(rng.uniform(low, high), 1), "unit": unit,
+                                      "system": "http://unitsofmeasure.org", "code": unit}})
+    out.append({"resourceType": "Condition", "id": f"{patient_id}-cond", "subject": subject,
+                "clinicalStatus": {"coding": [{"code": "active"}]}, "onsetDateTime": "2020-01-01",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}})  # hypertension
+    if rng.random() < 0.3:
+        out.append({"resourceType": "MedicationRequest", "id": f"{patient_id}-mr", "status": "active",
+                    "intent": "order", "subject": subject, "authoredOn": "2025-06-01",
+                    "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                              "code": "313988"}]}})
+    return out
+
+
+def write_population(folder: Path, patients: int, seed: int = 7) -> int:
+    rng = random.Random(seed)
+    templates = fixtures()
+    files: dict[str, Any] = {}
+    count = 0
+    lines: dict[str, list[str]] = defaultdict(list)
+    for number in range(patients):
+        pid = f"bench-{number}"
+        resources = clone(rng.choice(templates), pid) if rng.random() < CRAMPS_SHARE else background(rng, pid)
+        for item in resources:
+            lines[item["resourceType"]].append(json.dumps(item))
+            count += 1
+        if number % 1000 == 999 or number == patients - 1:  # flush: the generator never holds the population
+            for rtype, chunk in lines.items():
+                stream = files.get(rtype) or files.setdefault(rtype, (folder / f"{rtype}.ndjson").open("w"))
+                stream.write("\n".join(chunk) + "\n")
+            lines.clear()
+    for stream in files.values():
+        stream.close()
+    return count
+
+
+def measure(folder: Path, workers: int, *, evaluate: bool, block_size: int) -> dict[str, float]:
+    settings = load_config(None, overrides={"now": NOW})
+    runtime = Runtime.load(settings)
+    plan = Plan(open_source(folder), runtime, "patient-view", block_size=block_size, evaluate=evaluate)
+    with tempfile.TemporaryDirectory() as spool, connect(None, workers) as client:
+        client.run(lambda: copy.copy(0))  # every worker up before the clock starts
+        started = time.perf_counter()
+        outcome = run(plan, client, Path(spool), progress=False)
+        seconds = time.perf_counter() - started
+        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"patients": outcome.tally.patients, "seconds": seconds, "per_second": outcome.tally.patients / seconds,
+            "peak_mb": max(peaks.values())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--patients", type=int, default=10_000)
+    parser.add_argument("--small", type=int, default=2_000, help="the smaller population of the memory check")
+    parser.add_argument("--block-size", type=int, default=8 << 20)
+    args = parser.parse_args()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in (args.small, args.patients):
+            folder = Path(tmp) / str(size)
+            folder.mkdir()
+            resources = write_population(folder, size)
+            megabytes = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+            print(f"{size} patients: {resources} resources, {megabytes:.0f} MB NDJSON", file=sys.stderr)
+            runs = [("floor", 2, False), ("scan", 2, True)] + ([("scan", 1, True)] if size == args.patients else [])
+            for name, workers, evaluate in runs:
+                key = f"{name} {workers}w {size}"
+                results[key] = measure(folder, workers, evaluate=evaluate, block_size=args.block_size)
+                print(key, json.dumps({k: round(v, 2) for k, v in results[key].items()}), file=sys.stderr)
+    big, small = args.patients, args.small
+    ratio = results[f"scan 2w {big}"]["seconds"] / results[f"floor 2w {big}"]["seconds"]
+    speedup = results[f"scan 1w {big}"]["seconds"] / results[f"scan 2w {big}"]["seconds"]
+    growth = results[f"scan 2w {big}"]["peak_mb"] / results[f"scan 2w {small}"]["peak_mb"]
+    print("| run | patients | seconds | patients/s | peak RSS per worker |\n|---|---:|---:|---:|---:|")
+    for key, value in results.items():
+        print(f"| {key} | {value['patients']:.0f} | {value['seconds']:.1f} | {value['per_second']:.0f} | "
+              f"{value['peak_mb']:.0f} MB |")
+    goals = [("scan / floor <= 1.5", ratio, ratio <= 1.5), ("speed-up 1 -> 2 workers >= 1.6", speedup, speedup >= 1.6),
+             (f"peak memory {big} / {small} patients <= 1.2", growth, growth <= 1.2)]
+    for text, value, met in goals:
+        print(f"{text}: {value:.2f} {'met' if met else 'NOT met'}")
+    return 0 if all(met for _t, _v, met in goals) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

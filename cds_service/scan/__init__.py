@@ -1,0 +1,6 @@
+"""The population scan (``cds-service scan``): the hook's rules over a Bulk FHIR export, grouped by patient on Dask.
+
+source.py finds the NDJSON files; lines.py reads one block of one file; routing.py puts a resource under the
+prefetch keys that would hold it; patients.py answers one patient's hook call; pipeline.py is the Dask graph;
+tally.py adds up the results; output.py writes the files atomically; report.py renders report.html.
+"""
