@@ -65,11 +65,9 @@ def test_fresh_tokens_are_accepted_by_every_worker(guarded: tuple[str, Scenario]
     assert 1 <= jwks_server.hits["/jwks.json"] <= 3  # at most one fetch per worker process
 
 
-def test_serve_refuses_an_open_public_bind(tmp_path: Path) -> None:
-    environment = {**os.environ, "CDS_DATA_DIR": str(tmp_path / "data")}
-    environment.pop("CDS_TRUSTED_ISSUERS", None)
-    environment.pop("CDS_ALLOW_SANDBOX_ISSUER", None)
-    done = subprocess.run(
+def serve_on_every_interface(tmp_path: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``cds-service serve --host 0.0.0.0`` with ``environment``, which is expected to refuse and exit."""
+    return subprocess.run(
         [sys.executable, "-m", "cds_service.server.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
         env=environment,
         cwd=tmp_path,
@@ -77,6 +75,13 @@ def test_serve_refuses_an_open_public_bind(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
+
+
+def test_serve_refuses_an_open_public_bind(tmp_path: Path) -> None:
+    environment = {**os.environ, "CDS_DATA_DIR": str(tmp_path / "data")}
+    environment.pop("CDS_TRUSTED_ISSUERS", None)
+    environment.pop("CDS_ALLOW_SANDBOX_ISSUER", None)
+    done = serve_on_every_interface(tmp_path, environment)
     assert done.returncode == 2
     assert "refusing to serve on 0.0.0.0 without authentication" in done.stderr
 
@@ -176,15 +181,7 @@ PLAIN_HTTP_KEYS = json.dumps([{"iss": ISS, "jwks_url": "http://ehr.example.org/j
     ids=["no public_base_url", "http jwks_url", "trust every proxy", "metrics_bind without host"],
 )
 def test_serve_refuses_unsafe_settings_in_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
-    environment = {**os.environ, "CDS_DATA_DIR": str(tmp_path / "data"), **env}
-    done = subprocess.run(
-        [sys.executable, "-m", "cds_service.server.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-        env=environment,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serve_on_every_interface(tmp_path, {**os.environ, "CDS_DATA_DIR": str(tmp_path / "data"), **env})
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("cds-service: ") and message in last, done.stderr

@@ -37,12 +37,27 @@ def authenticate() -> None:
 
 
 def _own_paths() -> tuple[str, ...]:
-    """The endpoint's spellings, or its route pattern when the path names no known service: a URL may hold a
-    token, and the audience is logged when a JWT is refused (no token's ``aud`` names the pattern, so it is)."""
-    service_id = (request.view_args or {}).get("service_id")
+    """The endpoint's spellings, or its route pattern when the path is not the service's own: the audience is
+    logged when a JWT is refused (no token's ``aud`` names the pattern, so it is)."""
     rule = request.url_rule
-    unknown = service_id is not None and components().runtime.registry.get(str(service_id)) is None
-    return (rule.rule,) if unknown and rule is not None else endpoint_paths()
+    return endpoint_paths() if rule is None or path_is_own() else (rule.rule,)
+
+
+def known_service_id() -> str | None:
+    """The CDS service id the path names, when the service exists."""
+    service_id = (request.view_args or {}).get("service_id")
+    if isinstance(service_id, str) and components().runtime.registry.get(service_id) is not None:
+        return service_id
+    return None
+
+
+def path_is_own() -> bool:
+    """Every part of the path is the service's own (a route without variables, or a known service id). Anything
+    else a client put in the URL may hold a token or a patient id, and is never logged."""
+    rule = request.url_rule
+    if rule is None:
+        return False
+    return not rule.arguments or (rule.arguments == {"service_id"} and known_service_id() is not None)
 
 
 def server_base_url(environ: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from flask import Flask, Response, g, request
 from ..record.client import start_recording, stop_recording
 from ..record.model import PatientRecord
 from ..server import metrics
-from .context import components
+from .context import known_service_id, path_is_own
 from .paths import path_as_called
 
 log = logging.getLogger("cds_service.requests")
@@ -39,23 +39,15 @@ def annotate(**fields: Any) -> None:
 
 def _service_label() -> str:
     """The CDS service id of the path, when it names a known service (a bounded metrics label)."""
-    service_id = (request.view_args or {}).get("service_id")
-    if isinstance(service_id, str) and components().runtime.registry.get(service_id) is not None:
-        return service_id
-    return "-"
+    return known_service_id() or "-"
 
 
 def logged_path() -> str:
-    """The path, when every part of it is the service's own: a route without variables or a known service id.
-
-    Anything else a client put in the URL (an unknown service id, a path no route knows) may hold a token or a
-    patient id, so the log names the route pattern instead, or "(no route)"."""
+    """The path when it is the service's own (``path_is_own``); otherwise the route pattern, or "(no route)"."""
     rule = request.url_rule
     if rule is None:
         return "(no route)"
-    if rule.arguments and _service_label() == "-":
-        return rule.rule
-    return request.path
+    return request.path if path_is_own() else rule.rule
 
 
 def register(app: Flask) -> None:
