@@ -31,8 +31,9 @@ LOINC = "http://loinc.org"
 LOCAL = "http://hospital.example/fhir/CodeSystem/formulary"  # a site's own medication codes
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 SHIPPED_SOURCE_TITLE = (
-    "RxNorm SCD, SBD and SBDF rows, each found with the same RxNorm code, term type and name in two or more "
-    "independent public sources (search of public repositories, 2026-12-07; listed in rules/valuesets/sources/README.md); certainty S"
+    "RxNorm BN, SCD, SBD and SBDF rows, each found with the same RxNorm code, term type and name in two or more "
+    "independent public sources (search of public repositories, 2026-12-07; listed in "
+    "rules/valuesets/sources/README.md); certainty S"
 )
 
 
@@ -67,13 +68,15 @@ def build(tmp_path: Path, *extra: str, rxnconso: Path = SAMPLE / "RXNCONSO.sampl
 def test_the_script_reads_products_packs_salts_and_brands_from_rxnconso(tmp_path: Path) -> None:
     document = build(tmp_path, "--certainty", "S")
     entries = {e["code"]: e for e in document["entries"]}
-    assert set(entries) == {"83367", "93252", "543354", "617320", "745752", "762675", "859749"}
+    assert set(entries) == {"83367", "93252", "153165", "543354", "617320", "745752", "762675", "859749"}
     assert entries["93252"]["ingredients"] == ["hydrochlorothiazide", "triamterene"]
     assert entries["543354"]["ingredients"] == ["ezetimibe", "simvastatin"]
     assert entries["762675"]["ingredients"] == ["methylprednisolone"]  # the generic pack's inner product
     assert entries["762675"]["tty"] == "GPCK" and entries["83367"]["tty"] == "IN"
     assert entries["859749"]["ingredients"] == ["rosuvastatin"]  # the salt folds to the class ingredient
     assert entries["745752"]["ingredients"] == ["albuterol"]  # "200 ACTUAT" is not a name
+    assert entries["153165"]["ingredients"] == ["atorvastatin"]  # the BN "Lipitor" takes its SBD's ingredients
+    assert entries["153165"]["tty"] == "BN"
     assert {e["certainty"] for e in entries.values()} == {"S"}
     assert document["brands"] == [
         {"name": "Crestor", "ingredients": ["rosuvastatin"], "source": "sample"},
@@ -82,6 +85,13 @@ def test_the_script_reads_products_packs_salts_and_brands_from_rxnconso(tmp_path
         {"name": "ProAir HFA", "ingredients": ["albuterol"], "source": "sample"},
         {"name": "Vytorin", "ingredients": ["ezetimibe", "simvastatin"], "source": "sample"},
     ]  # not Lasix: its only row is suppressed
+
+
+def test_a_brand_name_row_without_its_products_in_the_input_is_left_out(tmp_path: Path) -> None:
+    only_bn = tmp_path / "RXNCONSO.RRF"
+    only_bn.write_text("153165|ENG||||||||153165||RXNORM|BN|153165|Lipitor||N||\n", "utf-8")
+    document = build(tmp_path, rxnconso=only_bn)
+    assert document["entries"] == [] and document["brands"] == []
 
 
 def test_vsac_expansions_add_their_codes_and_known_codes_are_left_out(tmp_path: Path) -> None:
@@ -153,6 +163,7 @@ def test_a_short_row_is_refused_naming_the_file_and_line(tmp_path: Path, capsys:
     ("92479", {"chlorothiazide"}),  # Diuril SBDF: a branded dose form without strength
     ("205489", {"bumetanide"}), ("200820", {"spironolactone"}), ("104377", {"lisinopril"}),
     ("104220", {"furosemide"}), ("104370", {"captopril", "hydrochlorothiazide"}),
+    ("153165", {"atorvastatin"}),  # the brand name (BN) Lipitor
 ])
 def test_branded_products_map_to_their_ingredients(terminology: Terminology, code: str, ingredients: set[str]) -> None:
     assert terminology.ingredients_for(RXNORM, code) == ingredients
@@ -234,6 +245,7 @@ CONTAINED = _request("contained", medicationReference={"reference": "#med"}, con
 VYTORIN_SBD = _request("vytorin", medicationCodeableConcept=_concept(
     (RXNORM, "543354", "ezetimibe 10 MG / simvastatin 40 MG Oral Tablet [Vytorin]"), text="VYTORIN 10-40 TABS"))
 CADUET_SBD = _request("caduet", medicationCodeableConcept=_concept((RXNORM, "750199", "")))  # the code alone
+LIPITOR_BN = _request("lipitor-bn", medicationCodeableConcept=_concept((RXNORM, "153165", "")))  # the BN alone
 CADUET_TEXT = _request("caduet-text", medicationCodeableConcept={"text": "CADUET 10-10 TAB PO DAILY"})
 BUMEX_SBD = _request("bumex", medicationCodeableConcept=_concept((RXNORM, "205489", "")))
 DIURIL_SBDF = _request("diuril", medicationCodeableConcept=_concept((RXNORM, "92479", ""), text="DIURIL SUSP"))
@@ -318,9 +330,9 @@ def _summaries(cards: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.mark.parametrize("medication", [LIPITOR_SBD, BRACKET_TEXT, VYTORIN_SBD, LOCAL_AND_RXNORM, CADUET_SBD,
-                                        CADUET_TEXT],
+                                        CADUET_TEXT, LIPITOR_BN],
                          ids=["lipitor-sbd-only", "bracket-text-only", "vytorin-sbd", "local-beside-rxnorm",
-                              "caduet-sbd-only", "caduet-text-only"])
+                              "caduet-sbd-only", "caduet-text-only", "lipitor-bn-only"])
 def test_a_branded_or_text_only_statin_with_ck_13x_gets_the_critical_ck_card(
     service: str, medication: dict[str, Any]
 ) -> None:
