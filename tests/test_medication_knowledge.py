@@ -163,7 +163,7 @@ def test_a_short_row_is_refused_naming_the_file_and_line(tmp_path: Path, capsys:
     ("92479", {"chlorothiazide"}),  # Diuril SBDF: a branded dose form without strength
     ("205489", {"bumetanide"}), ("200820", {"spironolactone"}), ("104377", {"lisinopril"}),
     ("104220", {"furosemide"}), ("104370", {"captopril", "hydrochlorothiazide"}),
-    ("153165", {"atorvastatin"}),  # the brand name (BN) Lipitor
+    ("153165", {"atorvastatin"}), ("196503", {"simvastatin"}),  # the brand names (BN) Lipitor and Zocor
 ])
 def test_branded_products_map_to_their_ingredients(terminology: Terminology, code: str, ingredients: set[str]) -> None:
     assert terminology.ingredients_for(RXNORM, code) == ingredients
