@@ -94,6 +94,7 @@ class LabReader:
 
     def __init__(self, terminology: Terminology, sex: str | None, warnings: list[str]) -> None:
         self._lab = terminology.lab_codes
+        self._site = terminology.site_lab_codes
         self._analytes = terminology.analytes
         self._units = {name: analyte.units for name, analyte in terminology.analytes.items()}
         self._sex = sex
@@ -113,13 +114,21 @@ class LabReader:
         if type(code) is not dict:
             return False
         coding_list = code.get("coding")
-        lab = self._lab
-        for coding in coding_list if type(coding_list) is list else as_list(coding_list):
-            if type(coding) is dict:
-                loinc = coding.get("code")
+        lab, site = self._lab, self._site
+        coding: Mapping[str, Any]  # the LOINC coding that names the analyte (a mapped local code's target)
+        for item in coding_list if type(coding_list) is list else as_list(coding_list):
+            if type(item) is dict:
+                loinc = item.get("code")
                 analyte = lab.get(loinc) if type(loinc) is str else None
-                if analyte is not None and coding.get("system", LOINC) == LOINC:
+                if analyte is not None and item.get("system", LOINC) == LOINC:
+                    coding = item
                     break
+                if site and type(loinc) is str:  # a site's local code, read as the LOINC code it maps onto
+                    system = item.get("system")
+                    mapped = site.get((system, loinc)) if type(system) is str else None
+                    if mapped is not None:
+                        analyte, coding = mapped
+                        break
         else:
             return False
         if observation.get("status") in SKIPPED_STATUSES:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from ..facts.concept_maps import run_check as check_concept_maps
 from ..facts.terminology import Terminology
 from .cases import CaseTest, load_cases, run_case
 from .engine import RuleSet
@@ -134,8 +135,9 @@ def run_cases(report: Report, terminology: Terminology, out: Callable[[str], Non
     out(f"cases: {report.passed} passed ({report.known_gaps} known gaps)")
 
 
-def run_check(rules_dir: Path | None = None, stream: TextIO | None = None) -> int:
-    """Validate, lint and run the rule set below ``rules_dir`` (None: the shipped rules); 0 when all is well."""
+def run_check(rules_dir: Path | None = None, stream: TextIO | None = None, concept_maps_dir: Path | None = None) -> int:
+    """Validate, lint and run the rule set below ``rules_dir`` (None: the shipped rules), and check the site's code
+    maps in ``concept_maps_dir`` against its value sets when given; 0 when all is well."""
     stream = stream or sys.stdout
 
     def out(line: str) -> None:
@@ -156,5 +158,6 @@ def run_check(rules_dir: Path | None = None, stream: TextIO | None = None) -> in
     run_cases(report, terminology, out)
     for problem in report.problems:
         out(f"FAIL {problem}")
+    maps = check_concept_maps(concept_maps_dir, terminology, out) if concept_maps_dir is not None else 0
     out("rules check: " + ("OK" if not report.problems else f"{len(report.problems)} problem(s)"))
-    return 0 if not report.problems else 1
+    return 0 if not report.problems and not maps else 1
