@@ -154,8 +154,9 @@ class LabReader:
             conversion = units.find(unit_code, quantity.get("unit"))
         comparator = quantity.get("comparator")
         if conversion is None or (comparator and comparator not in COMPARATORS):
-            problem = f"unknown unit {_unit_shown(quantity)!r}" if conversion is None else \
-                f"unknown comparator {comparator!r}"
+            shown = _unit_shown(quantity)
+            unit_problem = f"unknown unit {shown!r}" if shown else "no unit"
+            problem = unit_problem if conversion is None else f"unknown comparator {comparator!r}"
             self._warn(observation, f"{problem} for {analyte}: judged only by the lab's own range and flags")
             self._as_reported.setdefault(analyte, []).append(
                 (effective, value, analyte, AS_REPORTED, observation, coding))
