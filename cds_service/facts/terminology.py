@@ -53,6 +53,7 @@ class CodeEntry:
     display: str
     certainty: str
     valueset: str
+    tty: str | None = None  # the RxNorm term type (IN, SCD, SBD, ...) when the value set gives it
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +264,9 @@ class Terminology:
             known = self.entries.get(key)
             if known is not None:
                 raise ValueSetError(f"{where}: {key.system}|{key.code} is also defined in {known.valueset}")
-            self.entries[key] = CodeEntry(key.system, key.code, entry["display"], entry["certainty"], doc["id"])
+            self.entries[key] = CodeEntry(
+                key.system, key.code, entry["display"], entry["certainty"], doc["id"], entry.get("tty")
+            )
             self._index(where, key, entry)
 
     def _index(self, where: str, key: SystemCode, entry: Mapping[str, Any]) -> None:
