@@ -7,8 +7,8 @@ process as each group finishes. Medication lines are joined to the orders that r
 Medication id) and shuffled on the patient id into the same groups on their own.
 
 The shuffles are distributed's peer-to-peer shuffle: each worker writes what it receives to its local disk and
-reads back one group at a time, so a worker's memory holds a block and a group, however large the export; no
-process ever holds the export (a task-based shuffle kept each worker's share of it in memory until the end).
+reads the groups back from it, so no process ever holds the export (a task-based shuffle kept each worker's share
+of it in memory until the end).
 
 Without a scheduler address a LocalCluster runs one single-threaded worker process per core; with one, the
 same graph runs on that cluster (whose workers need cds-service installed and SOURCE readable at the same path).
