@@ -204,6 +204,40 @@ def test_report_is_a_self_contained_page_with_the_charts(local_run, page) -> Non
     screenshot(page, "scan-report")
 
 
+def referencing_medications(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same resources with each order's inline drug code moved into a Medication it references: one
+    Medication per distinct code, shared by every order (of any patient) that names it."""
+    medications: dict[str, dict[str, Any]] = {}
+    changed = []
+    for resource in resources:
+        concept = resource.get("medicationCodeableConcept")
+        if concept is None:
+            changed.append(resource)
+            continue
+        medication = medications.setdefault(json.dumps(concept, sort_keys=True), {
+            "resourceType": "Medication", "id": f"med-{len(medications)}", "code": concept})
+        order = {k: v for k, v in resource.items() if k != "medicationCodeableConcept"}
+        changed.append({**order, "medicationReference": {"reference": f"Medication/{medication['id']}"}})
+    return changed + list(medications.values())
+
+
+def test_medications_that_orders_reference_are_joined_to_each_patient(local_run, cluster, tmp_path) -> None:
+    _result, local_out = local_run
+    resources = referencing_medications(population())
+    orders = [r for r in resources if "medicationReference" in r]
+    assert len(orders) > len({r["medicationReference"]["reference"] for r in orders})  # Medications are shared
+    referencing = write_export(tmp_path / "referencing", resources)
+    out = tmp_path / "out"
+    result = run_scan(str(referencing), "--out", str(out), "--now", NOW, "--scheduler", cluster, "--block-size", BLOCK)
+    assert result.returncode == 0, result.stderr
+    assert worklist(out) == worklist(local_out)  # each referenced drug reached the orders of every patient naming it
+    (referencing / "Medication.ndjson").unlink()
+    without = tmp_path / "without"
+    result = run_scan(str(referencing), "--out", str(without), "--now", NOW, "--scheduler", cluster)
+    assert result.returncode == 0, result.stderr
+    assert worklist(without) != worklist(local_out)  # without the Medications the drugs are unknown: the join mattered
+
+
 def test_a_killed_run_leaves_no_file_that_looks_complete(export, cluster, tmp_path) -> None:
     out = tmp_path / "out"
     process = subprocess.Popen(scan_command(str(export), "--out", str(out), "--now", NOW, "--scheduler", cluster,
@@ -306,8 +340,10 @@ def test_a_missing_folder_is_one_line(tmp_path) -> None:
     assert result.stderr.strip() == f"cds-service scan: {tmp_path / 'nowhere'}: not a folder of Bulk FHIR NDJSON files"
 
 
-def test_without_dask_the_command_says_how_to_install_it(tmp_path) -> None:
-    blocked = ("import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None; "
+@pytest.mark.parametrize("missing", [("dask", "distributed"), ("pandas", "pyarrow")])
+def test_without_dask_the_command_says_how_to_install_it(tmp_path, missing) -> None:
+    absent = "; ".join(f"sys.modules[{name!r}] = None" for name in missing)
+    blocked = (f"import sys; {absent}; "
                "from cds_service.server.cli import main; sys.exit(main(['scan', '.', '--out', 'out']))")
     result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2

@@ -18,7 +18,7 @@ from .routing import Router, medication_id, patient_of
 
 PROBLEMS_PER_BLOCK = 50
 READ, USED = "read", "used"
-Record = tuple[str, str, bytes]  # (patient id, prefetch key, the resource's NDJSON line)
+Record = tuple[str, str, int, bytes]  # (patient id, prefetch key, line number in the block, the NDJSON line)
 Lines = list[tuple[str, bytes]]  # (prefetch key, NDJSON line) of one patient
 
 
@@ -30,7 +30,7 @@ class Block:
     index: int
     lines: int = 0
     records: list[Record] = field(default_factory=list)
-    medications: list[tuple[str, bytes]] = field(default_factory=list)  # (Medication id, line)
+    medications: list[tuple[str, int, bytes]] = field(default_factory=list)  # (Medication id, line number, line)
     references: list[tuple[str, str, str]] = field(default_factory=list)  # (Medication id, patient, key)
     counts: Counter[str] = field(default_factory=Counter)
     problems: list[dict[str, Any]] = field(default_factory=list)
@@ -76,7 +76,7 @@ def read_block(data: bytes, file: str, index: int, router: Router) -> Block:
 def _medication(block: Block, number: int, resource: dict[str, Any], line: bytes) -> None:
     rid = resource.get("id")
     if isinstance(rid, str) and rid:
-        block.medications.append((rid, line))
+        block.medications.append((rid, number, line))
     else:
         block.problem(number, "Medication without an id: no order can reference it")
 
@@ -92,7 +92,7 @@ def _patient_resource(block: Block, number: int, resource: dict[str, Any], line:
         return
     block.counts[USED] += 1
     for test in keys:
-        block.records.append((patient, test.key, line))
+        block.records.append((patient, test.key, number, line))
         if test.includes_medications and (med := medication_id(resource)) is not None:
             block.references.append((med, patient, test.key))
 

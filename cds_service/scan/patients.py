@@ -31,6 +31,8 @@ from .tally import Tally
 
 log = logging.getLogger("cds_service.scan")
 USER = "Practitioner/population-scan"  # the hook's userId: no clinician opens these records
+ENTRY_START, ENTRY_END = b'{"resource":', b',"search":{"mode":"match"}}'  # around each line in a searchset
+ENTRY_BETWEEN = ENTRY_END + b"," + ENTRY_START
 INSTANCES = uuid.UUID("6f0c2f4e-3c1b-4d7e-9a43-7d5c1f0e2a91")  # namespace of the hookInstance of each patient
 
 
@@ -57,26 +59,25 @@ def request_body(patient: str, records: Iterable[tuple[str, bytes]], router: Rou
         parts.append(b'"%s":%s' % (key.encode(), lines[0] if lines else b"null"))
     for key in router.search_keys():
         lines = by_key.get(key, [])
-        entries = b",".join(b'{"resource":%s,"search":{"mode":"match"}}' % line for line in lines)
+        entries = ENTRY_START + ENTRY_BETWEEN.join(lines) + ENTRY_END if lines else b""  # one join, not one per line
         bundle = b'{"resourceType":"Bundle","type":"searchset","total":%d,"entry":[%s]}' % (len(lines), entries)
         parts.append(b'"%s":%s' % (key.encode(), bundle))
     return orjson.dumps(head)[:-1] + b',"prefetch":{' + b",".join(parts) + b"}}"
 
 
 def evaluate_partition(
-    groups: Iterable[tuple[str, list[tuple[str, Lines]]]], settings_json: str, router: Router, hook: str
+    groups: Iterable[tuple[str, Lines]], settings_json: str, router: Router, hook: str
 ) -> list[tuple[Tally, list[dict[str, Any]]]]:
     """Each patient of one partition answered: the partition's tally and worklist rows (one per card).
 
-    ``groups`` are the shuffle's output: a patient and the (patient, lines) items gathered for it."""
+    ``groups`` are the shuffle's output: each patient and its (key, line) pairs."""
     runtime = _runtime(settings_json)
     service = runtime.registry.for_hook(hook)
     if service is None:
         raise ValueError(f"no service answers {hook}")
     single = router.single_keys()
     tally, rows = Tally(), []
-    for patient, items in groups:
-        lines = [pair for _patient, pairs in items for pair in pairs]
+    for patient, lines in groups:
         tally.patients += 1
         if not any(key in single for key, _line in lines):
             tally.without_patient_resource += 1

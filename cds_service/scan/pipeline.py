@@ -1,10 +1,14 @@
 """The scan as a Dask graph: read blocks, join referenced Medications, group by patient, answer each patient.
 
-blocks of NDJSON (dask.bytes.read_bytes: whole lines, gzip files whole) -> read_block per block -> records
-(patient, prefetch key, line) -> [Medication lines joined to the patients whose orders reference them, by a
-shuffle on the Medication id] -> shuffle on the patient id (dask.bag groupby, task-based: every worker holds
-some patients, no process holds the export) -> one hook call per patient -> per partition: a tally and the
-worklist rows, streamed back to this process as each partition finishes.
+blocks of NDJSON (dask.bytes.read_bytes: whole lines, gzip files whole) -> read_block per block -> a frame of
+records (patient, prefetch key, place, line; cds_service.scan.frames) -> shuffle on the patient id into groups of
+a constant size -> one hook call per patient -> per group: a tally and the worklist rows, streamed back to this
+process as each group finishes. Medication lines are joined to the orders that reference them (a merge on the
+Medication id) and shuffled on the patient id into the same groups on their own.
+
+The shuffles are distributed's peer-to-peer shuffle: each worker writes what it receives to its local disk and
+reads the groups back from it, so no process ever holds the export (a task-based shuffle kept each worker's share
+of it in memory until the end).
 
 Without a scheduler address a LocalCluster runs one single-threaded worker process per core; with one, the
 same graph runs on that cluster (whose workers need cds-service installed and SOURCE readable at the same path).
@@ -12,6 +16,7 @@ same graph runs on that cluster (whose workers need cds-service installed and SO
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections import Counter
@@ -22,19 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from dask.bag import Bag, concat, from_delayed
+import pandas as pd
 from dask.bytes.core import read_bytes
-from dask.delayed import delayed
+from dask.dataframe import DataFrame, from_delayed
+from dask.delayed import Delayed, delayed
 from distributed import Client, LocalCluster, as_completed
 
 from ..evaluation import Runtime
-from .lines import READ, Block, Lines, read_block
+from .frames import LINES, MEDICATIONS, REFERENCES, frame, medications_frame, patients, records_frame, references_frame
+from .lines import READ, Block, read_block
 from .patients import evaluate_partition
 from .routing import Router
 from .source import Source
 from .tally import Tally
 
+Rows = list[dict[str, Any]]
 BLOCK_SIZE = 64 << 20
+PARTITION_BYTES = 4 << 20  # NDJSON per group of patients after the shuffle
+GZIP_RATIO = 8  # an estimate of how much larger a gzipped NDJSON file is unzipped: only group sizes depend on it
+SHUFFLE = "p2p"  # distributed's peer-to-peer shuffle: each worker spools what it receives to disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,7 @@ class Plan:
     hook: str
     block_size: int = BLOCK_SIZE
     evaluate: bool = True  # False: read and group only (the benchmark's floor)
+    partition_bytes: int = PARTITION_BYTES
 
 
 @dataclass(slots=True)
@@ -94,8 +106,16 @@ def connect(scheduler: str | None, workers: int | None) -> Iterator[Client]:
         yield client
 
 
-def build(plan: Plan) -> tuple[Bag, list[Any]]:
-    """The graph: a bag of per-partition results and the per-block statistics."""
+def group_count(source: Source, partition_bytes: int) -> int:
+    """How many groups of patients the shuffle makes: one per ``partition_bytes`` of NDJSON (gzipped files
+    counted at ``GZIP_RATIO`` times their size), so a group's size, and a worker's memory, stays the same however
+    large the export."""
+    size = sum(os.path.getsize(f.path) * (GZIP_RATIO if f.compressed else 1) for f in source.files)
+    return max(1, math.ceil(size / partition_bytes))
+
+
+def build(plan: Plan) -> tuple[list[Delayed], list[Delayed]]:
+    """The graph: the per-partition results and the per-block statistics."""
     router = Router.of(plan.runtime.registry.for_hook(plan.hook).prefetch)  # type: ignore[union-attr]
     blocks = []
     for data_file in plan.source.files:
@@ -108,34 +128,50 @@ def build(plan: Plan) -> tuple[Bag, list[Any]]:
             sample=False,
         )
         blocks += [delayed(read_block, pure=True)(part, name, index, router) for index, part in enumerate(parts)]
-    records = from_delayed([delayed(_records)(b) for b in blocks])
+    groups = group_count(plan.source, plan.partition_bytes)
+    records = _frames([delayed(records_frame)(block, ordinal) for ordinal, block in enumerate(blocks)], LINES)
+    parts = _by_patient(records, groups)
     if "Medication" in router.resource_types:
-        tagged = concat([
-            from_delayed([delayed(_medication_lines)(b) for b in blocks]),
-            from_delayed([delayed(_medication_references)(b) for b in blocks]),
-        ])
-        records = concat([records, tagged.groupby(_first, shuffle="tasks").map_partitions(_join_medications)])
-    grouped = records.groupby(_first, shuffle="tasks")
+        medications = _frames([delayed(medications_frame)(b, ordinal) for ordinal, b in enumerate(blocks)], MEDICATIONS)
+        references = _frames([delayed(references_frame)(b) for b in blocks], REFERENCES)
+        joined = references.merge(medications, on="medication", shuffle_method=SHUFFLE)[list(LINES)]
+        # shuffled on its own into the same groups (same hash, same count), not concatenated to the records
+        # before their shuffle: that made the records wait in memory for the join
+        parts = [delayed(_concat)(part, more) for part, more in zip(parts, _by_patient(joined, groups), strict=True)]
     if plan.evaluate:
         settings_json = plan.runtime.settings.model_dump_json()
-        results = grouped.map_partitions(evaluate_partition, settings_json, router, plan.hook)
+        results = [delayed(_evaluate)(part, settings_json, router, plan.hook) for part in parts]
     else:
-        results = grouped.map_partitions(_count_patients)
+        results = [delayed(_count_patients)(part) for part in parts]
     return results, [delayed(_statistics)(b) for b in blocks]
+
+
+def _by_patient(lines: DataFrame, groups: int) -> list[Delayed]:
+    """The lines in ``groups`` partitions, each patient's in one: the shuffle on the patient id."""
+    return list(lines.shuffle("patient", npartitions=groups, shuffle_method=SHUFFLE).to_delayed())
+
+
+def _concat(lines: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([lines, more], ignore_index=True)
+
+
+def _frames(parts: list[Delayed], columns: dict[str, object]) -> DataFrame:
+    """A Dask frame of one pandas frame per block."""
+    frames: DataFrame = from_delayed(parts, meta=frame(columns, []), verify_meta=False)
+    return frames
 
 
 def run(plan: Plan, client: Client, spool: Path, *, progress: bool) -> Outcome:
     """Compute the graph on ``client``, folding results in as they arrive; rows go to files under ``spool``."""
-    results, statistics = build(plan)
-    partitions = results.to_delayed()
-    outcome = Outcome(spool=[spool / f"{i}.ndjson" for i in range(len(partitions))])
-    futures = client.compute([*partitions, *statistics])
+    groups, statistics = build(plan)
+    outcome = Outcome(spool=[spool / f"{i}.ndjson" for i in range(len(groups))])
+    futures = client.compute([*groups, *statistics])
     index = {future.key: i for i, future in enumerate(futures)}
-    shown = Progress(len(statistics), len(partitions), enabled=progress)
+    shown = Progress(len(statistics), len(groups), enabled=progress)
     for future in as_completed(futures, loop=client.loop):
         value = future.result()
         position = index[future.key]
-        if position < len(partitions):
+        if position < len(groups):
             for tally, rows in value:
                 outcome.tally.merge(tally)
                 _spool(outcome.spool[position], rows)
@@ -195,45 +231,19 @@ def rules_of(runtime: Runtime, hook: str) -> list[tuple[str, str, str]]:
     return [(r.id, r.title, deployment[r.id]) for r in runtime.ruleset.rules if hook in r.hooks]
 
 
-def _first(item: tuple[Any, ...]) -> Any:
-    return item[0]
-
-
-def _records(block: Block) -> list[tuple[str, Lines]]:
-    """The block's lines gathered per patient: one item per patient and block to shuffle, not one per line."""
-    by_patient: dict[str, Lines] = {}
-    for patient, key, line in block.records:
-        by_patient.setdefault(patient, []).append((key, line))
-    return list(by_patient.items())
-
-
-def _medication_lines(block: Block) -> list[tuple[str, None, bytes]]:
-    return [(med, None, line) for med, line in block.medications]
-
-
-def _medication_references(block: Block) -> list[tuple[str, tuple[str, str], None]]:
-    return [(med, (patient, key), None) for med, patient, key in block.references]
-
-
-def _join_medications(groups: list[tuple[str, list[tuple[Any, ...]]]]) -> list[tuple[str, Lines]]:
-    """Each Medication line as a line of every patient and key that references it (once per patient and key)."""
-    joined = []
-    for _med, items in groups:
-        lines = [line for _m, _ref, line in items if line is not None][:1]
-        holders = {ref for _m, ref, _line in items if ref is not None}
-        joined += [(patient, [(key, line)]) for patient, key in sorted(holders) for line in lines]
-    return joined
-
-
 def _statistics(block: Block) -> Block:
     """The block without its records: what the client needs to count and report."""
     return Block(block.file, block.index, block.lines, counts=block.counts, problems=block.problems)
 
 
-def _count_patients(groups: list[tuple[str, list[tuple[str, Lines]]]]) -> list[tuple[Tally, list[dict[str, Any]]]]:
-    """The floor's stand-in for evaluation: count the patients, answer nothing."""
+def _evaluate(lines: pd.DataFrame, settings_json: str, router: Router, hook: str) -> list[tuple[Tally, Rows]]:
+    return evaluate_partition(patients(lines), settings_json, router, hook)
+
+
+def _count_patients(lines: pd.DataFrame) -> list[tuple[Tally, Rows]]:
+    """The floor's stand-in for evaluation: group the lines by patient as the scan does, count, answer nothing."""
     tally = Tally()
-    for _group in groups:
+    for _group in patients(lines):
         tally.patients += 1
     return [(tally, [])]
 

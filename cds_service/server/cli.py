@@ -189,7 +189,7 @@ def _scan(args: argparse.Namespace) -> int:
         from ..scan.routing import TemplateNotSupported
         from ..scan.source import SourceError
     except ModuleNotFoundError as missing:
-        if (missing.name or "").split(".")[0] in {"dask", "distributed"}:
+        if (missing.name or "").split(".")[0] in {"dask", "distributed", "pandas", "pyarrow"}:
             print(f"cds-service scan needs Dask: {SCAN_INSTALL}", file=sys.stderr)
             return 2
         raise
