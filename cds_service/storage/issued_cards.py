@@ -27,11 +27,11 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..rules.model import INDICATOR_RANK
@@ -70,6 +70,7 @@ class IssuedCardLog:
         self._calls: Counter[tuple[date, str]] = Counter()  # hook calls not written yet, by day and service
         self._calls_lock = threading.Lock()
         self._read_failed_at: float | None = None  # time.monotonic() of the last failed repeat-check read
+        self._read = FindingsRead(engine)
 
     def add(self, service_id: str, cards: Iterable[tuple[str, ...]], at: datetime, patient: str = "") -> None:
         """Count one hook call of ``service_id`` at ``at`` (UTC) and queue one row per card it issued (an
@@ -100,15 +101,11 @@ class IssuedCardLog:
         failed = self._read_failed_at
         if failed is not None and time.monotonic() - failed < RETRY_SECONDS:
             return found
-        query = select(issued_cards.c.finding, issued_cards.c.issued_at, issued_cards.c.indicator).where(
-            issued_cards.c.finding.in_(list(since)), issued_cards.c.issued_at >= min(since.values())
-        )
         try:
-            with self._engine.connect() as conn:
-                for finding, issued_at, indicator in conn.execute(query):
-                    note(finding, _aware(issued_at), indicator)
+            for finding, issued_at, indicator in self._read(since):
+                note(finding, issued_at, indicator)
             self._read_failed_at = None
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, self._read.errors) as exc:
             self._read_failed_at = time.monotonic()
             log.warning("repeat check without the database (cards may repeat): %s", type(exc).__name__)
         return found
@@ -170,6 +167,47 @@ class IssuedCardLog:
         except SQLAlchemyError:
             if self._pending:
                 self._schedule(max(RETRY_SECONDS, self._interval))
+
+
+class FindingsRead:
+    """The repeat check's query on the database driver's own connection (taken from the engine's pool).
+
+    It runs in every hook call with cards, and there SQLAlchemy Core's execution (its ``Connection``, execution
+    context and result object) cost several times the indexed query itself (bench/README.md, tenth round). The SQL
+    is the one ``select(finding, issued_at, indicator).where(finding IN ..., issued_at >= ...)`` would send, in the
+    driver's placeholder style; the column's own type, as SQLAlchemy adapts it to the dialect, still converts the
+    times both ways, so they compare and come back exactly as through Core.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        dialect = engine.dialect
+        self._mark = "?" if dialect.paramstyle == "qmark" else "%s"  # sqlite3 / psycopg (both positional)
+        issued_at = issued_cards.c.issued_at.type.dialect_impl(dialect)
+        self._bind_time: Callable[[Any], Any] = issued_at.bind_processor(dialect) or _unchanged
+        self._result_time: Callable[[Any], Any] = issued_at.result_processor(dialect, None) or _unchanged
+        self.errors: type[Exception] = dialect.loaded_dbapi.Error  # what the driver raises
+
+    def __call__(self, since: Mapping[str, datetime]) -> list[tuple[str, datetime, str]]:
+        """(finding, issued_at, indicator) of each row of a finding in ``since`` issued at or after the earliest
+        time in it (the caller compares each row with its own finding's time)."""
+        marks = ", ".join(self._mark for _ in since)
+        sql = (
+            "SELECT finding, issued_at, indicator FROM issued_cards "
+            f"WHERE finding IN ({marks}) AND issued_at >= {self._mark}"
+        )
+        with self._engine.raw_connection() as conn:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(sql, (*since, self._bind_time(min(since.values()))))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        return [(finding, _aware(self._result_time(at)), indicator) for finding, at, indicator in rows]
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 def _aware(moment: datetime) -> datetime:
