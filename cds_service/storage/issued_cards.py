@@ -12,12 +12,12 @@ interval of these rows; the cards themselves and the feedback are unaffected. Wh
 the rows wait, up to ``MAX_PENDING``, and are retried with the next batch. Hook calls are counted per day and
 service the same way (``hook_calls_daily``, the denominator of firing rates).
 
-The repeat check (``seen``) reads the database and this process's queue, so a card is known at once to the
-process that issued it and, to the other workers and instances, once its batch is written: within
-``issued_cards_flush_seconds``. Two calls for the same finding on two processes inside that interval can both
-show the card. While the database cannot be read, only this process's queue is known (the card shows), and after
-a failed read the database is left alone for ``RETRY_SECONDS``, so an unreachable database slows at most one hook
-call per process in that time.
+The repeat check (``seen``) reads the database and this process's queue (with the batch being written, until it
+is committed), so a card is known at once to the process that issued it and, to the other workers and instances,
+once its batch is written: within ``issued_cards_flush_seconds``. Two calls for the same finding on two processes
+inside that interval can both show the card. While the database cannot be read, only this process's queue is known
+(the card shows), and after a failed read the database is left alone for ``RETRY_SECONDS``, so an unreachable
+database slows at most one hook call per process in that time.
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ class IssuedCardLog:
         self._add_calls = add_to_counts(engine, hook_calls_daily, "calls")
         self._interval = interval_seconds
         self._pending: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING)
+        self._writing: list[dict[str, Any]] = []  # the batch taken off the queue and not yet committed
+        self._handoff = threading.Lock()  # moving rows between the two, and the repeat check's look at them
         self._write_lock = threading.Lock()
         self._timer_lock = threading.Lock()
         self._timer_pid: int | None = None  # the process with a write scheduled (gunicorn forks workers)
@@ -95,7 +97,9 @@ class IssuedCardLog:
             if issued_at >= since[finding] and (earlier is None or INDICATOR_RANK[indicator] < INDICATOR_RANK[earlier]):
                 found[finding] = indicator
 
-        for row in list(self._pending):
+        with self._handoff:
+            unwritten = [*self._pending, *self._writing]
+        for row in unwritten:
             if row["finding"] in since:
                 note(row["finding"], row["issued_at"], row["indicator"])
         failed = self._read_failed_at
@@ -117,7 +121,8 @@ class IssuedCardLog:
     def flush(self) -> None:
         """Write every queued row now, in one transaction; on a database error the rows stay queued and it raises."""
         with self._write_lock:
-            batch = [self._pending.popleft() for _ in range(len(self._pending))]
+            with self._handoff:
+                batch = self._writing = [self._pending.popleft() for _ in range(len(self._pending))]
             with self._calls_lock:
                 calls, self._calls = self._calls, Counter()
             if self._dropped:
@@ -133,11 +138,15 @@ class IssuedCardLog:
                         counts = [{"day": d, "service_id": service, "calls": n} for (d, service), n in calls.items()]
                         conn.execute(self._add_calls, counts)
             except SQLAlchemyError as exc:
-                self._pending.extendleft(reversed(batch))
+                with self._handoff:
+                    self._pending.extendleft(reversed(batch))
+                    self._writing = []
                 with self._calls_lock:
                     self._calls.update(calls)
                 log.warning("issued cards not written yet (%d queued): %s", len(self._pending), type(exc).__name__)
                 raise
+            with self._handoff:
+                self._writing = []  # committed: the database has them now
 
     def close(self) -> None:
         """Write what is queued (at process exit); the rows left unwritten are logged."""
