@@ -5,12 +5,12 @@ moment after its card was sent counts the same. Writing it inside the hook call 
 SQLite's full sync, a disk flush on every call (about a tenth of a 200-lab call's time, bench/README.md); a
 batch costs one per ``issued_cards_flush_seconds``.
 
-The first row queued after a write starts a timer; when it ends, everything queued by then is written in one
-transaction. Rows are also written when a reader in this process needs them (``flush``: the feedback and
-analytics endpoints) and when the process exits normally. A process that is killed outright loses at most one
-interval of these rows; the cards themselves and the feedback are unaffected. While the database is unreachable
-the rows wait, up to ``MAX_PENDING``, and are retried with the next batch. Hook calls are counted per day and
-service the same way (``hook_calls_daily``, the denominator of firing rates).
+A writer thread per process waits for the first row queued after a write, then one interval, and writes
+everything queued by then in one transaction. Rows are also written when a reader in this process needs them
+(``flush``: the feedback and analytics endpoints) and when the process exits normally. A process that is killed
+outright loses at most one interval of these rows; the cards themselves and the feedback are unaffected. While the
+database is unreachable the rows wait, up to ``MAX_PENDING``, and are retried with the next batch. Hook calls are
+counted per day and service the same way (``hook_calls_daily``, the denominator of firing rates).
 
 The repeat check (``seen``) reads the database and this process's queue (with the batch being written, until it
 is committed), so a card is known at once to the process that issued it and, to the other workers and instances,
@@ -54,7 +54,7 @@ class IssuedRow(NamedTuple):
 
 
 class IssuedCardLog:
-    """The queue of issued-card rows of one process, and the timer that writes them."""
+    """The queue of issued-card rows of one process, and the thread that writes them."""
 
     def __init__(self, engine: Engine, interval_seconds: float) -> None:
         self._engine = engine
@@ -65,9 +65,9 @@ class IssuedCardLog:
         self._writing: list[dict[str, Any]] = []  # the batch taken off the queue and not yet committed
         self._handoff = threading.Lock()  # moving rows between the two, and the repeat check's look at them
         self._write_lock = threading.Lock()
-        self._timer_lock = threading.Lock()
-        self._timer_pid: int | None = None  # the process with a write scheduled (gunicorn forks workers)
-        self._exit_hook_pid: int | None = None
+        self._writer_lock = threading.Lock()
+        self._writer_pid: int | None = None  # the process whose writer thread runs (gunicorn forks workers)
+        self._queued = threading.Event()  # set when rows or calls wait for the writer
         self._dropped = 0  # rows pushed out of a full queue since the last report (reported with each write attempt)
         self._calls: Counter[tuple[date, str]] = Counter()  # hook calls not written yet, by day and service
         self._calls_lock = threading.Lock()
@@ -84,8 +84,9 @@ class IssuedCardLog:
             self._calls[(day, service_id)] += 1
         self._dropped += max(len(self._pending) + len(rows) - MAX_PENDING, 0)
         self._pending.extend(rows)
-        if self._timer_pid != os.getpid():
-            self._schedule()
+        if self._writer_pid != os.getpid():
+            self._start_writer()
+        self._queued.set()
 
     def seen(self, since: Mapping[str, datetime]) -> dict[str, str]:
         """For each finding fingerprint, the most severe indicator it was issued with since its time in ``since``:
@@ -155,27 +156,33 @@ class IssuedCardLog:
         except SQLAlchemyError:
             log.error("%d issued-card rows could not be written before exit", len(self._pending))
 
-    def _schedule(self, delay: float | None = None) -> None:
-        with self._timer_lock:
+    def _start_writer(self) -> None:
+        """This process's writer thread (one per process: threads do not survive gunicorn's fork), and the exit
+        hook that writes what is left."""
+        with self._writer_lock:
             pid = os.getpid()
-            if self._timer_pid == pid:
+            if self._writer_pid == pid:
                 return
-            self._timer_pid = pid
-            if self._exit_hook_pid != pid:
-                self._exit_hook_pid = pid
-                atexit.register(self.close)
-        timer = threading.Timer(self._interval if delay is None else delay, self._timed_write)
-        timer.daemon = True
-        timer.start()
+            self._queued = threading.Event()
+            threading.Thread(target=self._write_batches, name="issued-cards", daemon=True).start()
+            atexit.register(self.close)
+            self._writer_pid = pid
 
-    def _timed_write(self) -> None:
-        with self._timer_lock:
-            self._timer_pid = None  # rows queued from now on schedule the next write
-        try:
-            self.flush()
-        except SQLAlchemyError:
-            if self._pending:
-                self._schedule(max(RETRY_SECONDS, self._interval))
+    def _write_batches(self) -> None:
+        """Once rows are queued, wait an interval and write everything queued by then; after a failed write, wait
+        ``RETRY_SECONDS`` (or the interval, if longer) and try again. A long-lived thread rather than a timer per
+        batch: starting a thread made the hook call that queued the first row wait for it to start."""
+        delay = self._interval
+        while True:
+            self._queued.wait()
+            time.sleep(delay)
+            self._queued.clear()  # rows queued from now on are waited for anew (or written by this flush)
+            try:
+                self.flush()
+                delay = self._interval
+            except SQLAlchemyError:
+                delay = max(RETRY_SECONDS, self._interval)
+                self._queued.set()
 
 
 class FindingsRead:
