@@ -150,11 +150,14 @@ def fire(rule: Rule, facts: PatientFacts, memo: Memo | None = None) -> Firing | 
     )
 
 
-def evaluate(ruleset: RuleSet, facts: PatientFacts, hook: str, *, max_cards: int) -> list[IssuedCard]:
-    """The cards for ``facts`` on ``hook``: one per problem, critical first, at most ``max_cards``."""
+def evaluate(
+    ruleset: RuleSet, facts: PatientFacts, hook: str, *, max_cards: int, memo: Memo | None = None
+) -> list[IssuedCard]:
+    """The cards for ``facts`` on ``hook``: one per problem, critical first, at most ``max_cards``. ``memo`` holds
+    criteria results over the same ``facts`` to reuse (another rule set's of the same call)."""
     if not facts.findings_of(CRAMP_CONCEPTS):
         return []
-    memo: Memo = {}
+    memo = {} if memo is None else memo
     firings = [f for f in (_fire_safely(r, facts, memo) for r in ruleset.rules if hook in r.hooks) if f is not None]
     return [_issue(problem, facts) for problem in problems(firings, hook)[: max(max_cards, 0)]]
 
