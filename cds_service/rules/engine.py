@@ -173,11 +173,12 @@ def _fire_safely(rule: Rule, facts: PatientFacts, memo: Memo) -> Firing | None:
 
 def _issue(group: Sequence[Firing], facts: PatientFacts) -> IssuedCard:
     primary, related = group[0], list(group[1:])
+    evidence = tuple(evidence_lines(primary))
     return IssuedCard(
         rule_id=primary.rule.id,
         indicator=primary.indicator,
-        card=build_card(primary, related, facts),
+        card=build_card(primary, related, facts, evidence),
         related=tuple(f.rule.id for f in related),
-        evidence=tuple(evidence_lines(primary)),
+        evidence=evidence,
         evidence_items=tuple(evidence_of(primary)),
     )
