@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from cds_service.storage import issued_cards as issued_cards_module
 from cds_service.storage.database import issued_cards, open_database
 from cds_service.viewer.examples import shipped_examples
 
@@ -65,6 +66,22 @@ def test_one_writer_thread_per_process_writes_batch_after_batch(make_app):
     assert writers() == before + 1
     _wait_stored(parts.engine, _issue_cards(app))  # the next batch, by the same thread
     assert writers() == before + 1
+
+
+def test_the_writer_retries_a_failed_write_until_the_database_is_back(make_app, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(issued_cards_module, "RETRY_SECONDS", 0.1)
+    database = tmp_path / "issued.sqlite3"
+    app = make_app(database_url=f"sqlite:///{database}", issued_cards_flush_seconds=0.05)
+    parts = app.extensions["cds_service"]
+    parts.engine.dispose()
+    saved = database.rename(tmp_path / "saved.sqlite3")
+    database.mkdir()  # a directory where the database was: every connection fails
+    cards = _issue_cards(app)
+    time.sleep(0.4)
+    assert "issued cards not written yet" in caplog.text  # the writer's first attempts failed
+    database.rmdir()
+    saved.rename(database)
+    _wait_stored(parts.engine, cards)
 
 
 def test_the_hook_call_does_not_write_and_readers_see_the_cards_at_once(make_app):

@@ -138,7 +138,7 @@ class IssuedCardLog:
                     if calls:
                         counts = [{"day": d, "service_id": service, "calls": n} for (d, service), n in calls.items()]
                         conn.execute(self._add_calls, counts)
-            except SQLAlchemyError as exc:
+            except Exception as exc:  # a database error above all; whatever it is, the rows stay queued
                 with self._handoff:
                     self._pending.extendleft(reversed(batch))
                     self._writing = []
@@ -180,7 +180,7 @@ class IssuedCardLog:
             try:
                 self.flush()
                 delay = self._interval
-            except SQLAlchemyError:
+            except Exception:  # logged by flush; the thread must outlive any one failed write
                 delay = max(RETRY_SECONDS, self._interval)
                 self._queued.set()
 
