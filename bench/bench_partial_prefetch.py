@@ -5,7 +5,8 @@ bench_http.py's patient with 1,500 labs (its generators: visits of several analy
 Each hook request prefetches every key in full except the labs: their Bundle holds the 500 oldest labs (the first
 page of an oldest-first search; ``--order newest`` sends the 500 newest instead, as a server honouring the
 template's ``_sort=-date`` would) and a ``next`` link to the rest on the server. The production server
-(``cds-service serve``, ``fhir_allowlist`` holding the engine, open and http on loopback allowed) answers it;
+(``cds-service serve``, ``fhir_allowlist`` holding the engine, open and http on loopback allowed) answers it,
+each call from a clinician new to the patient (``bench_http.as_new_user``: the repeat check runs and finds nothing);
 sequentially, alternating request by request, the script also times
 
 * one date-filtered search of the same server for those labs: the service's own lab search (its template plus
@@ -38,7 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from bench_http import PATIENT_ID, SERVICE_ID, Client, machine, make_prefetch, running  # its generators and server
+from bench_http import (  # its generators and server
+    PATIENT_ID,
+    SERVICE_ID,
+    USER_PLACEHOLDER,
+    Client,
+    as_new_user,
+    machine,
+    make_prefetch,
+    running,
+)
 
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime
@@ -96,7 +106,7 @@ def hook_bodies(templates: dict[str, str], prefetch: dict[str, Any], base: str) 
             "hookInstance": str(uuid.uuid4()),
             "hook": "patient-view",
             "fhirServer": base,
-            "context": {"userId": "Practitioner/bench-1", "patientId": PATIENT_ID},
+            "context": {"userId": USER_PLACEHOLDER.decode(), "patientId": PATIENT_ID},
             "prefetch": {key: prefetch[key] for key in templates},
         }
         for _ in range(BODY_VARIANTS)
@@ -162,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
                     order = ["hook", "search", "walk"] if i % 2 == 0 else ["walk", "search", "hook"]
                     for name in order:
                         if name == "hook":
-                            seconds, ok = client.post(bodies[i % len(bodies)])
+                            seconds, ok = client.post(as_new_user(bodies[i % len(bodies)], i + 1))
                             errors += not ok
                         else:
                             seconds = timed(tasks[name])

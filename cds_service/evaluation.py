@@ -23,6 +23,7 @@ from .record.model import PatientRecord
 from .record.obtain import obtain_record
 from .record.settings import RecordSettings
 from .record.templates import LABS, SYMPTOMS, Lookback, build_prefetch_templates
+from .rules.criteria import Memo
 from .rules.engine import IssuedCard, RuleSet, evaluate
 from .wire.errors import (
     AUTHORIZATION_WITHOUT_SERVER,
@@ -161,8 +162,9 @@ def answer_hook(
     facts = build_facts(record, runtime.terminology, now, runtime.fact_windows)
     built = time.perf_counter()
     governance, issued_at = runtime.governance, datetime.now(UTC)
-    shown = [card for card in _every_card(governance.active, facts, call.hook) if _well_formed(card)]
-    silent = _every_card(governance.silent, facts, call.hook)
+    memo: Memo = {}  # criteria the active and silent rules share are evaluated once
+    shown = [card for card in _every_card(governance.active, facts, call.hook, memo) if _well_formed(card)]
+    silent = _every_card(governance.silent, facts, call.hook, memo)
     findings = {c.card["uuid"]: finding_fingerprint("active", call.patient_id, call.user_id, c) for c in shown}
     findings |= {c.card["uuid"]: finding_fingerprint("silent", call.patient_id, call.user_id, c) for c in silent}
     repeats: list[IssuedCard] = []
@@ -190,9 +192,9 @@ def answer_hook(
     )
 
 
-def _every_card(ruleset: RuleSet, facts: PatientFacts, hook: str) -> list[IssuedCard]:
+def _every_card(ruleset: RuleSet, facts: PatientFacts, hook: str, memo: Memo) -> list[IssuedCard]:
     """Every card of ``ruleset``, in order: the cap applies once repeats are left out."""
-    return evaluate(ruleset, facts, hook, max_cards=len(ruleset.rules))
+    return evaluate(ruleset, facts, hook, max_cards=len(ruleset.rules), memo=memo)
 
 
 def _lookbacks(windows: FactWindows, now: datetime) -> dict[str, Lookback]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,6 +274,31 @@ def test_while_the_database_is_unreachable_cards_are_answered_and_this_process_s
     database.rmdir()
     saved.rename(database)
     state.issued.flush()
+
+
+def test_a_card_being_written_still_counts_as_issued(make_app, tmp_path: Path) -> None:
+    """The batch write takes the rows off the queue before it commits them: in between, the repeat check must
+    still find them (a call landing there showed the card again)."""
+    database = tmp_path / "governed.sqlite3"
+    app = make_app(**GOVERNED, database_url=f"sqlite:///{database}", issued_cards_flush_seconds=3600)
+    issued = app.extensions["cds_service"].issued
+    with app.test_client() as client:
+        assert len(call(client, potassium_request(3.0))) == 1
+        blocker = sqlite3.connect(database, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the batch write waits for it (busy_timeout)
+        writer = threading.Thread(target=issued.flush)
+        writer.start()
+        try:
+            deadline = time.monotonic() + 5
+            while issued.pending and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert issued.pending == 0 and writer.is_alive()  # taken off the queue, not committed
+            assert call(client, potassium_request(3.0)) == []
+        finally:
+            blocker.rollback()
+            blocker.close()
+            writer.join()
+        assert call(client, potassium_request(3.0)) == []  # and once committed
 
 
 def test_a_draft_order_card_shown_on_order_select_is_not_repeated_on_order_sign(make_app) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from cds_service.storage import issued_cards as issued_cards_module
 from cds_service.storage.database import issued_cards, open_database
 from cds_service.viewer.examples import shipped_examples
 
@@ -43,6 +45,43 @@ def test_issued_cards_are_written_when_the_interval_ends_without_any_reader(make
     stored = _stored(parts.engine)
     assert set(cards) <= set(stored)
     assert all(stored[card] for card in cards)  # each row names its rule
+
+
+def _wait_stored(engine, cards: list[str]) -> None:
+    deadline = time.monotonic() + 5
+    while not set(cards) <= set(_stored(engine)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert set(cards) <= set(_stored(engine))
+
+
+def test_one_writer_thread_per_process_writes_batch_after_batch(make_app):
+    app = make_app(issued_cards_flush_seconds=0.05)
+    parts = app.extensions["cds_service"]
+
+    def writers() -> int:
+        return sum(thread.name == "issued-cards" for thread in threading.enumerate())
+
+    before = writers()
+    _wait_stored(parts.engine, _issue_cards(app))
+    assert writers() == before + 1
+    _wait_stored(parts.engine, _issue_cards(app))  # the next batch, by the same thread
+    assert writers() == before + 1
+
+
+def test_the_writer_retries_a_failed_write_until_the_database_is_back(make_app, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(issued_cards_module, "RETRY_SECONDS", 0.1)
+    database = tmp_path / "issued.sqlite3"
+    app = make_app(database_url=f"sqlite:///{database}", issued_cards_flush_seconds=0.05)
+    parts = app.extensions["cds_service"]
+    parts.engine.dispose()
+    saved = database.rename(tmp_path / "saved.sqlite3")
+    database.mkdir()  # a directory where the database was: every connection fails
+    cards = _issue_cards(app)
+    time.sleep(0.4)
+    assert "issued cards not written yet" in caplog.text  # the writer's first attempts failed
+    database.rmdir()
+    saved.rename(database)
+    _wait_stored(parts.engine, cards)
 
 
 def test_the_hook_call_does_not_write_and_readers_see_the_cards_at_once(make_app):

@@ -3,7 +3,7 @@ one object evaluated once per call, and a rule's condition reads its criteria la
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 from test_rules_engine import RULESET, facts, lab, med
@@ -11,7 +11,7 @@ from test_rules_engine import RULESET, facts, lab, med
 from cds_service.facts.model import PatientFacts
 from cds_service.rules.criteria import Memo
 from cds_service.rules.criteria import evaluate as evaluate_criterion
-from cds_service.rules.engine import fire
+from cds_service.rules.engine import RuleSet, evaluate, fire
 from cds_service.rules.expression import Tri, all_of, any_of
 from cds_service.rules.model import CompositeCriterion, Criterion
 
@@ -43,8 +43,13 @@ def test_all_of_and_any_of_stop_at_the_deciding_value() -> None:
 
 
 def _all_criteria() -> list[Criterion]:
+    return _walk(c for rule in RULESET.rules for c in rule.criteria.values())
+
+
+def _walk(criteria: Iterable[Criterion]) -> list[Criterion]:
+    """``criteria`` and every composite's children, repeats included."""
     found: list[Criterion] = []
-    pending = [c for rule in RULESET.rules for c in rule.criteria.values()]
+    pending = list(criteria)
     while pending:
         criterion = pending.pop()
         found.append(criterion)
@@ -60,6 +65,31 @@ def test_equal_criteria_across_rules_are_one_object() -> None:
         assert first_of.setdefault(criterion, criterion) is criterion
     assert len({id(c) for c in criteria}) < len(criteria)  # the shipped rules do repeat criteria
 
+
+
+def test_rule_sets_made_from_another_s_rules_share_its_criteria() -> None:
+    """The active and silent rule sets (cds_service.governance) are made from the loaded set's rules: a criterion
+    both use is one object, so one memo per call evaluates it once for both."""
+    rules = RULESET.rules
+    first, second = RuleSet.of(rules[::2]), RuleSet.of(rules[1::2])
+
+    def ids(ruleset: RuleSet) -> set[int]:
+        return {id(c) for rule in ruleset.rules for c in _walk(rule.criteria.values())}
+
+    assert ids(first) | ids(second) <= {id(c) for c in _all_criteria()}
+    assert ids(first) & ids(second)  # the shipped rules repeat criteria across the halves too
+    record = facts(labs=[lab("potassium", 3.1, "mmol/L")], meds=[med("furosemide", "loop_diuretic")])
+    memo: Memo = {}
+    shared = evaluate(first, record, "patient-view", max_cards=99, memo=memo)
+    after_first = len(memo)
+    shared += evaluate(second, record, "patient-view", max_cards=99, memo=memo)
+    memo_alone: Memo = {}
+    alone = evaluate(first, record, "patient-view", max_cards=99)
+    alone += evaluate(second, record, "patient-view", max_cards=99, memo=memo_alone)
+    assert len(memo) - after_first < len(memo_alone)  # the second set reused what the first evaluated
+    assert [(c.rule_id, c.indicator, c.evidence) for c in shared] == [
+        (c.rule_id, c.indicator, c.evidence) for c in alone
+    ]
 
 PATIENTS: dict[str, PatientFacts] = {
     "low potassium on a loop diuretic": facts(labs=[lab("potassium", 3.1, "mmol/L")],

@@ -3,7 +3,7 @@ suggestions with FHIR R4 resources, coded override reasons. No null or empty ele
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +39,15 @@ def summary_text(firing: Firing) -> str:
     return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1].rstrip() + "…"
 
 
-def build_card(primary: Firing, related: list[Firing], facts: PatientFacts) -> dict[str, Any]:
-    """The card for one underlying problem: ``primary`` decides it, ``related`` firings add their findings."""
+def build_card(primary: Firing, related: list[Firing], facts: PatientFacts, evidence: Sequence[str]) -> dict[str, Any]:
+    """The card for one underlying problem: ``primary`` decides it, ``related`` firings add their findings;
+    ``evidence`` is ``evidence_lines(primary)`` (the issued card keeps them too, for the repeat check)."""
     template = primary.rule.card
     card: dict[str, Any] = {
         "uuid": random_uuid(),
         "summary": summary_text(primary),
         "indicator": primary.indicator,
-        "detail": _detail(primary, related),
+        "detail": _detail(primary, related, evidence),
         "source": {"label": template.source.label, "url": template.source.url},
     }
     suggestions = _suggestions(primary, facts, recommend=True)
@@ -72,8 +73,7 @@ def build_card(primary: Firing, related: list[Firing], facts: PatientFacts) -> d
     return card
 
 
-def _detail(primary: Firing, related: list[Firing]) -> str:
-    lines = evidence_lines(primary)
+def _detail(primary: Firing, related: list[Firing], lines: Sequence[str]) -> str:
     parts = ["**Findings**", "\n".join(f"- {line}" for line in lines)] if lines else []
     parts += [_section(primary, s) for s in primary.rule.card.detail if shown(primary.states, s.when, s.unless)]
     if related:

@@ -165,11 +165,15 @@ def _composite(criterion: CompositeCriterion, facts: PatientFacts, memo: Memo | 
 
 
 def shared_criteria(criteria: Mapping[str, Criterion], pool: dict[Criterion, Criterion]) -> dict[str, Criterion]:
-    """``criteria`` with each criterion (and composite child) replaced by the equal one already in ``pool``."""
+    """``criteria`` with each criterion (and composite child) replaced by the equal one already in ``pool``. Criteria
+    already shared stay the same objects (a composite is rebuilt only when a child was replaced), so rule sets made
+    from another's rules (the active and silent ones) share their criteria, and with them a memo's results."""
 
     def one(criterion: Criterion) -> Criterion:
         if isinstance(criterion, CompositeCriterion):
-            criterion = replace(criterion, children=tuple(one(child) for child in criterion.children))
+            children = tuple(one(child) for child in criterion.children)
+            if any(new is not old for new, old in zip(children, criterion.children, strict=True)):
+                criterion = replace(criterion, children=children)
         return pool.setdefault(criterion, criterion)
 
     return {name: one(criterion) for name, criterion in criteria.items()}

@@ -150,11 +150,14 @@ def fire(rule: Rule, facts: PatientFacts, memo: Memo | None = None) -> Firing | 
     )
 
 
-def evaluate(ruleset: RuleSet, facts: PatientFacts, hook: str, *, max_cards: int) -> list[IssuedCard]:
-    """The cards for ``facts`` on ``hook``: one per problem, critical first, at most ``max_cards``."""
+def evaluate(
+    ruleset: RuleSet, facts: PatientFacts, hook: str, *, max_cards: int, memo: Memo | None = None
+) -> list[IssuedCard]:
+    """The cards for ``facts`` on ``hook``: one per problem, critical first, at most ``max_cards``. ``memo`` holds
+    criteria results over the same ``facts`` to reuse (another rule set's of the same call)."""
     if not facts.findings_of(CRAMP_CONCEPTS):
         return []
-    memo: Memo = {}
+    memo = {} if memo is None else memo
     firings = [f for f in (_fire_safely(r, facts, memo) for r in ruleset.rules if hook in r.hooks) if f is not None]
     return [_issue(problem, facts) for problem in problems(firings, hook)[: max(max_cards, 0)]]
 
@@ -170,11 +173,12 @@ def _fire_safely(rule: Rule, facts: PatientFacts, memo: Memo) -> Firing | None:
 
 def _issue(group: Sequence[Firing], facts: PatientFacts) -> IssuedCard:
     primary, related = group[0], list(group[1:])
+    evidence = tuple(evidence_lines(primary))
     return IssuedCard(
         rule_id=primary.rule.id,
         indicator=primary.indicator,
-        card=build_card(primary, related, facts),
+        card=build_card(primary, related, facts, evidence),
         related=tuple(f.rule.id for f in related),
-        evidence=tuple(evidence_lines(primary)),
+        evidence=evidence,
         evidence_items=tuple(evidence_of(primary)),
     )
