@@ -143,8 +143,8 @@ def test_an_unknown_unit_keeps_the_value_as_reported_with_a_warning(terminology:
 
 
 @pytest.mark.parametrize(("change", "warning"), [
-    ({"valueQuantity": None, "valueString": "<2.0"},
-     "Observation/v: no numeric value for potassium (value '<2.0' is text)"),
+    ({"valueQuantity": None, "valueString": "<2.0 haemolysed"},
+     "Observation/v: no numeric value for potassium (value '<2.0 haemolysed' is text)"),
     ({"valueQuantity": {"value": "low", "code": "mmol/L"}},
      "Observation/v: value 'low' for potassium is not a number, not used"),
     ({"effectiveDateTime": None}, "Observation/v: no effective time for potassium"),
