@@ -169,6 +169,15 @@ def test_unreliable_statuses_are_skipped(terminology: Terminology, status: str) 
     assert facts.latest("potassium") is None and not facts.warnings
 
 
+@pytest.mark.parametrize("status", ["entered-in-error ", " cancelled", "entered-in-error\n"])
+def test_a_status_with_whitespace_around_it_is_read_as_its_code(terminology: Terminology, status: str) -> None:
+    # Oracle Health's published R4 Observation example sends "entered-in-error " (fixtures/vendors/README.md)
+    erroneous = facts_of(terminology, lab("x", "2823-3", 2.1, "mmol/L", status=status), symptom("s", status=status))
+    assert erroneous.latest("potassium") is None and erroneous.findings == () and not erroneous.warnings
+    current = facts_of(terminology, request("m", rx("313988", "furosemide 40 MG Oral Tablet"), status=" active "))
+    assert [m.name for m in current.medications] == ["furosemide 40 MG Oral Tablet"]
+
+
 # ---------------------------------------------------------------- labs: time and order
 def test_results_are_newest_first_across_blood_and_serum_codes(terminology: Terminology) -> None:
     facts = facts_of(terminology, lab("old", "6298-4", 4.0, "mmol/L", days=40),

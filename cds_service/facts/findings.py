@@ -32,7 +32,17 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from .fhir import code_of, codings, concept_text, effective_time, moment, period_end, period_start, reference_name
+from .fhir import (
+    code_of,
+    codings,
+    concept_text,
+    effective_time,
+    moment,
+    period_end,
+    period_start,
+    reference_name,
+    status_of,
+)
 from .model import Coding, Finding
 from .terminology import ICD10CM, SNOMED, Terminology
 
@@ -112,7 +122,7 @@ class FindingReader:
         return any(self._terminology.symptom_text.concepts(text) for text in _texts(resource))
 
     def observation(self, resource: Mapping[str, Any]) -> list[Finding] | None:
-        status = resource.get("status")
+        status = status_of(resource)
         if status in EXCLUDED_OBSERVATION:
             return None
         code = resource.get("code")

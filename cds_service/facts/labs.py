@@ -17,7 +17,7 @@ from math import isfinite
 from operator import itemgetter
 from typing import Any, overload
 
-from .fhir import as_list, codings, effective_time, number, reference_name
+from .fhir import as_list, codings, effective_time, number, reference_name, status_of
 from .model import Coding, LabResult
 from .terminology import LOINC, Analyte, Terminology
 from .units import Conversion, fold
@@ -125,7 +125,7 @@ class LabReader:
                     break
         else:
             return False
-        if observation.get("status") in SKIPPED_STATUSES:
+        if status_of(observation) in SKIPPED_STATUSES:
             return True
         quantity = observation.get("valueQuantity")
         if type(quantity) is not dict:
