@@ -476,6 +476,18 @@ def test_cramp_and_spasm_conditions(terminology: Terminology, system: str, code:
     assert facts.findings[0].source == "Condition" and facts.findings[0].date == NOW - timedelta(days=5)
 
 
+def test_a_problem_coded_in_two_systems_is_named_by_its_text(terminology: Terminology) -> None:
+    # Epic and Oracle Health code a problem by SNOMED CT beside ICD-10-CM, the clinician's words in code.text
+    coded = condition("c", SNOMED, "55300003", onsetDateTime=ago(5))
+    coded["code"]["coding"] = [{"system": SNOMED, "code": "55300003", "display": "Cramp (finding)"},
+                               {"system": ICD, "code": "R25.2", "display": "Cramp and spasm"}]
+    named = facts_of(terminology, coded | {"code": coded["code"] | {"text": "Leg cramps"}}).findings
+    assert [(f.concept, f.display, f.code.code) for f in named] == [
+        ("cramp", "Leg cramps", "55300003"), ("spasm", "Leg cramps", "R25.2")]
+    assert [f.display for f in facts_of(terminology, coded).findings] == [
+        "Cramp (finding)", "Cramp (finding)"]  # without text, the first coding's display: still one name
+
+
 @pytest.mark.parametrize(("kwargs", "counted"), [
     ({"verification": "refuted"}, False),
     ({"verification": "entered-in-error"}, False),

@@ -31,8 +31,9 @@ EXPECTED: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
         ["statin-muscle-symptoms-ck"], ["critical"],
         ["CK 3388 U/L (11.0× upper limit) on atorvastatin: myopathy",
          "Statin: **atorvastatin \\(LIPITOR\\) 40 MG tablet** (prescription, active since 2026-06-01)",
-         "CK **3388 U/L**, reference 39–308 U/L, 11.0× the upper limit, 2026-10-29"],
-        []),
+         "CK **3388 U/L**, reference 39–308 U/L, 11.0× the upper limit, 2026-10-29",
+         "- **Muscle cramps** (Condition, active since 2026-10-20)\n"],
+        ["Cramp and spasm", "Cramp \\(finding\\)"]),  # one problem coded SNOMED CT and ICD-10-CM: one line
     "epic-order-sign-lasix-low-potassium.json": (
         ["draft-diuretic-low-electrolyte"], ["warning"],
         ["Ordering furosemide with cramps and potassium 3.1 mmol/L",
@@ -44,8 +45,9 @@ EXPECTED: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
         ["diuretic-hypokalemia"], ["warning"],
         ["Low potassium (2.9 mmol/L) on furosemide may explain cramps",
          "Diuretic: **furosemide \\(furosemide 40 mg oral tablet\\)** (prescription, active since 2026-05-04)",
-         "Potassium **2.9 mmol/L**, reference 3.5–5.1 mmol/L, 2026-10-29"],
-        ["1.9 mmol/L"]),  # the newer potassium the lab marked "entered-in-error " never counts
+         "Potassium **2.9 mmol/L**, reference 3.5–5.1 mmol/L, 2026-10-29",
+         "- **Leg cramps** (Condition, active since 2026-10-20)\n"],
+        ["1.9 mmol/L", "Cramp and spasm"]),  # the newer potassium the lab marked "entered-in-error " never counts
     "cerner-order-sign-simvastatin-raised-ck.json": (
         ["draft-statin-raised-ck"], ["critical"],
         ["Ordering simvastatin with CK 2400 U/L (12.5× upper limit): myopathy; do not start it",

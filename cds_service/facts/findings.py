@@ -178,9 +178,10 @@ class FindingReader:
         return [("", "", text, concept) for concept in self._terminology.symptom_text.concepts(text)] if text else []
 
     def _shown(self, system: str, code: str, display: str, text: str) -> str:
-        """What a card calls the finding: the coding's display, the concept's text, the value set's display for
-        the code, or at last the bare code (an EHR may send a code with no words at all)."""
-        return display or text or self._terminology.display_of(system, code) or code
+        """What a card calls the finding: the concept's text, else its first coding's display (``text``: one name
+        for a problem coded in several systems, as Epic and Oracle Health code SNOMED CT beside ICD-10-CM), the
+        coding's own display, the value set's display for the code, or at last the bare code."""
+        return text or display or self._terminology.display_of(system, code) or code
 
     def _means_symptom(self, system: str, code: str) -> bool:
         if system not in FINDING_SYSTEMS:
