@@ -151,8 +151,9 @@ class LabReader:
             conversion = units.find(unit_code, quantity.get("unit"))
         comparator = quantity.get("comparator")
         if conversion is None or (comparator and comparator not in COMPARATORS):
-            problem = f"unknown unit {_unit_shown(quantity)!r}" if conversion is None else \
-                f"unknown comparator {comparator!r}"
+            shown = _unit_shown(quantity)
+            problem = f"unknown comparator {comparator!r}" if conversion is not None else \
+                f"unknown unit {shown!r}" if shown else "no unit"
             self._warn(observation, f"{problem} for {analyte}: judged only by the lab's own range and flags")
             self._as_reported.setdefault(analyte, []).append(
                 (effective, value, analyte, AS_REPORTED, observation, coding))
