@@ -239,6 +239,8 @@ class Settings(BaseSettings):
     rules_dir: Annotated[Folder | None, EmptyIsNone] = None  # None = the rule set shipped inside the package
     max_cards: Count = 8  # cap on cards per response, after ordering critical > warning > info
     now: Annotated[LaxTime | None, EmptyIsNone] = None  # None = the real clock
+    # the site's FHIR R4 ConceptMap files mapping local codes to LOINC/RxNorm (cds_service.facts.concept_maps)
+    concept_maps_dir: Annotated[Folder | None, EmptyIsNone] = None
     # --- rule governance (rule ids are checked against the loaded rules at start: cds_service.governance) --------
     rule_deployment: dict[Text, Deployment] = {}  # rule id -> active/silent/off; unlisted: from the rule's status
     repeat_after: Duration = timedelta(days=1)  # a non-critical card seen this recently is not shown again

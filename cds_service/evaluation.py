@@ -13,10 +13,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .facts.build import FactWindows, build_facts, first_day_within
+from .facts.concept_maps import read_site_maps
 from .facts.model import PatientFacts
-from .facts.terminology import Terminology
+from .facts.terminology import SystemCode, Terminology
 from .governance import Governance, SeenLookup, finding_fingerprint, with_override_reasons
 from .record.model import PatientRecord
 from .record.obtain import obtain_record
@@ -53,7 +54,12 @@ class Runtime:
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
+        """Everything a hook call needs; raises ConfigError when the site's code maps have a problem."""
         terminology, loaded, registry = _knowledge(settings.rules_dir)
+        if settings.concept_maps_dir is not None:
+            terminology = site_terminology(terminology, settings.concept_maps_dir)
+            registry = ServiceRegistry(build_prefetch_templates(
+                terminology, [SystemCode(*code) for code in terminology.site_lab_codes]))
         ruleset = with_override_reasons(loaded, settings.override_reasons)
         return cls(
             settings=settings,
@@ -76,6 +82,17 @@ def _knowledge(rules_dir: Path | None) -> tuple[Terminology, RuleSet, ServiceReg
     terminology = Terminology.load()
     ruleset = RuleSet.load(rules_dir, terminology)
     return terminology, ruleset, ServiceRegistry(build_prefetch_templates(terminology))
+
+
+def site_terminology(terminology: Terminology, folder: Path) -> Terminology:
+    """``terminology`` reading the local codes of the site's ConceptMaps in ``folder``; a ConfigError with one
+    line per problem (file and entry) when any map cannot be used."""
+    maps = read_site_maps(folder, terminology)
+    if maps.problems:
+        lines = "\n".join(f"  {problem}" for problem in maps.problems)
+        raise ConfigError(f"concept_maps_dir = {str(folder)!r}: {len(maps.problems)} problem(s) "
+                          f"(cds-service terminology check):\n{lines}")
+    return terminology.with_site_maps({code: mapping.target for code, mapping in maps.mappings.items()})
 
 
 @dataclass(slots=True)

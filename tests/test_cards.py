@@ -19,7 +19,7 @@ from cds_service.rules.cases import load_cases, run_case
 from cds_service.rules.check import load_terminology
 from cds_service.rules.engine import RuleSet, evaluate
 from cds_service.rules.loader import case_files, shipped_rules_dir
-from cds_service.rules.templates import markdown, plain
+from cds_service.rules.templates import evidence_line, markdown, plain, times_uln_text
 from cds_service.wire.validation import card_problems
 
 RULES_DIR = shipped_rules_dir()
@@ -197,3 +197,18 @@ def test_patient_text_cannot_inject_markdown_or_html() -> None:
     detail = issued.card["detail"]
     assert "<img" not in detail and "](https://evil" not in detail and "\n# heading" not in detail
     assert issued.card["summary"] == "Low potassium (3.0 mmol/L) on furosemide may explain cramps"
+
+
+def test_a_multiple_of_the_upper_limit_keeps_the_comparator_of_a_bound() -> None:
+    """Issue 18: a CK reported as ">5000" against a limit of 200 is more than 25 times the limit, not 25 times."""
+    ck = LabResult(
+        "ck", 5000, "U/L", NOW - timedelta(days=1), Coding("http://loinc.org", "2157-6"),
+        None, 200, True, (), ">5000 U/L", "Observation/ck", comparator=">",
+    )
+    exact = LabResult(
+        "ck", 2420, "U/L", NOW - timedelta(days=1), Coding("http://loinc.org", "2157-6"),
+        None, 200, True, (), "2420 U/L", "Observation/ck2",
+    )
+    assert (times_uln_text(ck), times_uln_text(exact)) == (">25.0", "12.1")
+    rule = RULESET.by_id["rhabdomyolysis-no-statin"]
+    assert "\\>25.0× the upper limit" in evidence_line(rule.criteria["require_ck_over_5x"], ck)

@@ -142,6 +142,14 @@ def test_an_unknown_unit_keeps_the_value_as_reported_with_a_warning(terminology:
                               "range and flags",)
 
 
+def test_a_value_without_a_unit_is_kept_as_reported_with_a_warning(terminology: Terminology) -> None:
+    facts = facts_of(terminology, lab("bare", "2823-3", 3.1, "mmol/L") | {"valueQuantity": {"value": 0}})
+    result = facts.latest("potassium")
+    assert result is not None and not result.interpretable
+    assert (result.value, result.unit, result.reported) == (0, "", "0")
+    assert facts.warnings == ("Observation/bare: no unit for potassium: judged only by the lab's own range and flags",)
+
+
 @pytest.mark.parametrize(("change", "warning"), [
     ({"valueQuantity": None, "valueString": "<2.0 haemolysed"},
      "Observation/v: no numeric value for potassium (value '<2.0 haemolysed' is text)"),
@@ -710,7 +718,8 @@ def test_any_shape_builds_and_every_result_materialises(
                      request("mr", rx("316672", "Simvistatin 10 MG")) | request_changes)
     for series in facts.labs.values():
         for result in series:  # built lazily: must not raise either
-            assert result.unit and isinstance(result.reported, str)
+            # a value with no unit is kept in the lab's own terms (unit "") and judged by its range and flags
+            assert isinstance(result.unit, str) and isinstance(result.reported, str)
 
 
 # --- the rule set's lab look-back -------------------------------------------------------------------------------

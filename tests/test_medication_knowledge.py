@@ -31,8 +31,9 @@ LOINC = "http://loinc.org"
 LOCAL = "http://hospital.example/fhir/CodeSystem/formulary"  # a site's own medication codes
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 SHIPPED_SOURCE_TITLE = (
-    "RxNorm SBD rows, each found with the same RxNorm code, term type and name in two or more independent public "
-    "sources (search of public repositories, 2026-12-07; listed in rules/valuesets/sources/README.md); certainty S"
+    "RxNorm BN, SCD, SBD and SBDF rows, each found with the same RxNorm code, term type and name in two or more "
+    "independent public sources (search of public repositories, 2026-12-07; listed in "
+    "rules/valuesets/sources/README.md); certainty S"
 )
 
 
@@ -67,13 +68,15 @@ def build(tmp_path: Path, *extra: str, rxnconso: Path = SAMPLE / "RXNCONSO.sampl
 def test_the_script_reads_products_packs_salts_and_brands_from_rxnconso(tmp_path: Path) -> None:
     document = build(tmp_path, "--certainty", "S")
     entries = {e["code"]: e for e in document["entries"]}
-    assert set(entries) == {"83367", "93252", "543354", "617320", "745752", "762675", "859749"}
+    assert set(entries) == {"83367", "93252", "153165", "543354", "617320", "745752", "762675", "859749"}
     assert entries["93252"]["ingredients"] == ["hydrochlorothiazide", "triamterene"]
     assert entries["543354"]["ingredients"] == ["ezetimibe", "simvastatin"]
     assert entries["762675"]["ingredients"] == ["methylprednisolone"]  # the generic pack's inner product
     assert entries["762675"]["tty"] == "GPCK" and entries["83367"]["tty"] == "IN"
     assert entries["859749"]["ingredients"] == ["rosuvastatin"]  # the salt folds to the class ingredient
     assert entries["745752"]["ingredients"] == ["albuterol"]  # "200 ACTUAT" is not a name
+    assert entries["153165"]["ingredients"] == ["atorvastatin"]  # the BN "Lipitor" takes its SBD's ingredients
+    assert entries["153165"]["tty"] == "BN"
     assert {e["certainty"] for e in entries.values()} == {"S"}
     assert document["brands"] == [
         {"name": "Crestor", "ingredients": ["rosuvastatin"], "source": "sample"},
@@ -82,6 +85,13 @@ def test_the_script_reads_products_packs_salts_and_brands_from_rxnconso(tmp_path
         {"name": "ProAir HFA", "ingredients": ["albuterol"], "source": "sample"},
         {"name": "Vytorin", "ingredients": ["ezetimibe", "simvastatin"], "source": "sample"},
     ]  # not Lasix: its only row is suppressed
+
+
+def test_a_brand_name_row_without_its_products_in_the_input_is_left_out(tmp_path: Path) -> None:
+    only_bn = tmp_path / "RXNCONSO.RRF"
+    only_bn.write_text("153165|ENG||||||||153165||RXNORM|BN|153165|Lipitor||N||\n", "utf-8")
+    document = build(tmp_path, rxnconso=only_bn)
+    assert document["entries"] == [] and document["brands"] == []
 
 
 def test_vsac_expansions_add_their_codes_and_known_codes_are_left_out(tmp_path: Path) -> None:
@@ -149,6 +159,11 @@ def test_a_short_row_is_refused_naming_the_file_and_line(tmp_path: Path, capsys:
 @pytest.mark.parametrize(("code", "ingredients"), [
     ("617320", {"atorvastatin"}), ("200809", {"furosemide"}), ("104491", {"simvastatin"}),
     ("543354", {"ezetimibe", "simvastatin"}), ("93252", {"hydrochlorothiazide", "triamterene"}),
+    ("750199", {"amlodipine", "atorvastatin"}),  # Caduet SBD: a statin and a statin-interacting drug
+    ("92479", {"chlorothiazide"}),  # Diuril SBDF: a branded dose form without strength
+    ("205489", {"bumetanide"}), ("200820", {"spironolactone"}), ("104377", {"lisinopril"}),
+    ("104220", {"furosemide"}), ("104370", {"captopril", "hydrochlorothiazide"}),
+    ("153165", {"atorvastatin"}), ("196503", {"simvastatin"}),  # the brand names (BN) Lipitor and Zocor
 ])
 def test_branded_products_map_to_their_ingredients(terminology: Terminology, code: str, ingredients: set[str]) -> None:
     assert terminology.ingredients_for(RXNORM, code) == ingredients
@@ -159,6 +174,9 @@ def test_branded_products_map_to_their_ingredients(terminology: Terminology, cod
     ("atorvastatin 40 MG Oral Tablet [Lipitor]", {"atorvastatin"}),
     ("Lasix 40mg daily", {"furosemide"}),
     ("maxzide 75-50", {"hydrochlorothiazide", "triamterene"}),
+    ("CADUET 10-10 TAB", {"amlodipine", "atorvastatin"}),  # one combination brand, not ambiguous
+    ("Aldactone 25mg daily", {"spironolactone"}),
+    ("BUMEX 1 MG TABLET", {"bumetanide"}),
     ("Lipitorx", set()),  # whole words only
     ("", set()),
 ])
@@ -226,6 +244,12 @@ CONTAINED = _request("contained", medicationReference={"reference": "#med"}, con
 }])
 VYTORIN_SBD = _request("vytorin", medicationCodeableConcept=_concept(
     (RXNORM, "543354", "ezetimibe 10 MG / simvastatin 40 MG Oral Tablet [Vytorin]"), text="VYTORIN 10-40 TABS"))
+CADUET_SBD = _request("caduet", medicationCodeableConcept=_concept((RXNORM, "750199", "")))  # the code alone
+LIPITOR_BN = _request("lipitor-bn", medicationCodeableConcept=_concept((RXNORM, "153165", "")))  # the BN alone
+CADUET_TEXT = _request("caduet-text", medicationCodeableConcept={"text": "CADUET 10-10 TAB PO DAILY"})
+BUMEX_SBD = _request("bumex", medicationCodeableConcept=_concept((RXNORM, "205489", "")))
+DIURIL_SBDF = _request("diuril", medicationCodeableConcept=_concept((RXNORM, "92479", ""), text="DIURIL SUSP"))
+ALDACTONE_SBD = _request("aldactone", medicationCodeableConcept=_concept((RXNORM, "200820", ""), text="ALDACTONE 25"))
 AMBIGUOUS_TEXT = _request("ambiguous", medicationCodeableConcept={"text": "Lipitor or Lasix per cardiology"})
 
 
@@ -242,6 +266,10 @@ def facts_of(terminology: Terminology, *requests_: dict[str, Any]) -> PatientFac
     (LOCAL_AND_RXNORM, {"simvastatin"}, {"statin"}),
     (CONTAINED, {"furosemide"}, {"loop_diuretic"}),
     (VYTORIN_SBD, {"ezetimibe", "simvastatin"}, {"statin"}),
+    (CADUET_SBD, {"amlodipine", "atorvastatin"}, {"statin", "statin_interacting"}),
+    (CADUET_TEXT, {"amlodipine", "atorvastatin"}, {"statin", "statin_interacting"}),
+    (DIURIL_SBDF, {"chlorothiazide"}, {"thiazide_diuretic"}),
+    (ALDACTONE_SBD, {"spironolactone"}, {"potassium_sparing_diuretic", "mineralocorticoid_antagonist"}),
 ])
 def test_medications_are_classified_whatever_their_representation(
     terminology: Terminology, resource: dict[str, Any], ingredients: set[str], classes: set[str]
@@ -301,8 +329,10 @@ def _summaries(cards: list[dict[str, Any]]) -> list[str]:
     return [card["summary"] for card in cards]
 
 
-@pytest.mark.parametrize("medication", [LIPITOR_SBD, BRACKET_TEXT, VYTORIN_SBD, LOCAL_AND_RXNORM],
-                         ids=["lipitor-sbd-only", "bracket-text-only", "vytorin-sbd", "local-beside-rxnorm"])
+@pytest.mark.parametrize("medication", [LIPITOR_SBD, BRACKET_TEXT, VYTORIN_SBD, LOCAL_AND_RXNORM, CADUET_SBD,
+                                        CADUET_TEXT, LIPITOR_BN],
+                         ids=["lipitor-sbd-only", "bracket-text-only", "vytorin-sbd", "local-beside-rxnorm",
+                              "caduet-sbd-only", "caduet-text-only", "lipitor-bn-only"])
 def test_a_branded_or_text_only_statin_with_ck_13x_gets_the_critical_ck_card(
     service: str, medication: dict[str, Any]
 ) -> None:
@@ -313,14 +343,22 @@ def test_a_branded_or_text_only_statin_with_ck_13x_gets_the_critical_ck_card(
     assert "statin" in ck[0]["summary"]
 
 
-@pytest.mark.parametrize("medication", [LASIX_SBD, CONTAINED], ids=["lasix-sbd-only", "contained-ingredient"])
-def test_branded_or_ingredient_coded_furosemide_is_named_as_the_potassium_culprit(
-    service: str, medication: dict[str, Any]
+@pytest.mark.parametrize(("medication", "culprit"), [
+    (LASIX_SBD, "furosemide"), (CONTAINED, "furosemide"), (BUMEX_SBD, "bumetanide"), (DIURIL_SBDF, "chlorothiazide"),
+], ids=["lasix-sbd-only", "contained-ingredient", "bumex-sbd-only", "diuril-sbdf-only"])
+def test_a_branded_or_ingredient_coded_diuretic_is_named_as_the_potassium_culprit(
+    service: str, medication: dict[str, Any], culprit: str
 ) -> None:
     cards = _cards(service, medication, K_3_2)
     (low_k,) = [c for c in cards if "Low potassium (3.2 mmol/L)" in c["summary"]]
-    assert "furosemide" in low_k["summary"]
+    assert culprit in low_k["summary"]
     assert "no culprit" not in (low_k["summary"] + low_k["detail"]).lower()
+
+
+def test_an_aldactone_sbd_with_potassium_above_the_range_gets_the_potassium_sparing_card(service: str) -> None:
+    cards = _cards(service, ALDACTONE_SBD, _observation("k", "2823-3", 5.3, "mmol/L"))
+    (high_k,) = [c for c in cards if "Potassium above the reference range (5.3 mmol/L)" in c["summary"]]
+    assert "spironolactone" in high_k["summary"]
 
 
 def test_maxzide_named_only_in_text_is_a_thiazide_for_the_potassium_card(service: str) -> None:

@@ -3,8 +3,11 @@ report that names the file and what is wrong."""
 from __future__ import annotations
 
 import io
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.rule_files import edit_rule_file
@@ -17,6 +20,20 @@ def check(directory: Path | None) -> tuple[int, str]:
     out = io.StringIO()
     code = run_check(directory, stream=out)
     return code, out.getvalue()
+
+
+def _drop_tests(path: Path, leave_out: Callable[[dict[str, Any]], bool]) -> None:
+    """Remove every test ``leave_out`` selects from a cases file (and groups left empty)."""
+    def change(data: dict[str, Any]) -> None:
+        for case in data["cases"]:
+            case["tests"] = [t for t in case["tests"] if not leave_out(t)]
+        data["cases"] = [c for c in data["cases"] if c["tests"]]
+
+    edit_rule_file(path, change)
+
+
+def _labs(test: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((test.get("given") or {}).get("labs") or ())
 
 
 def test_shipped_rules_pass() -> None:
@@ -71,9 +88,7 @@ def test_a_rule_without_cases_and_orphan_cases_fail(rules_copy: Path) -> None:
 
 def test_cases_need_a_silent_case_per_exclusion(rules_copy: Path) -> None:
     cases = rules_copy / "electrolytes" / "hyponatremia-no-diuretic.cases.yaml"
-    edit_rule_file(
-        cases, lambda d: d["cases"][0].update(tests=[t for t in d["cases"][0]["tests"] if t["expect"] != "silent"])
-    )
+    _drop_tests(cases, lambda t: t["expect"] == "silent")
     code, report = check(rules_copy)
     assert code == 1 and "needs a silent case for every exclude_* block" in report
 
@@ -123,8 +138,9 @@ def test_a_basis_must_be_one_of_the_rules_references(rules_copy: Path) -> None:
 def test_a_wrong_answer_of_the_rule_set_is_reported(rules_copy: Path) -> None:
     """A case's ``answer`` is judged over the whole rule set: one card per problem, with the rules merged in."""
     cases = rules_copy / "orders" / "draft-statin-raised-ck.cases.yaml"
-    edit_rule_file(cases, lambda d: d["cases"][-1]["tests"][-1]["expect"].update(answer=[
-        {"card": "draft-statin-raised-ck"}, {"card": "statin-muscle-symptoms-ck"}]))
+    edit_rule_file(cases, lambda d: next(
+        t for c in d["cases"] for t in c["tests"] if t["description"] == "order-sign gives the same one card"
+    )["expect"].update(answer=[{"card": "draft-statin-raised-ck"}, {"card": "statin-muscle-symptoms-ck"}]))
     code, report = check(rules_copy)
     assert code == 1
     assert ("'order-sign gives the same one card': the rule set answers "
@@ -155,3 +171,74 @@ def test_the_review_names_every_threshold_of_its_rule(rules_copy: Path) -> None:
     code, report = check(rules_copy)
     assert code == 1
     assert f"FAIL {rule.with_name('diuretic-hypokalemia.review.md')}: does not name the threshold 3.45" in report
+
+
+def test_a_rule_reading_a_lab_needs_a_case_in_another_unit(rules_copy: Path) -> None:
+    """Issue 18: the eGFR rule reads egfr, which the value sets also accept in mL/min; without that case the check
+    names the analyte. A unit text that is only another spelling of the canonical unit does not count."""
+    cases = rules_copy / "metabolic" / "ckd.cases.yaml"
+    _drop_tests(cases, lambda t: any(lab["unit"] == "mL/min" for lab in _labs(t)))
+    edit_rule_file(cases, lambda d: d["cases"][0]["tests"][0]["given"]["labs"][0].update(unit_text="mL/min/1.73m2"))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert (f"FAIL {cases}: no case gives egfr in a unit other than the canonical one (an SI or conventional unit "
+            "the value sets convert)\n") in report
+    assert report.count("FAIL") == 1, report
+
+
+def test_a_rule_comparing_a_lab_needs_a_comparator_case(rules_copy: Path) -> None:
+    cases = rules_copy / "metabolic" / "vitamin-b12-deficiency.cases.yaml"
+    _drop_tests(cases, lambda t: any("comparator" in lab for lab in _labs(t)))
+    code, report = check(rules_copy)
+    assert code == 1
+    assert f"FAIL {cases}: no case gives vitamin_b12 with a comparator (<, <=, >, >=) on its value\n" in report
+    assert report.count("FAIL") == 1, report
+
+
+def test_a_presence_check_needs_no_comparator_case(rules_copy: Path) -> None:
+    """``at_least: 0`` only asks whether a result exists: the CK-order rule of statin interactions compares
+    nothing, so it needs a CK in µkat/L (a CK on file) but no CK given as a bound."""
+    cases = rules_copy / "statin" / "statin-interaction.cases.yaml"
+    _drop_tests(cases, lambda t: any(lab["unit"] != "U/L" for lab in _labs(t)))
+    code, report = check(rules_copy)
+    assert code == 1 and report.count("FAIL") == 1, report
+    assert f"FAIL {cases}: no case gives ck in a unit other than the canonical one" in report
+
+
+def test_a_derived_analyte_is_covered_by_the_lab_it_is_computed_from(rules_copy: Path) -> None:
+    """The thyroid-surgery calcium rule reads corrected calcium; the labs sent are total calcium (and ionized)."""
+    cases = rules_copy / "electrolytes" / "hypocalcemia-after-thyroid-surgery.cases.yaml"
+    _drop_tests(cases, lambda t: any(lab.get("loinc") in ("2000-8", "17863-2") for lab in _labs(t)))
+    code, report = check(rules_copy)
+    assert code == 1 and report.count("FAIL") == 1, report
+    assert f"FAIL {cases}: no case gives calcium or calcium_ionized in a unit other than the canonical one" in report
+
+
+def test_a_rule_reading_a_class_with_branded_products_needs_a_branded_case(rules_copy: Path) -> None:
+    """The dehydration rule reads loop and thiazide diuretics, which have branded SBDs (Lasix, Maxzide)."""
+    cases = rules_copy / "metabolic" / "dehydration.cases.yaml"
+    _drop_tests(cases, lambda t: t["description"].startswith("Lasix"))
+    code, report = check(rules_copy)
+    assert code == 1 and report.count("FAIL") == 1, report
+    assert (f"FAIL {cases}: no case codes a medication only by a branded RxNorm product of a class the rule reads "
+            "(such as ") in report and "200809" in report
+
+
+def test_a_class_known_only_by_brand_names_needs_a_brand_text_case(rules_copy: Path) -> None:
+    """With a brand name for a class and no branded code, a case must name the drug by that brand in text only.
+    Prilosec (omeprazole) is added to a copy of the value sets: the PPI monitoring rule reads PPIs alone."""
+    brands = rules_copy / "valuesets" / "medication-brands.json"
+    data = json.loads(brands.read_text("utf-8"))
+    data["brands"].append({"name": "Prilosec", "ingredients": ["omeprazole"], "source": "public-code-lists"})
+    brands.write_text(json.dumps(data), "utf-8")
+    cases = rules_copy / "monitoring" / "ppi-no-recent-magnesium.cases.yaml"
+    code, report = check(rules_copy)
+    assert code == 1 and report.count("FAIL") == 1, report
+    assert f"FAIL {cases}: no case names a medication only by a brand of a class the rule reads (prilosec)\n" in report
+    edit_rule_file(cases, lambda d: d["cases"][0]["tests"].append({
+        "description": "Prilosec in text only for three years suggests a magnesium",
+        "given": {"medications": [{"text": "PRILOSEC 20 MG CAPSULE", "since": "-P3Y"}]},
+        "expect": {"fires": {"indicator": "info"}},
+    }))
+    code, report = check(rules_copy)
+    assert code == 0, report

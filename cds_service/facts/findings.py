@@ -167,7 +167,7 @@ class FindingReader:
         """(system, code, display, concept) for each concept the codings mean, each concept once."""
         found: list[tuple[str, str, str, str]] = []
         for system, code, display in codings(concept):
-            if system in FINDING_SYSTEMS:
+            if system in FINDING_SYSTEMS or system in self._terminology.site_systems:
                 for name in self._terminology.concepts_for(system, code):
                     if all(name != known[3] for known in found):
                         found.append((system, code, display, name))
@@ -184,7 +184,7 @@ class FindingReader:
         return text or display or self._terminology.display_of(system, code) or code
 
     def _means_symptom(self, system: str, code: str) -> bool:
-        if system not in FINDING_SYSTEMS:
+        if system not in FINDING_SYSTEMS and system not in self._terminology.site_systems:
             return False
         return any(c in self._symptoms for c in self._terminology.concepts_for(system, code))
 

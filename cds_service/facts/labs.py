@@ -97,6 +97,7 @@ class LabReader:
 
     def __init__(self, terminology: Terminology, sex: str | None, warnings: list[str]) -> None:
         self._lab = terminology.lab_codes
+        self._site = terminology.site_lab_codes
         self._analytes = terminology.analytes
         self._units = {name: analyte.units for name, analyte in terminology.analytes.items()}
         self._sex = sex
@@ -116,13 +117,21 @@ class LabReader:
         if type(code) is not dict:
             return False
         coding_list = code.get("coding")
-        lab = self._lab
-        for coding in coding_list if type(coding_list) is list else as_list(coding_list):
-            if type(coding) is dict:
-                loinc = coding.get("code")
+        lab, site = self._lab, self._site
+        coding: Mapping[str, Any]  # the LOINC coding that names the analyte (a mapped local code's target)
+        for item in coding_list if type(coding_list) is list else as_list(coding_list):
+            if type(item) is dict:
+                loinc = item.get("code")
                 analyte = lab.get(loinc) if type(loinc) is str else None
-                if analyte is not None and coding.get("system", LOINC) == LOINC:
+                if analyte is not None and item.get("system", LOINC) == LOINC:
+                    coding = item
                     break
+                if site and type(loinc) is str:  # a site's local code, read as the LOINC code it maps onto
+                    system = item.get("system")
+                    mapped = site.get((system, loinc)) if type(system) is str else None
+                    if mapped is not None:
+                        analyte, coding = mapped
+                        break
         else:
             return False
         if status_of(observation) in SKIPPED_STATUSES:
@@ -152,8 +161,8 @@ class LabReader:
         comparator = quantity.get("comparator")
         if conversion is None or (comparator and comparator not in COMPARATORS):
             shown = _unit_shown(quantity)
-            problem = f"unknown comparator {comparator!r}" if conversion is not None else \
-                f"unknown unit {shown!r}" if shown else "no unit"
+            unit_problem = f"unknown unit {shown!r}" if shown else "no unit"
+            problem = unit_problem if conversion is None else f"unknown comparator {comparator!r}"
             self._warn(observation, f"{problem} for {analyte}: judged only by the lab's own range and flags")
             self._as_reported.setdefault(analyte, []).append(
                 (effective, value, analyte, AS_REPORTED, observation, coding))

@@ -220,8 +220,9 @@ class MedicationReader:
 
     def _describe(self, found: list[tuple[str, str, str]], text: str) -> Medicine:
         """The medicine named by these codings and text, classified: RxNorm (ingredient, or product through the
-        shipped tables) and ATC codes first; when no code is known, ingredient and brand names in the text and
-        the codings' displays (a local code beside them is carried but not read)."""
+        shipped tables) and ATC codes, and local codes a site maps onto them, first; when no code is known,
+        ingredient and brand names in the text and the codings' displays (an unmapped local code is carried but
+        not read)."""
         key = (tuple(found), text)
         known = self._known.get(key)
         if known is not None:
@@ -229,7 +230,7 @@ class MedicationReader:
         terminology = self._terminology
         ingredients: set[str] = set()
         for system, code, _ in found:
-            if system in (RXNORM, ATC):
+            if system in (RXNORM, ATC) or system in terminology.site_systems:
                 ingredients |= terminology.ingredients_for(system, code)
         words = " ".join([text, *(display for _, _, display in found if display)])
         matched = None if ingredients else terminology.medication_text(words)

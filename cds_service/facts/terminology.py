@@ -7,6 +7,7 @@ path. Lookups are plain dict reads so that building the facts of a patient with 
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections import defaultdict
@@ -52,6 +53,7 @@ class CodeEntry:
     display: str
     certainty: str
     valueset: str
+    tty: str | None = None  # the RxNorm term type (IN, SCD, SBD, ...) when the value set gives it
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,10 @@ class Terminology:
         self._negation_interpretations: set[SystemCode] = set()
         self._negation_strings: frozenset[str] = frozenset()
         self.brands: dict[str, frozenset[str]] = {}  # folded brand name -> ingredients
+        # A site's local codes (``with_site_maps``): what each is read as; empty for the shipped value sets alone.
+        self.site_lab_codes: dict[tuple[str, str], tuple[str, Mapping[str, str]]] = {}  # -> analyte, LOINC coding
+        self.site_systems: frozenset[str] = frozenset()
+        self._site: dict[tuple[str, str], SystemCode] = {}
         non_systemic: set[str] = set()
         text_terms: dict[str, list[str]] = {}
         cues: set[str] = set()
@@ -194,6 +200,25 @@ class Terminology:
             documents[file.name] = doc
         return cls(documents)
 
+    def with_site_maps(self, mappings: Mapping[SystemCode, SystemCode]) -> Terminology:
+        """This terminology reading each local code of ``mappings`` as its target code (``facts.concept_maps``
+        checked that every target is a code ``reads`` knows and no source is one); the tables are shared."""
+        site = copy.copy(self)
+        site._site = {(source.system, source.code): target for source, target in mappings.items()}
+        site.site_systems = frozenset(source.system for source in mappings)
+        site.site_lab_codes = {
+            source: (self._lab[target.code], {"system": LOINC, "code": target.code,
+                                              "display": self.display_of(LOINC, target.code)})
+            for source, target in mappings.items() if target.system == LOINC
+        }
+        return site
+
+    def reads(self, code: SystemCode) -> bool:
+        """Whether the value sets give the code a meaning: a lab analyte, medication ingredients or a finding."""
+        if code.system == LOINC:
+            return code.code in self._lab
+        return bool(self.ingredients_for(code.system, code.code) or self.concepts_for(code.system, code.code))
+
     def _add_definitions(self, file: str, doc: Mapping[str, Any]) -> None:
         for name, spec in doc.get("analytes", {}).items():
             self._define(self.analytes, file, f"analytes/{name}", name, _analyte(name, spec))
@@ -239,7 +264,9 @@ class Terminology:
             known = self.entries.get(key)
             if known is not None:
                 raise ValueSetError(f"{where}: {key.system}|{key.code} is also defined in {known.valueset}")
-            self.entries[key] = CodeEntry(key.system, key.code, entry["display"], entry["certainty"], doc["id"])
+            self.entries[key] = CodeEntry(
+                key.system, key.code, entry["display"], entry["certainty"], doc["id"], entry.get("tty")
+            )
             self._index(where, key, entry)
 
     def _index(self, where: str, key: SystemCode, entry: Mapping[str, Any]) -> None:
@@ -292,13 +319,15 @@ class Terminology:
         return sorted(self._lab)
 
     def symptom_observation_codes(self) -> list[SystemCode]:
-        """(system, code) of Observation codes that record a symptom: symptom SNOMED codes and panel codes."""
+        """(system, code) of Observation codes that record a symptom: symptom SNOMED codes, the local codes a site
+        maps onto them and panel codes."""
         symptom = {name for name, c in self.concepts.items() if c.kind == "symptom"}
         codes = {
             SystemCode(system, code)
             for (system, code), concepts in self._findings.items()
             if system == SNOMED and symptom.intersection(concepts)
         }
+        codes |= {SystemCode(*source) for source, target in self._site.items() if target in codes}
         return sorted(codes | self._panels)
 
     # ------------------------------------------------------------------ lookups
@@ -313,6 +342,9 @@ class Terminology:
     def ingredients_for(self, system: str, code: str) -> frozenset[str]:
         """Ingredients of an RxNorm (IN or product) or ATC code; empty when the code is not in a value set."""
         found = self._ingredients.get((system, code if system == RXNORM else _fold_code(system, code)))
+        if found is None and self._site:
+            target = self._site.get((system, code))
+            found = self._ingredients.get((target.system, _fold_code(*target))) if target is not None else None
         return found if found is not None else _NONE
 
     def ingredients_in_text(self, text: str) -> frozenset[str]:
@@ -350,6 +382,9 @@ class Terminology:
 
     def concepts_for(self, system: str, code: str) -> tuple[str, ...]:
         """Finding concepts of a SNOMED CT or ICD-10-CM code (ICD-10-CM also by prefix, dots ignored)."""
+        target = self._site.get((system, code)) if system in self.site_systems else None
+        if target is not None:
+            system, code = target
         folded = _fold_code(system, code)
         found = self._findings.get((system, folded), ())
         if system == ICD10CM:
@@ -371,8 +406,9 @@ class Terminology:
         return text.strip().casefold() in self._negation_strings
 
     def display_of(self, system: str, code: str) -> str:
-        """The display a value set gives the code; empty for a code no value set defines."""
-        entry = self.entries.get((system, code))
+        """The display a value set gives the code (a site's local code: its target's); empty for a code no value
+        set defines."""
+        entry = self.entries.get(self._site.get((system, code), (system, code)))
         return entry.display if entry else ""
 
     def certainty_of(self, system: str, code: str) -> str | None:

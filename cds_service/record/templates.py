@@ -64,9 +64,13 @@ class PrefetchTerminology(Protocol):
         """(system, code) of the Observation codes that record muscle symptoms."""
 
 
-def build_prefetch_templates(terminology: PrefetchTerminology) -> dict[str, str]:
-    """The prefetch templates, keyed by prefetch key, in a fixed order."""
-    labs = ",".join(f"{LOINC}|{code}" for code in sorted(set(terminology.lab_loinc_codes())))
+def build_prefetch_templates(
+    terminology: PrefetchTerminology, site_lab_codes: Iterable[CodeLike] = ()
+) -> dict[str, str]:
+    """The prefetch templates, keyed by prefetch key, in a fixed order; the labs key also asks for the local lab
+    codes a site maps onto LOINC (``concept_maps_dir``)."""
+    loinc = sorted({f"{LOINC}|{code}" for code in terminology.lab_loinc_codes()})
+    labs = ",".join([*loinc, *sorted({f"{c.system}|{c.code}" for c in site_lab_codes})])
     symptoms = ",".join(sorted({f"{c.system}|{c.code}" for c in terminology.symptom_observation_codes()}))
     patient = PATIENT_TOKEN
     return {

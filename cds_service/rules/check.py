@@ -8,9 +8,12 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from ..facts.terminology import Terminology
+from ..facts.concept_maps import run_check as check_concept_maps
+from ..facts.labs import DERIVED_FROM
+from ..facts.terminology import LOINC, RXNORM, Analyte, Terminology
+from .case_records import coding
 from .cases import CaseTest, load_cases, run_case
 from .engine import RuleSet
 from .loader import (
@@ -22,7 +25,18 @@ from .loader import (
     rule_files,
     shipped_rules_dir,
 )
-from .model import CompositeCriterion, Criterion, LabCriterion, Rule
+from .model import (
+    CompositeCriterion,
+    Criterion,
+    InteractionCriterion,
+    LabCriterion,
+    MedicationCriterion,
+    Rule,
+    TimingCriterion,
+)
+
+BRANDED_TTYS = frozenset({"BN", "SBD", "SBDC", "SBDF", "SBDG", "BPCK"})  # RxNorm term types of branded products
+MEDICATION_KEYS = ("medications", "statements", "draft_orders")
 
 
 @dataclass(slots=True)
@@ -82,20 +96,111 @@ def review_problems(rule: Rule) -> list[str]:
 
 def thresholds(criteria: Iterable[Criterion]) -> Iterator[float]:
     """Every number a lab criterion compares with, at any depth."""
+    for criterion in leaves(criteria):
+        if isinstance(criterion, LabCriterion):
+            yield from (value for _, value in criterion.comparisons)
+
+
+def leaves(criteria: Iterable[Criterion]) -> Iterator[Criterion]:
+    """Every criterion that is not a composite of others, at any depth."""
     for criterion in criteria:
         if isinstance(criterion, CompositeCriterion):
-            yield from thresholds(criterion.children)
-        elif isinstance(criterion, LabCriterion):
-            yield from (value for _, value in criterion.comparisons)
+            yield from leaves(criterion.children)
+        else:
+            yield criterion
 
 
 def _numbers_in(text: str) -> set[str]:
     return {f"{float(number):g}" for number in re.findall(r"(?<![\w.])\d+(?:\.\d+)?", text)}
 
 
-def lint(report: Report) -> None:
+def representation_problems(rule: Rule, tests: list[CaseTest], terminology: Terminology) -> list[str]:
+    """The cases of ``rule`` show the representations real EHRs send, where the rule's criteria and the value
+    sets say they apply: a lab it reads in a unit other than the canonical one, a lab it compares given with a
+    comparator ("<2.5"), and a medication of a class it reads coded by a branded RxNorm product only (by brand
+    name in text only when the value sets know brand names of the class but no branded code)."""
+    cases_path = rule.path.with_name(f"{rule.id}.cases.yaml")
+    labs = _key_labs(rule, lambda c: True)
+    problems = []
+    read = _measured({c.analyte for c in labs})
+    other_units = sorted(
+        a for a in read if a in terminology.analytes
+        and set(terminology.analytes[a].units.by_code) - {terminology.analytes[a].canonical_unit}
+    )
+    given = [(analyte, lab) for test in tests for analyte, lab in _case_labs(test, terminology)]
+    if other_units and not any(a in other_units and _in_other_unit(lab, terminology.analytes[a]) for a, lab in given):
+        problems.append(f"{cases_path}: no case gives {' or '.join(other_units)} in a unit other than the "
+                        "canonical one (an SI or conventional unit the value sets convert)")
+    compared = _measured({c.analyte for c in _key_labs(rule, _compares)})
+    if compared and not any(a in compared and "comparator" in lab for a, lab in given):
+        problems.append(f"{cases_path}: no case gives {' or '.join(sorted(compared))} with a comparator "
+                        "(<, <=, >, >=) on its value")
+    return problems + _brand_problems(rule, tests, terminology, cases_path)
+
+
+def _key_labs(rule: Rule, keep: Callable[[LabCriterion], bool]) -> list[LabCriterion]:
+    """The lab criteria ``keep`` selects in the rule's require_* blocks, else in all its blocks."""
+    def labs(blocks: Iterable[Criterion]) -> list[LabCriterion]:
+        return [c for c in leaves(blocks) if isinstance(c, LabCriterion) and keep(c)]
+
+    return labs(c for name, c in rule.criteria.items() if name.startswith("require_")) or labs(rule.criteria.values())
+
+
+def _compares(criterion: LabCriterion) -> bool:
+    """The criterion compares a value with a limit (``at_least: 0`` only asks for a result)."""
+    return bool(criterion.range_checks) or any(pair != ("at_least", 0) for pair in criterion.comparisons)
+
+
+def _measured(analytes: set[str]) -> set[str]:
+    """The analytes a lab result is reported as, for analytes read: a derived one stands for the one it is
+    computed from (corrected calcium for total calcium)."""
+    return {DERIVED_FROM[a][0] if a in DERIVED_FROM else a for a in analytes}
+
+
+def _case_labs(test: CaseTest, terminology: Terminology) -> Iterator[tuple[str, dict[str, Any]]]:
+    for lab in test.given.get("labs") or ():
+        code = coding(lab)
+        analyte = terminology.analyte_for(code["code"]) if code["system"] == LOINC else None
+        if analyte:
+            yield analyte, lab
+
+
+def _in_other_unit(lab: dict[str, Any], analyte: Analyte) -> bool:
+    conversion = analyte.units.find(lab["unit"], lab.get("unit_text"))
+    return conversion is not None and conversion.unit != analyte.canonical_unit
+
+
+def _brand_problems(rule: Rule, tests: list[CaseTest], terminology: Terminology, cases_path: Path) -> list[str]:
+    ingredients: set[str] = set()
+    for criterion in leaves(rule.criteria.values()):
+        if isinstance(criterion, MedicationCriterion | TimingCriterion):
+            ingredients.update(*(terminology.medication_classes[c].ingredients for c in criterion.classes))
+        elif isinstance(criterion, InteractionCriterion):
+            ingredients.update(i for first, second, _ in criterion.pairs for i in (first, second))
+    branded = {
+        entry.code for entry in terminology.entries.values()
+        if entry.system == RXNORM and entry.tty in BRANDED_TTYS
+        and not ingredients.isdisjoint(terminology.ingredients_for(RXNORM, entry.code))
+    }
+    brands = {name for name, made_of in terminology.brands.items() if not ingredients.isdisjoint(made_of)}
+    medicines = [m for test in tests for key in MEDICATION_KEYS for m in test.given.get(key) or ()]
+    if branded:
+        if any(str(m.get("rxnorm")) in branded for m in medicines):
+            return []
+        codes = sorted(branded, key=lambda code: (len(code), code))
+        return [f"{cases_path}: no case codes a medication only by a branded RxNorm product of a class the rule "
+                f"reads (such as {', '.join(codes[:4])}{', ...' if len(codes) > 4 else ''})"]
+    if brands and not any(
+        "text" in m and set(terminology.medication_text(str(m["text"])).names) & brands for m in medicines
+    ):
+        return [f"{cases_path}: no case names a medication only by a brand of a class the rule reads "
+                f"({', '.join(sorted(brands))})"]
+    return []
+
+
+def lint(report: Report, terminology: Terminology) -> None:
     """Rules about the rule set: every rule has cases and a clinical review beside it, no orphan cases, both
-    outcomes covered, every merged group exists."""
+    outcomes covered, the representations real EHRs send covered, every merged group exists."""
     report.problems += merge_problems(report.rules)
     for rule in report.rules:
         report.problems += review_problems(rule)
@@ -106,6 +211,7 @@ def lint(report: Report) -> None:
             continue
         if tests[0].path != cases_path:
             report.problems.append(f"{tests[0].path}: must sit beside its rule as {cases_path}")
+        report.problems += representation_problems(rule, tests, terminology)
         fires = sum(1 for t in tests if t.fires is not None)
         silent = len(tests) - fires
         excludes = sum(1 for name in rule.criteria if name.startswith("exclude_"))
@@ -134,8 +240,9 @@ def run_cases(report: Report, terminology: Terminology, out: Callable[[str], Non
     out(f"cases: {report.passed} passed ({report.known_gaps} known gaps)")
 
 
-def run_check(rules_dir: Path | None = None, stream: TextIO | None = None) -> int:
-    """Validate, lint and run the rule set below ``rules_dir`` (None: the shipped rules); 0 when all is well."""
+def run_check(rules_dir: Path | None = None, stream: TextIO | None = None, concept_maps_dir: Path | None = None) -> int:
+    """Validate, lint and run the rule set below ``rules_dir`` (None: the shipped rules), and check the site's code
+    maps in ``concept_maps_dir`` against its value sets when given; 0 when all is well."""
     stream = stream or sys.stdout
 
     def out(line: str) -> None:
@@ -151,10 +258,11 @@ def run_check(rules_dir: Path | None = None, stream: TextIO | None = None) -> in
     out(f"value sets: {len(terminology.analytes)} analytes, {len(terminology.medication_classes)} medication "
         f"classes, {len(terminology.concepts)} finding concepts")
     collect(directory, terminology, report)
-    lint(report)
+    lint(report, terminology)
     out(f"rules: {len(report.rules)} loaded from {directory}")
     run_cases(report, terminology, out)
     for problem in report.problems:
         out(f"FAIL {problem}")
+    maps = check_concept_maps(concept_maps_dir, terminology, out) if concept_maps_dir is not None else 0
     out("rules check: " + ("OK" if not report.problems else f"{len(report.problems)} problem(s)"))
-    return 0 if not report.problems else 1
+    return 0 if not report.problems and not maps else 1

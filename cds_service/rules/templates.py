@@ -84,6 +84,13 @@ def value_text(result: LabResult) -> str:
     return f"{result.comparator}{number(result.value)}"
 
 
+def times_uln_text(result: LabResult) -> str:
+    """The value as a multiple of the upper reference limit, with the comparator of a reported bound: "12.1",
+    ">25.0" (a CK reported as ">5000" against 200 is more than 25 times the limit); "unknown" without a limit."""
+    ratio = result.times_uln
+    return "unknown" if ratio is None else f"{result.comparator}{ratio:.1f}"
+
+
 def unit_text(unit: str) -> str:
     """A UCUM unit as clinicians write it (``m[IU]/L`` -> ``mIU/L``)."""
     return _UNIT_DISPLAY.get(unit, unit)
@@ -183,7 +190,7 @@ def _lab_field(result: LabResult, field: str | None) -> str:
     if field == "reported":
         return result.reported
     if field == "times_uln":
-        return f"{result.times_uln:.1f}" if result.times_uln is not None else "unknown"
+        return times_uln_text(result)
     if field == "uln":
         return f"{number(result.ref_high)} {unit}" if result.ref_high is not None else "unknown"
     return value_text(result) if field == "value" else f"{value_text(result)} {unit}"
@@ -281,7 +288,7 @@ def evidence_line(criterion: Criterion, evidence: Evidence) -> str:
         reference = lab_range(evidence)
         text += f", {markdown(reference)}" if reference == NO_RANGE else f", reference {markdown(reference)}"
         if evidence.ref_high and evidence.value > evidence.ref_high:
-            text += f", {evidence.value / evidence.ref_high:.1f}× the upper limit"
+            text += f", {markdown(times_uln_text(evidence))}× the upper limit"
         if not evidence.interpretable:
             text += (", in a unit the service cannot convert: judged only by the lab's own range and flags"
                      if reference != NO_RANGE or evidence.interpretation else

@@ -1,4 +1,5 @@
-"""The ``cds-service`` command: serve, evaluate a request file, check the rules, show the settings."""
+"""The ``cds-service`` command: serve, evaluate a request file, check the rules and the site's code maps, show the
+settings."""
 from __future__ import annotations
 
 import argparse
@@ -236,7 +237,21 @@ def _config_show(args: argparse.Namespace) -> int:
 def _rules_check(args: argparse.Namespace) -> int:
     from ..rules.check import run_check
 
-    return run_check(Path(args.rules_dir) if args.rules_dir else None)
+    settings = load_config(args.config)  # with concept_maps_dir set, the site's code maps are checked too
+    return run_check(Path(args.rules_dir) if args.rules_dir else None, concept_maps_dir=settings.concept_maps_dir)
+
+
+def _terminology_check(args: argparse.Namespace) -> int:
+    from ..facts.concept_maps import run_check
+    from ..facts.terminology import Terminology
+
+    overrides = {"concept_maps_dir": args.concept_maps_dir} if args.concept_maps_dir else None
+    folder = load_config(args.config, overrides=overrides).concept_maps_dir
+    if folder is None:
+        print("cds-service: terminology check: no concept_maps_dir is set (nor --concept-maps-dir given)",
+              file=sys.stderr)
+        return 2
+    return run_check(folder, Terminology.load(), print)
 
 
 def _positive(text: str) -> int:
@@ -294,7 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_commands.add_parser("check", help="validate every rule and value set and run every case")
     check.add_argument("--rules-dir", help="rules folder (default: the shipped rule set)")
+    check.add_argument("--config", help="TOML configuration file (also CDS_CONFIG): its concept_maps_dir is checked")
     check.set_defaults(run=_rules_check)
+
+    terminology = commands.add_parser("terminology", help="site terminology tools")
+    terminology_commands = terminology.add_subparsers(dest="terminology_command", required=True)
+    maps = terminology_commands.add_parser("check", help="check the site's ConceptMaps (concept_maps_dir)")
+    maps.add_argument("--config", help="TOML configuration file (also CDS_CONFIG)")
+    maps.add_argument("--concept-maps-dir", help="folder of ConceptMap JSON files (default: concept_maps_dir)")
+    maps.set_defaults(run=_terminology_check)
     return parser
 
 
