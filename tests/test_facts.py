@@ -151,8 +151,8 @@ def test_a_value_without_a_unit_is_kept_as_reported_with_a_warning(terminology: 
 
 
 @pytest.mark.parametrize(("change", "warning"), [
-    ({"valueQuantity": None, "valueString": "<2.0"},
-     "Observation/v: no numeric value for potassium (value '<2.0' is text)"),
+    ({"valueQuantity": None, "valueString": "<2.0 haemolysed"},
+     "Observation/v: no numeric value for potassium (value '<2.0 haemolysed' is text)"),
     ({"valueQuantity": {"value": "low", "code": "mmol/L"}},
      "Observation/v: value 'low' for potassium is not a number, not used"),
     ({"effectiveDateTime": None}, "Observation/v: no effective time for potassium"),
@@ -175,6 +175,15 @@ def test_a_number_sent_as_a_string_is_read(terminology: Terminology) -> None:
 def test_unreliable_statuses_are_skipped(terminology: Terminology, status: str) -> None:
     facts = facts_of(terminology, lab("x", "2823-3", 2.1, "mmol/L", status=status))
     assert facts.latest("potassium") is None and not facts.warnings
+
+
+@pytest.mark.parametrize("status", ["entered-in-error ", " cancelled", "entered-in-error\n"])
+def test_a_status_with_whitespace_around_it_is_read_as_its_code(terminology: Terminology, status: str) -> None:
+    # Oracle Health's published R4 Observation example sends "entered-in-error " (fixtures/vendors/README.md)
+    erroneous = facts_of(terminology, lab("x", "2823-3", 2.1, "mmol/L", status=status), symptom("s", status=status))
+    assert erroneous.latest("potassium") is None and erroneous.findings == () and not erroneous.warnings
+    current = facts_of(terminology, request("m", rx("313988", "furosemide 40 MG Oral Tablet"), status=" active "))
+    assert [m.name for m in current.medications] == ["furosemide 40 MG Oral Tablet"]
 
 
 # ---------------------------------------------------------------- labs: time and order
@@ -473,6 +482,18 @@ def test_cramp_and_spasm_conditions(terminology: Terminology, system: str, code:
     facts = facts_of(terminology, condition("c", system, code, onsetDateTime=ago(5)))
     assert [f.concept for f in facts.findings] == concepts
     assert facts.findings[0].source == "Condition" and facts.findings[0].date == NOW - timedelta(days=5)
+
+
+def test_a_problem_coded_in_two_systems_is_named_by_its_text(terminology: Terminology) -> None:
+    # Epic and Oracle Health code a problem by SNOMED CT beside ICD-10-CM, the clinician's words in code.text
+    coded = condition("c", SNOMED, "55300003", onsetDateTime=ago(5))
+    coded["code"]["coding"] = [{"system": SNOMED, "code": "55300003", "display": "Cramp (finding)"},
+                               {"system": ICD, "code": "R25.2", "display": "Cramp and spasm"}]
+    named = facts_of(terminology, coded | {"code": coded["code"] | {"text": "Leg cramps"}}).findings
+    assert [(f.concept, f.display, f.code.code) for f in named] == [
+        ("cramp", "Leg cramps", "55300003"), ("spasm", "Leg cramps", "R25.2")]
+    assert [f.display for f in facts_of(terminology, coded).findings] == [
+        "Cramp (finding)", "Cramp (finding)"]  # without text, the first coding's display: still one name
 
 
 @pytest.mark.parametrize(("kwargs", "counted"), [

@@ -166,6 +166,47 @@ def test_a_reported_bound_decides_a_threshold_only_when_it_can(op, value, compar
     assert bounded(op, value, comparator, limit) is expected
 
 
+def text_bound(ident: str, loinc: str, text: str, reference: tuple[Any, Any] | None, unit: str) -> dict[str, Any]:
+    """A lab whose value came as ``valueString`` (no valueQuantity), with its own range in ``unit``."""
+    resource = lab(ident, loinc, 0, unit, reference=reference)
+    del resource["valueQuantity"]
+    if reference is None:
+        resource.pop("referenceRange", None)
+    return resource | {"valueString": text}
+
+
+@pytest.mark.parametrize(("loinc", "text", "reference", "unit", "analyte", "value", "comparator", "reported"), [
+    ("2823-3", "<2.5", (3.5, 5.1), "mmol/L", "potassium", 2.5, "<", "<2.5 mmol/L"),
+    ("33914-3", "> 60", (60, None), "mL/min/{1.73_m2}", "egfr", 60.0, ">", ">60 mL/min/{1.73_m2}"),
+    ("3016-3", "<=0.5", (0.4, 4.0), "m[IU]/L", "tsh", 0.5, "<=", "<=0.5 m[IU]/L"),
+    ("2157-6", " >5000 ", (None, 200), "U/L", "ck", 5000.0, ">", ">5000 U/L"),
+    ("2157-6", ">80", (None, 3.3), "ukat/L", "ck", 4800.0, ">", ">80 ukat/L"),  # the range's unit converts
+])
+def test_a_comparator_written_as_text_is_read_in_the_unit_of_the_labs_range(
+        terminology, loinc, text, reference, unit, analyte, value, comparator, reported) -> None:
+    facts = facts_of(terminology, text_bound("t", loinc, text, reference, unit))
+    result = facts.latest(analyte)
+    assert result is not None and result.interpretable, facts.warnings
+    assert (result.value, result.comparator, result.reported) == (pytest.approx(value), comparator, reported)
+    assert result.ref_from_resource and not facts.warnings
+
+
+def test_a_comparator_as_text_without_a_range_unit_is_a_result_judged_only_by_its_flags(terminology) -> None:
+    facts = facts_of(terminology, text_bound("t", "2823-3", "<2.5", None, "mmol/L"))
+    result = facts.latest("potassium")
+    assert result is not None and not result.interpretable
+    assert (result.value, result.comparator, result.reported) == (2.5, "<", "<2.5")
+    assert facts.warnings == ("Observation/t: no unit for potassium: judged only by the lab's own range and flags",)
+
+
+@pytest.mark.parametrize("text", ["2.5", "<2.5 mmol/L", "<2.5 (hemolysed)", "< ", "2.5-3.0", "<<2.5", "=<2.5",
+                                  "<2,5", "≤2.5", "<1e3", "see comment"])
+def test_any_other_text_value_stays_unread_with_a_warning(terminology, text) -> None:
+    facts = facts_of(terminology, text_bound("t", "2823-3", text, (3.5, 5.1), "mmol/L"))
+    assert facts.latest("potassium") is None
+    assert facts.warnings == (f"Observation/t: no numeric value for potassium (value {text!r} is text)",)
+
+
 def result_of(value: float, *, factor: float = 1.0, decimals: int | None = 2) -> LabResult:
     return LabResult("calcium", value * factor, "mg/dL", NOW, None, None, None, False, (), "", "Observation/x",  # type: ignore[arg-type]
                      factor=factor, decimals=decimals)
@@ -302,6 +343,12 @@ def test_http_a_potassium_below_2_5_is_critical(base_url) -> None:
     cards = call(base_url, labs=[lab("k", "2823-3", 2.5, "mmol/L", comparator="<")])
     assert [c["indicator"] for c in cards if "potassium" in c["summary"].lower()] == ["critical"], cards
     assert "&lt;2.5" in text_of(cards) or "<2.5" in text_of(cards)
+
+
+def test_http_a_potassium_written_as_text_below_2_5_is_critical(base_url) -> None:
+    cards = call(base_url, labs=[text_bound("k", "2823-3", "<2.5", (3.5, 5.1), "mmol/L")])
+    assert [c["indicator"] for c in cards if "potassium" in c["summary"].lower()] == ["critical"], cards
+    assert "&lt;2.5 mmol/L" in text_of(cards) or "<2.5 mmol/L" in text_of(cards)
 
 
 def test_http_a_potassium_below_2_6_is_not_certainly_critical(base_url) -> None:

@@ -89,6 +89,13 @@ def code_of(concept: Any) -> str | None:
     return found[0][1] if found else None
 
 
+def status_of(resource: Mapping[str, Any]) -> Any:
+    """A resource's ``status`` code without the whitespace around it (Oracle Health's published R4 Observation
+    example sends ``"entered-in-error "``: read as is, such a result would count); anything else as it is."""
+    status = resource.get("status")
+    return status.strip() if type(status) is str else status
+
+
 def number(value: Any) -> float | None:
     """A JSON number, or a string holding one ("4.1"); None for anything else (booleans, "<2.0", NaN)."""
     if isinstance(value, bool):

@@ -32,7 +32,17 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from .fhir import code_of, codings, concept_text, effective_time, moment, period_end, period_start, reference_name
+from .fhir import (
+    code_of,
+    codings,
+    concept_text,
+    effective_time,
+    moment,
+    period_end,
+    period_start,
+    reference_name,
+    status_of,
+)
 from .model import Coding, Finding
 from .terminology import ICD10CM, SNOMED, Terminology
 
@@ -112,7 +122,7 @@ class FindingReader:
         return any(self._terminology.symptom_text.concepts(text) for text in _texts(resource))
 
     def observation(self, resource: Mapping[str, Any]) -> list[Finding] | None:
-        status = resource.get("status")
+        status = status_of(resource)
         if status in EXCLUDED_OBSERVATION:
             return None
         code = resource.get("code")
@@ -168,9 +178,10 @@ class FindingReader:
         return [("", "", text, concept) for concept in self._terminology.symptom_text.concepts(text)] if text else []
 
     def _shown(self, system: str, code: str, display: str, text: str) -> str:
-        """What a card calls the finding: the coding's display, the concept's text, the value set's display for
-        the code, or at last the bare code (an EHR may send a code with no words at all)."""
-        return display or text or self._terminology.display_of(system, code) or code
+        """What a card calls the finding: the concept's text, else its first coding's display (``text``: one name
+        for a problem coded in several systems, as Epic and Oracle Health code SNOMED CT beside ICD-10-CM), the
+        coding's own display, the value set's display for the code, or at last the bare code."""
+        return text or display or self._terminology.display_of(system, code) or code
 
     def _means_symptom(self, system: str, code: str) -> bool:
         if system not in FINDING_SYSTEMS and system not in self._terminology.site_systems:

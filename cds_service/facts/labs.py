@@ -9,6 +9,7 @@ prefetch of thousands of labs costs little more than walking over it.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -16,7 +17,7 @@ from math import isfinite
 from operator import itemgetter
 from typing import Any, overload
 
-from .fhir import as_list, codings, effective_time, number, reference_name
+from .fhir import as_list, codings, effective_time, number, reference_name, status_of
 from .model import Coding, LabResult
 from .terminology import LOINC, Analyte, Terminology
 from .units import Conversion, fold
@@ -34,6 +35,8 @@ DERIVED_FROM: Mapping[str, tuple[str, ...]] = {
 # D threshold from 8 up, and a threshold the bound does not decide is unknown (rules.criteria.bounded). "ad"
 # (sufficient to achieve), or any other comparator, is not understood: the value is kept as reported (AS_REPORTED).
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
+# The same bound written as text (``valueString``): a comparator and a plain decimal number, nothing else.
+_TEXT_BOUND = re.compile(r"\s*(?P<comparator><=|>=|<|>)\s*(?P<number>\d+(?:\.\d+)?|\.\d+)\s*")
 # A value whose unit (or comparator) the service does not understand still counts as a result of its analyte, kept
 # as reported: only the lab's own range in that unit and its interpretation flags can judge it (``LabResult``).
 AS_REPORTED = Conversion("", 1.0)
@@ -131,12 +134,15 @@ class LabReader:
                         break
         else:
             return False
-        if observation.get("status") in SKIPPED_STATUSES:
+        if status_of(observation) in SKIPPED_STATUSES:
             return True
         quantity = observation.get("valueQuantity")
         if type(quantity) is not dict:
-            self._warn(observation, f"no numeric value for {analyte}{_sent_text(observation)}")
-            return True
+            quantity = bound_from_text(observation)
+            if quantity is None:
+                self._warn(observation, f"no numeric value for {analyte}{_sent_text(observation)}")
+                return True
+            observation = {**observation, "valueQuantity": quantity}  # read on as if the lab had sent it so
         raw = quantity.get("value")
         # The common case (a finite JSON float) inline; number() handles the rest and refuses NaN and infinities.
         value = raw if type(raw) is float and isfinite(raw) else number(raw)
@@ -432,6 +438,22 @@ def _as_sent(observation: Mapping[str, Any], conversion: Conversion) -> str:
     value = number(quantity.get("value"))
     unit = quantity.get("unit")
     return f"{_comparator(observation)}{value:.6g} {unit if isinstance(unit, str) and unit else conversion.unit}"
+
+
+def bound_from_text(observation: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A ``valueString`` that is only a comparator and a number ("<2.5", "> 60", "<=0.5") as the Quantity a lab
+    would have sent (value kept as written, for its precision), in the unit of the lab's own normal range when that
+    names one (a lab writes its range in its result's unit); None for any other text, which stays unread."""
+    text = observation.get("valueString")
+    match = _TEXT_BOUND.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    quantity: dict[str, Any] = {"value": match["number"], "comparator": match["comparator"]}
+    for item in _normal_ranges(observation):
+        for limit in (item.get("low"), item.get("high")):
+            if isinstance(limit, dict) and (limit.get("code") or limit.get("unit")):
+                return quantity | {key: limit[key] for key in ("system", "code", "unit") if key in limit}
+    return quantity
 
 
 def _sent_text(observation: Mapping[str, Any]) -> str:

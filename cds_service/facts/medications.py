@@ -27,7 +27,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from .fhir import as_list, codings, concept_text, guarded, moment, period_end, period_start, reference_name
+from .fhir import (
+    as_list,
+    codings,
+    concept_text,
+    guarded,
+    moment,
+    period_end,
+    period_start,
+    reference_name,
+    status_of,
+)
 from .model import Coding, MedicationUse
 from .terminology import ATC, RXNORM, Terminology
 
@@ -94,7 +104,7 @@ class MedicationReader:
                 self._by_id[medication["id"]] = medication
 
     def request(self, resource: Mapping[str, Any], now: datetime) -> Candidate | None:
-        status = resource.get("status")
+        status = status_of(resource)
         if resource.get("doNotPerform") is True:
             return None  # an order NOT to give the medicine
         if status not in CURRENT_REQUEST and not (status == "completed" and _validity_covers(resource, now)):
@@ -102,7 +112,7 @@ class MedicationReader:
         return self._candidate(resource, "request", status, moment(resource.get("authoredOn")))
 
     def statement(self, resource: Mapping[str, Any], now: datetime, grace: timedelta) -> Candidate | None:
-        status = resource.get("status")
+        status = status_of(resource)
         if status in NEVER_STATEMENT:
             return None
         period = resource.get("effectivePeriod")
@@ -120,7 +130,7 @@ class MedicationReader:
     def past_or_present(self, resource: Mapping[str, Any]) -> MedicationUse | None:
         """A request or statement of any status as a course with its start and (when recorded) its end; None for
         one that never happened (entered in error, not taken, cancelled, a draft, an order not to give)."""
-        status = resource.get("status")
+        status = status_of(resource)
         if resource.get("doNotPerform") is True or status in NEVER_TAKEN:
             return None
         if resource.get("resourceType") == "MedicationStatement":
@@ -146,7 +156,7 @@ class MedicationReader:
             return None  # draft ServiceRequests and the like carry no medication
         if resource.get("doNotPerform") is True:
             return None
-        found = self._candidate(resource, "draft", resource.get("status"), moment(resource.get("authoredOn")),
+        found = self._candidate(resource, "draft", status_of(resource), moment(resource.get("authoredOn")),
                                 warn_missing=False)
         if found is None:
             return None
