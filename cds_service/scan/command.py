@@ -11,11 +11,11 @@ import orjson
 from ..config import Settings
 from ..evaluation import Runtime
 from .export import download_export, is_url
+from .hooks import check_hook, router_for
 from .lines import READ, USED
 from .output import PSEUDONYM_KEY_ENV, REPORT, SUMMARY, WORKLIST, Output, Pseudonyms, json_bytes
 from .pipeline import BLOCK_SIZE, Outcome, Plan, connect, rules_of, run
 from .report import render_report
-from .routing import Router
 from .source import Source, open_source
 from .tally import rule_summary
 
@@ -38,13 +38,14 @@ class ScanRequest:
 
 
 def scan(request: ScanRequest) -> dict[str, Any]:
-    """Run the scan and write its files; return the summary. Raises SourceError when SOURCE is no folder,
-    ExportFailed when SOURCE is a FHIR server whose export fails."""
+    """Run the scan and write its files; return the summary. Raises HookNotScannable for a hook a population
+    cannot answer, SourceError when SOURCE is no folder, ExportFailed when SOURCE is a FHIR server whose export
+    fails."""
+    check_hook(request.hook)
     runtime = Runtime.load(request.settings)
     folder = Path(request.source)
     if is_url(request.source):
-        service = runtime.registry.for_hook(request.hook)
-        types = Router.of(service.prefetch if service else {}).resource_types
+        types = router_for(runtime, request.hook).resource_types
         folder = download_export(request.source, request.export_dir or request.out / "export", types,
                                  group=request.group, patient_level=request.patient_level, since=request.since)
     source = open_source(folder)
@@ -71,6 +72,8 @@ def _write(request: ScanRequest, runtime: Runtime, files: dict[str, Any], outcom
         for row in outcome.rows():
             if pseudonym is not None:
                 row["patient"] = pseudonym(row["patient"])
+                if "encounter" in row:
+                    row["encounter"] = pseudonym(row["encounter"])
             yield orjson.dumps(row) + b"\n"
 
     try:

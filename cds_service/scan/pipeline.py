@@ -28,9 +28,9 @@ from dask.delayed import delayed
 from distributed import Client, LocalCluster, as_completed
 
 from ..evaluation import Runtime
+from .hooks import router_for
 from .lines import READ, Block, Lines, read_block
 from .patients import evaluate_partition
-from .routing import Router
 from .source import Source
 from .tally import Tally
 
@@ -96,7 +96,7 @@ def connect(scheduler: str | None, workers: int | None) -> Iterator[Client]:
 
 def build(plan: Plan) -> tuple[Bag, list[Any]]:
     """The graph: a bag of per-partition results and the per-block statistics."""
-    router = Router.of(plan.runtime.registry.for_hook(plan.hook).prefetch)  # type: ignore[union-attr]
+    router = router_for(plan.runtime, plan.hook)
     blocks = []
     for data_file in plan.source.files:
         name = Path(data_file.path).name

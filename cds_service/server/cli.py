@@ -185,6 +185,7 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         from ..scan.command import ScanRequest, report_line, scan
         from ..scan.export import ExportFailed
+        from ..scan.hooks import HookNotScannable
         from ..scan.routing import TemplateNotSupported
         from ..scan.source import SourceError
     except ModuleNotFoundError as missing:
@@ -215,7 +216,7 @@ def _scan(args: argparse.Namespace) -> int:
     except ExportFailed as error:
         print(f"cds-service scan: the export failed, nothing was scanned: {error}", file=sys.stderr)
         return 1
-    except (SourceError, TemplateNotSupported) as error:
+    except (HookNotScannable, SourceError, TemplateNotSupported) as error:
         print(f"cds-service scan: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the scheduler cannot be reached, the output folder cannot be written
@@ -274,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
     scan.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
     scan.add_argument("--workers", type=_positive, help="local worker processes (default: one per core)")
-    scan.add_argument("--hook", default="patient-view", choices=["patient-view"], help="the hook to answer")
+    scan.add_argument("--hook", default="patient-view", help="the hook to answer: patient-view (default) or "
+                      "encounter-start (each patient's most recent Encounter in the export)")
     scan.add_argument("--pseudonymise", action="store_true", help="HMAC-SHA256 pseudonyms for patient ids")
     scan.add_argument("--block-size", type=_positive, help="bytes of NDJSON per task (default 64 MiB)")
     scan.add_argument("--group", help="with a server: export this Group's patients (Group/ID/$export)")
