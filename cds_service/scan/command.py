@@ -10,12 +10,13 @@ import orjson
 
 from ..config import Settings
 from ..evaluation import Runtime
-from .export import download_export, is_url
+from .export import download_export, environment_token, is_url
 from .hooks import check_hook, router_for
 from .lines import READ, USED
 from .output import PSEUDONYM_KEY_ENV, REPORT, SUMMARY, WORKLIST, Output, Pseudonyms, json_bytes
 from .pipeline import BLOCK_SIZE, Outcome, Plan, connect, rules_of, run
 from .report import render_report
+from .smart import SmartClient, SmartTokens
 from .source import Source, open_source
 from .tally import rule_summary
 
@@ -35,6 +36,7 @@ class ScanRequest:
     patient_level: bool = False  # $export at Patient level
     since: str | None = None  # $export's _since
     export_dir: Path | None = None  # where the export's files are saved (default: OUT/export)
+    smart: SmartClient | None = None  # with a server: SMART Backend Services (else CDS_SCAN_BEARER_TOKEN, if set)
 
 
 def scan(request: ScanRequest) -> dict[str, Any]:
@@ -46,8 +48,10 @@ def scan(request: ScanRequest) -> dict[str, Any]:
     folder = Path(request.source)
     if is_url(request.source):
         types = router_for(runtime, request.hook).resource_types
+        bearer = SmartTokens(request.smart, request.source, types) if request.smart else environment_token
         folder = download_export(request.source, request.export_dir or request.out / "export", types,
-                                 group=request.group, patient_level=request.patient_level, since=request.since)
+                                 group=request.group, patient_level=request.patient_level, since=request.since,
+                                 bearer=bearer)
     source = open_source(folder)
     plan = Plan(source, runtime, request.hook, block_size=request.block_size or BLOCK_SIZE)
     with TemporaryDirectory(prefix="cds-scan-") as spool:

@@ -184,9 +184,10 @@ def _scan(args: argparse.Namespace) -> int:
     """Exit 0 when patients were scanned, 1 when none could be (the summary says why), 2 for bad arguments."""
     try:
         from ..scan.command import ScanRequest, report_line, scan
-        from ..scan.export import ExportFailed
+        from ..scan.export import ExportFailed, is_url
         from ..scan.hooks import HookNotScannable
         from ..scan.routing import TemplateNotSupported
+        from ..scan.smart import SmartKeyError, smart_client
         from ..scan.source import SourceError
     except ModuleNotFoundError as missing:
         if (missing.name or "").split(".")[0] in {"dask", "distributed"}:
@@ -196,6 +197,12 @@ def _scan(args: argparse.Namespace) -> int:
     settings = load_config(args.config, overrides={"now": args.now} if args.now else None)
     configure_logging(settings.log_level)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's start and stop are not news
+    try:
+        smart = (smart_client(args.smart_client_id, args.smart_key_file, args.smart_key_id)
+                 if is_url(args.source) else None)  # a folder needs no authorization
+    except SmartKeyError as error:
+        print(f"cds-service scan: {error}", file=sys.stderr)
+        return 2
     request = ScanRequest(
         source=args.source,
         out=Path(args.out),
@@ -210,6 +217,7 @@ def _scan(args: argparse.Namespace) -> int:
         patient_level=args.patient_level,
         since=args.since,
         export_dir=Path(args.export_dir) if args.export_dir else None,
+        smart=smart,
     )
     try:
         summary = scan(request)
@@ -270,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = commands.add_parser("scan", help="run the rules over a Bulk FHIR export, patient by patient, on Dask")
     scan.add_argument("source", help="folder of Bulk FHIR NDJSON files (.ndjson, .ndjson.gz), or a FHIR server's "
-                      "base URL to export from (Bulk Data $export; token in CDS_SCAN_BEARER_TOKEN)")
+                      "base URL to export from (Bulk Data $export; token in CDS_SCAN_BEARER_TOKEN, or SMART "
+                      "Backend Services with the --smart-* options)")
     scan.add_argument("--out", required=True, help="output folder (worklist.ndjson, summary.json, report.html)")
     scan.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
     scan.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
@@ -283,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--patient-level", action="store_true", help="with a server: Patient/$export")
     scan.add_argument("--since", help="with a server: only resources changed since (the export's _since)")
     scan.add_argument("--export-dir", help="with a server: where to save the export (default OUT/export)")
+    scan.add_argument("--smart-client-id", help="with a server: SMART Backend Services client id (also "
+                      "CDS_SCAN_SMART_CLIENT_ID)")
+    scan.add_argument("--smart-key-file", help="with a server: the client's private key, PEM, RSA (RS384) or EC "
+                      "P-384 (ES384) (also CDS_SCAN_SMART_KEY_FILE)")
+    scan.add_argument("--smart-key-id", help="with a server: the kid of that key in the client's registered JWKS "
+                      "(also CDS_SCAN_SMART_KEY_ID)")
     scan.add_argument("--config", help="TOML configuration file (also CDS_CONFIG)")
     scan.set_defaults(run=_scan)
 
