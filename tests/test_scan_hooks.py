@@ -5,18 +5,21 @@ The oracle is the running service: each evaluated patient's record is sent to ``
 encounter-start call with full prefetch and the encounter the scan chose, and its cards must be the scan's."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from support.bulk import NOW, population, run_scan, write_export
+from support.bulk import NOW, fixture_resources, population, run_scan, write_export
 from support.hookcalls import SERVICE_IDS
 from support.live import serve
 from support.scan_calls import fixture_prefetch, generated_prefetch, hook_call
 
 from cds_service.scan.hooks import NO_ENCOUNTER, NO_USABLE_ENCOUNTER
+from cds_service.scan.output import PSEUDONYM_KEY_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -105,6 +108,24 @@ def test_the_encounter_start_scans_cards_are_the_hooks_cards(encounter_scan, tmp
     for patient_id, cards in answered.items():
         assert scanned.get(patient_id, []) == cards, patient_id
     assert sum(len(c) for c in answered.values()) > 30  # the population fires rules: the comparison means something
+
+
+def test_pseudonymised_encounter_start_lines_hide_the_encounter_too(tmp_path) -> None:
+    resources = fixture_resources()
+    visits, chosen = encounters(sorted(r["id"] for r in resources if r["resourceType"] == "Patient"))
+    out = tmp_path / "out"
+    result = run_scan(str(write_export(tmp_path / "export", resources + visits)), "--out", str(out), "--now", NOW,
+                      "--workers", "1", "--hook", "encounter-start", "--pseudonymise",
+                      env={PSEUDONYM_KEY_ENV: "committee-key"})
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "worklist.ndjson").read_text().splitlines()]
+
+    def pseudonym(text: str) -> str:
+        return hmac.new(b"committee-key", text.encode(), hashlib.sha256).hexdigest()
+
+    expected = {pseudonym(p): pseudonym(e) for p, e in chosen.items() if e is not None}
+    assert rows and all(expected[r["patient"]] == r["encounter"] for r in rows)
+    assert "fx-" not in (out / "worklist.ndjson").read_text()
 
 
 @pytest.mark.parametrize("hook", ["order-sign", "order-select"])

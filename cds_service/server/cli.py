@@ -285,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
     scan.add_argument("--workers", type=_positive, help="local worker processes (default: one per core)")
     scan.add_argument("--hook", default="patient-view", help="the hook to answer: patient-view (default) or "
-                      "encounter-start (each patient's most recent Encounter in the export)")
-    scan.add_argument("--pseudonymise", action="store_true", help="HMAC-SHA256 pseudonyms for patient ids")
+                      "encounter-start (each patient's most recent Encounter in the export); not the order hooks, "
+                      "whose draft orders an export lacks")
+    scan.add_argument("--pseudonymise", action="store_true",
+                      help="HMAC-SHA256 pseudonyms for patient (and encounter) ids")
     scan.add_argument("--block-size", type=_positive, help="bytes of NDJSON per task (default 64 MiB)")
     scan.add_argument("--group", help="with a server: export this Group's patients (Group/ID/$export)")
     scan.add_argument("--patient-level", action="store_true", help="with a server: Patient/$export")
