@@ -68,9 +68,6 @@ class Router:
     def search_keys(self) -> tuple[str, ...]:
         return tuple(t.key for t in self.tests if not t.single and not t.context)
 
-    def context_keys(self) -> frozenset[str]:
-        return frozenset(t.key for t in self.tests if t.context)
-
 
 def _key_test(key: str, template: str) -> KeyTest:
     kind = resource_type_of(template)

@@ -119,7 +119,7 @@ class SmartTokens:
     def _discover(self) -> tuple[str, str]:
         """The token endpoint and the scope to ask for, from the server's SMART configuration."""
         url = self.base + CONFIGURATION
-        answer = _call("get", url, headers={"Accept": "application/json"})
+        answer = _call("get", url, headers={"Accept": "application/json"}, allow_redirects=True)
         if answer.status_code != 200:
             raise ExportFailed(f"{url} was answered {answer.status_code}: the server publishes no SMART "
                                "configuration to find its token endpoint in")
@@ -147,10 +147,10 @@ class SmartTokens:
             self.client.key, algorithm=self.client.algorithm, headers={"kid": self.client.key_id, "typ": "JWT"},
         )
         asked = time.monotonic()
-        answer = _call("post", self.token_endpoint, headers={"Accept": "application/json"}, data={
-            "grant_type": "client_credentials", "scope": self.scope,
-            "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion,
-        })
+        form = {"grant_type": "client_credentials", "scope": self.scope, "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion}
+        answer = _call("post", self.token_endpoint, headers={"Accept": "application/json"}, data=form,
+                       allow_redirects=False)  # the assertion goes to the endpoint its aud names, nowhere else
         body = _json_object(answer)
         if answer.status_code != 200:
             raise ExportFailed(f"the token endpoint refused the client ({answer.status_code}): {_oauth_error(body)}")
@@ -164,7 +164,7 @@ class SmartTokens:
 
 def _call(method: str, url: str, **kwargs: Any) -> requests.Response:
     try:
-        return requests.request(method, url, timeout=TIMEOUT, allow_redirects=False, **kwargs)
+        return requests.request(method, url, timeout=TIMEOUT, **kwargs)
     except requests.RequestException as error:
         raise ExportFailed(f"{url} cannot be reached: {type(error).__name__}") from None
 
