@@ -67,7 +67,6 @@ def encounter_scan(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
     result = run_scan(str(folder), "--out", str(out), "--now", NOW, "--workers", "2", "--hook", "encounter-start",
                       "--block-size", "20000")
     assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
     return out, chosen
 
 
