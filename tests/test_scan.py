@@ -22,19 +22,17 @@ from support.bulk import (
     BUNDLES,
     GENERATED,
     NOW,
-    REQUESTS,
     dask_cluster,
     fixture_resources,
-    generated_patient,
     population,
     run_scan,
     scan_command,
     write_export,
 )
-from support.hookcalls import SERVICE_IDS, searchset
+from support.hookcalls import SERVICE_IDS
 from support.live import free_port, serve
+from support.scan_calls import fixture_prefetch, generated_prefetch, hook_call
 
-from cds_service.facts.terminology import Terminology
 from cds_service.scan.output import PSEUDONYM_KEY_ENV, Output
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -67,51 +65,6 @@ def summary(out: Path) -> dict[str, Any]:
     return json.loads((out / "summary.json").read_text())
 
 
-def patient_view(prefetch: dict[str, Any], patient_id: str) -> dict[str, Any]:
-    return {
-        "hookInstance": f"00000000-0000-4000-8000-{abs(hash(patient_id)) % 10**12:012d}",
-        "hook": "patient-view",
-        "context": {"userId": "Practitioner/test", "patientId": patient_id},
-        "prefetch": prefetch,
-    }
-
-
-def fixture_calls() -> dict[str, dict[str, Any]]:
-    """Each fixture patient's own request (whatever its hook) as a patient-view call with the same prefetch."""
-    calls = {}
-    for path in sorted(REQUESTS.glob("*.json")):
-        request = json.loads(path.read_text())
-        patient_id = request["context"]["patientId"]
-        calls[patient_id] = patient_view(request["prefetch"], patient_id)
-    return calls
-
-
-def generated_calls() -> dict[str, dict[str, Any]]:
-    """Each generated patient's whole record as full prefetch: what an EHR holds for each template's search."""
-    terminology = Terminology.load()
-    labs = {("http://loinc.org", code) for code in terminology.lab_loinc_codes()}
-    symptoms = {(c.system, c.code) for c in terminology.symptom_observation_codes()}
-    calls = {}
-    for seed in range(GENERATED):
-        resources = generated_patient(seed)
-        of = {kind: [r for r in resources if r["resourceType"] == kind] for kind in
-              ("Patient", "Observation", "Condition", "MedicationRequest")}
-
-        def coded(observation: dict[str, Any], wanted: set[tuple[str, str]]) -> bool:
-            return any((c["system"], c["code"]) in wanted for c in observation["code"]["coding"])
-
-        prefetch = {
-            "patient": of["Patient"][0],
-            "labs": searchset(*(o for o in of["Observation"] if coded(o, labs))),
-            "symptoms": searchset(*(o for o in of["Observation"] if coded(o, symptoms))),
-            "conditions": searchset(*of["Condition"]),
-            "medrequests": searchset(*(m for m in of["MedicationRequest"] if m["status"] in ("active", "on-hold"))),
-            "medstatements": searchset(),
-        }
-        calls[f"gen-{seed}"] = patient_view(prefetch, f"gen-{seed}")
-    return calls
-
-
 def test_the_scan_runs_quietly_without_a_terminal(local_run) -> None:
     result, out = local_run
     assert result.returncode == 0, result.stderr
@@ -127,7 +80,8 @@ def test_the_scans_cards_are_the_hooks_cards_for_each_patient(local_run, tmp_pat
     for row in worklist(out):  # the cards a clinician is shown; silent rules' cards are never answered
         if row["deployment"] == "active":
             scanned.setdefault(row["patient"], []).append((row["rule"], row["indicator"], row["summary"]))
-    calls = {**fixture_calls(), **generated_calls()}
+    records = {**fixture_prefetch(), **generated_prefetch()}
+    calls = {patient_id: hook_call("patient-view", prefetch, patient_id) for patient_id, prefetch in records.items()}
     answered = {}
     with serve(tmp_path, env={"CDS_NOW": NOW}) as base, requests.Session() as session:
         url = f"{base}/cds-services/{SERVICE_IDS['patient-view']}"

@@ -10,12 +10,13 @@ import orjson
 
 from ..config import Settings
 from ..evaluation import Runtime
-from .export import download_export, is_url
+from .export import download_export, environment_token, is_url
+from .hooks import check_hook, router_for
 from .lines import READ, USED
 from .output import PSEUDONYM_KEY_ENV, REPORT, SUMMARY, WORKLIST, Output, Pseudonyms, json_bytes
 from .pipeline import BLOCK_SIZE, Outcome, Plan, connect, rules_of, run
 from .report import render_report
-from .routing import Router
+from .smart import SmartClient, SmartTokens
 from .source import Source, open_source
 from .tally import rule_summary
 
@@ -35,18 +36,22 @@ class ScanRequest:
     patient_level: bool = False  # $export at Patient level
     since: str | None = None  # $export's _since
     export_dir: Path | None = None  # where the export's files are saved (default: OUT/export)
+    smart: SmartClient | None = None  # with a server: SMART Backend Services (else CDS_SCAN_BEARER_TOKEN, if set)
 
 
 def scan(request: ScanRequest) -> dict[str, Any]:
-    """Run the scan and write its files; return the summary. Raises SourceError when SOURCE is no folder,
-    ExportFailed when SOURCE is a FHIR server whose export fails."""
+    """Run the scan and write its files; return the summary. Raises HookNotScannable for a hook a population
+    cannot answer, SourceError when SOURCE is no folder, ExportFailed when SOURCE is a FHIR server whose export
+    fails."""
+    check_hook(request.hook)
     runtime = Runtime.load(request.settings)
     folder = Path(request.source)
     if is_url(request.source):
-        service = runtime.registry.for_hook(request.hook)
-        types = Router.of(service.prefetch if service else {}).resource_types
+        types = router_for(runtime, request.hook).resource_types
+        bearer = SmartTokens(request.smart, request.source, types) if request.smart else environment_token
         folder = download_export(request.source, request.export_dir or request.out / "export", types,
-                                 group=request.group, patient_level=request.patient_level, since=request.since)
+                                 group=request.group, patient_level=request.patient_level, since=request.since,
+                                 bearer=bearer)
     source = open_source(folder)
     plan = Plan(source, runtime, request.hook, block_size=request.block_size or BLOCK_SIZE)
     with TemporaryDirectory(prefix="cds-scan-") as spool:
@@ -71,6 +76,8 @@ def _write(request: ScanRequest, runtime: Runtime, files: dict[str, Any], outcom
         for row in outcome.rows():
             if pseudonym is not None:
                 row["patient"] = pseudonym(row["patient"])
+                if "encounter" in row:
+                    row["encounter"] = pseudonym(row["encounter"])
             yield orjson.dumps(row) + b"\n"
 
     try:

@@ -4,15 +4,16 @@
 templates read, ``_since`` when given. The status URL is polled as the server's ``Retry-After`` says (seconds or
 an HTTP date, at most ``MAX_WAIT`` apart); the manifest's output files are saved as ``<type>-<n>.ndjson`` and its
 error files as ``error-<n>.ndjson`` listed in a saved ``manifest.json``, so the folder reads like any other export.
-The bearer token comes from ``CDS_SCAN_BEARER_TOKEN`` (sent only to the server's own origin); SMART Backend
-Services authorization is not implemented.
+The bearer token comes from ``CDS_SCAN_BEARER_TOKEN``, or from the server's authorization server by SMART Backend
+Services (scan/smart.py); either is sent only to the server's own origin, asked for afresh on each request so a
+SMART token is renewed during a long export.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ DEADLINE = 24 * 3600.0  # an export still running after a day is given up
 TIMEOUT = 60
 
 
+Bearer = Callable[[], str | None]  # the access token to send now (None: none)
+
+
 class ExportFailed(Exception):
     """The server refused or failed the export; the message is its own words (an OperationOutcome's)."""
 
@@ -34,37 +38,41 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
+def environment_token() -> str | None:
+    """The bearer token of ``CDS_SCAN_BEARER_TOKEN``, if set."""
+    return os.environ.get(TOKEN_ENV) or None
+
+
 def download_export(
     base: str, folder: Path, types: Iterable[str], *, group: str | None = None, patient_level: bool = False,
-    since: str | None = None,
+    since: str | None = None, bearer: Bearer = environment_token,
 ) -> Path:
     """Run the export and save its files in ``folder``; raise ExportFailed with the server's reason."""
     base = base.rstrip("/")
     session = requests.Session()
     session.headers["Accept"] = "application/fhir+json"
-    token = os.environ.get(TOKEN_ENV)
     level = f"Group/{group}/" if group else "Patient/" if patient_level else ""
     params = {"_type": ",".join(sorted(types)), **({"_since": since} if since else {})}
-    kick = _get(session, f"{base}/{level}$export", token, base, params=params, headers={"Prefer": "respond-async"})
+    kick = _get(session, f"{base}/{level}$export", bearer, base, params=params, headers={"Prefer": "respond-async"})
     if kick.status_code != 202 or "Content-Location" not in kick.headers:
         raise ExportFailed(f"the kick-off was answered {kick.status_code}: {_reason(kick)}")
-    manifest = _poll(session, kick.headers["Content-Location"], token, base)
+    manifest = _poll(session, kick.headers["Content-Location"], bearer, base)
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
     for number, item in enumerate(manifest.get("output") or [], start=1):
-        _download(session, item["url"], folder / f"{item.get('type', 'Resource')}-{number}.ndjson", token, base)
+        _download(session, item["url"], folder / f"{item.get('type', 'Resource')}-{number}.ndjson", bearer, base)
     for number, item in enumerate(manifest.get("error") or [], start=1):
         name = f"error-{number}.ndjson"
-        _download(session, item["url"], folder / name, token, base)
+        _download(session, item["url"], folder / name, bearer, base)
         errors.append({"type": "OperationOutcome", "url": name})
     (folder / "manifest.json").write_text(json.dumps({**manifest, "error": errors}))
     return folder
 
 
-def _poll(session: requests.Session, status_url: str, token: str | None, base: str) -> dict[str, Any]:
+def _poll(session: requests.Session, status_url: str, bearer: Bearer, base: str) -> dict[str, Any]:
     deadline = time.monotonic() + DEADLINE
     while True:
-        answer = _get(session, status_url, token, base)
+        answer = _get(session, status_url, bearer, base)
         if answer.status_code == 200:
             try:
                 manifest = answer.json()
@@ -94,8 +102,8 @@ def _retry_after(value: str | None) -> float:
     return min(max(seconds, 0.0), MAX_WAIT)
 
 
-def _download(session: requests.Session, url: str, path: Path, token: str | None, base: str) -> None:
-    with _get(session, url, token, base, stream=True) as answer:
+def _download(session: requests.Session, url: str, path: Path, bearer: Bearer, base: str) -> None:
+    with _get(session, url, bearer, base, stream=True) as answer:
         if answer.status_code != 200:
             raise ExportFailed(f"{url} was answered {answer.status_code}: {_reason(answer)}")
         with path.open("wb") as stream:
@@ -103,10 +111,10 @@ def _download(session: requests.Session, url: str, path: Path, token: str | None
                 stream.write(chunk)
 
 
-def _get(session: requests.Session, url: str, token: str | None, base: str, **kwargs: Any) -> requests.Response:
+def _get(session: requests.Session, url: str, bearer: Bearer, base: str, **kwargs: Any) -> requests.Response:
     headers = dict(kwargs.pop("headers", {}))
-    if token and _origin(url) == _origin(base):
-        headers["Authorization"] = f"Bearer {token}"
+    if _origin(url) == _origin(base) and (value := bearer()):
+        headers["Authorization"] = f"Bearer {value}"
     try:
         return session.get(url, headers=headers, timeout=TIMEOUT, **kwargs)
     except requests.RequestException as exc:

@@ -4,6 +4,8 @@ What cannot be used is counted by reason, and each line that is wrong (not JSON,
 resource type, no patient reference) is reported with its file and line, up to ``PROBLEMS_PER_BLOCK`` per block.
 Resources of types no template reads, and resources no template would return (a stopped MedicationRequest, an
 Observation of another code), are counted only: an export holds millions of them and nothing is wrong with them.
+A resource routed to a context field (an Encounter, for encounter-start) travels as its id, status and period
+only: that is all the choice of the patient's encounter reads, and a record holds many of them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import orjson
 from .routing import Router, medication_id, patient_of
 
 PROBLEMS_PER_BLOCK = 50
+CONTEXT_ELEMENTS = ("resourceType", "id", "status", "period")
 READ, USED = "read", "used"
 Record = tuple[str, str, int, bytes]  # (patient id, prefetch key, line number in the block, the NDJSON line)
 Lines = list[tuple[str, bytes]]  # (prefetch key, NDJSON line) of one patient
@@ -92,9 +95,13 @@ def _patient_resource(block: Block, number: int, resource: dict[str, Any], line:
         return
     block.counts[USED] += 1
     for test in keys:
-        block.records.append((patient, test.key, number, line))
+        block.records.append((patient, test.key, number, _context_line(resource) if test.context else line))
         if test.includes_medications and (med := medication_id(resource)) is not None:
             block.references.append((med, patient, test.key))
+
+
+def _context_line(resource: dict[str, Any]) -> bytes:
+    return orjson.dumps({name: resource[name] for name in CONTEXT_ELEMENTS if name in resource})
 
 
 @cache

@@ -4,7 +4,8 @@ The body is assembled from the export's own lines (no re-serialisation): each pr
 Bundle of the resources its template would return, ``patient`` holds the Patient resource (``null`` when the
 export has none for the id the other resources name). It then takes the path of an HTTP call: read_request
 (limits, old labs left out unparsed), validate_envelope (the request schema), answer_hook (record, facts, rules,
-cards) at the settings' ``now``.
+cards) at the settings' ``now``. The context is the patient's, plus what the hook needs (scan/hooks.py: the
+encounter of encounter-start, which its worklist rows name).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ..rules.engine import IssuedCard
 from ..rules.templates import analyte_name, evidence_date, timing_text, unit_text, value_text
 from ..wire.errors import CdsError
 from ..wire.services import Service
+from .hooks import ENCOUNTER_ID, hook_context
 from .lines import Lines
 from .routing import Router
 from .tally import Tally
@@ -43,15 +45,23 @@ def _runtime(settings_json: str) -> Runtime:
     return Runtime.load(Settings.model_validate_json(settings_json))
 
 
-def request_body(patient: str, records: Iterable[tuple[str, bytes]], router: Router, hook: str) -> bytes:
-    """The CDS Hooks request for ``patient`` with every prefetch key filled from ``records`` (key, line)."""
-    by_key: dict[str, list[bytes]] = {}
+def group_lines(records: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """The lines of ``records`` (key, line) under each key."""
+    lines: dict[str, list[bytes]] = {}
     for key, line in records:
-        by_key.setdefault(key, []).append(line)
+        lines.setdefault(key, []).append(line)
+    return lines
+
+
+def request_body(
+    patient: str, by_key: dict[str, list[bytes]], router: Router, hook: str, context: dict[str, str]
+) -> bytes:
+    """The CDS Hooks request for ``patient`` with every prefetch key filled from its lines, ``context`` added
+    to the patient's."""
     head = {
         "hookInstance": str(uuid.uuid5(INSTANCES, patient)),
         "hook": hook,
-        "context": {"userId": USER, "patientId": patient},
+        "context": {"userId": USER, "patientId": patient, **context},
     }
     parts = []
     for key in router.single_keys():
@@ -75,14 +85,18 @@ def evaluate_partition(
     service = runtime.registry.for_hook(hook)
     if service is None:
         raise ValueError(f"no service answers {hook}")
-    single = router.single_keys()
+    single, now = router.single_keys(), runtime.now()
     tally, rows = Tally(), []
-    for patient, lines in groups:
+    for patient, pairs in groups:
+        lines = group_lines(pairs)
         tally.patients += 1
-        if not any(key in single for key, _line in lines):
+        if not single & lines.keys():
             tally.without_patient_resource += 1
-        body = request_body(patient, lines, router, hook)
-        issued = _answer(runtime, service, body, tally)
+        context = hook_context(hook, lines, now)
+        if isinstance(context, str):
+            tally.not_evaluated[context] += 1
+            continue
+        issued = _answer(runtime, service, request_body(patient, lines, router, hook, context), tally)
         if issued is None:
             continue
         tally.cards_per_patient[len(issued)] += 1
@@ -90,7 +104,7 @@ def evaluate_partition(
             evidence = [(evidence_value(item), evidence_date(item)) for item in card.evidence_items]
             tally.cards[card.rule_id, card.indicator] += 1
             tally.evidence.update((card.rule_id, value) for value in {v for v, _d in evidence})
-            rows.append(_row(patient, card, deployment, evidence))
+            rows.append(_row(patient, card, deployment, evidence, context))
     return [(tally, rows)]
 
 
@@ -114,10 +128,12 @@ def _answer(runtime: Runtime, service: Service, body: bytes, tally: Tally) -> li
 
 
 def _row(
-    patient: str, card: IssuedCard, deployment: str, evidence: list[tuple[str, datetime | None]]
+    patient: str, card: IssuedCard, deployment: str, evidence: list[tuple[str, datetime | None]],
+    context: dict[str, str],
 ) -> dict[str, Any]:
     return {
         "patient": patient,
+        **({"encounter": context[ENCOUNTER_ID]} if ENCOUNTER_ID in context else {}),
         "rule": card.rule_id,
         "indicator": card.indicator,
         "summary": card.card["summary"],

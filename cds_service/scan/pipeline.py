@@ -35,6 +35,7 @@ from distributed import Client, LocalCluster, as_completed
 
 from ..evaluation import Runtime
 from .frames import LINES, MEDICATIONS, REFERENCES, frame, medications_frame, patients, records_frame, references_frame
+from .hooks import router_for
 from .lines import READ, Block, read_block
 from .patients import evaluate_partition
 from .routing import Router
@@ -116,7 +117,7 @@ def group_count(source: Source, partition_bytes: int) -> int:
 
 def build(plan: Plan) -> tuple[list[Delayed], list[Delayed]]:
     """The graph: the per-partition results and the per-block statistics."""
-    router = Router.of(plan.runtime.registry.for_hook(plan.hook).prefetch)  # type: ignore[union-attr]
+    router = router_for(plan.runtime, plan.hook)
     blocks = []
     for data_file in plan.source.files:
         name = Path(data_file.path).name

@@ -5,6 +5,8 @@ becomes a test on one resource: its type, each search parameter the templates us
 of ``Resource.code``; ``status`` matches ``Resource.status``), and ``_include=X:medication`` (the Medications its
 resources reference join the same key). ``_sort`` and ``_count`` change order and paging, not content. A template
 with any other parameter is refused when the scan starts, so a new template is never silently half-applied.
+A hook whose context names a resource (encounter-start's ``encounterId``) routes that type under the context
+field's name: such a key is no prefetch key (scan/hooks.py picks the resource from them).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class KeyTest:
     statuses: frozenset[str] | None  # None: any status
     includes_medications: bool
     single: bool  # a read (``Patient/{{context.patientId}}``), not a search: the value is the resource itself
+    context: bool = False  # the key is a context field (``encounterId``), not a prefetch key
 
 
 class TemplateNotSupported(Exception):
@@ -40,8 +43,13 @@ class Router:
     tests: tuple[KeyTest, ...]
 
     @classmethod
-    def of(cls, templates: Mapping[str, str]) -> Router:
-        return cls(tuple(_key_test(key, template) for key, template in templates.items()))
+    def of(cls, templates: Mapping[str, str], context: Mapping[str, str] | None = None) -> Router:
+        """The tests of the prefetch ``templates``, and of the ``context`` fields (field -> resource type)."""
+        fields = tuple(
+            KeyTest(name, kind, None, None, includes_medications=False, single=False, context=True)
+            for name, kind in (context or {}).items()
+        )
+        return cls(tuple(_key_test(key, template) for key, template in templates.items()) + fields)
 
     @property
     def resource_types(self) -> frozenset[str]:
@@ -58,7 +66,7 @@ class Router:
         return frozenset(t.key for t in self.tests if t.single)
 
     def search_keys(self) -> tuple[str, ...]:
-        return tuple(t.key for t in self.tests if not t.single)
+        return tuple(t.key for t in self.tests if not t.single and not t.context)
 
 
 def _key_test(key: str, template: str) -> KeyTest:

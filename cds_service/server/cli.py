@@ -185,8 +185,10 @@ def _scan(args: argparse.Namespace) -> int:
     """Exit 0 when patients were scanned, 1 when none could be (the summary says why), 2 for bad arguments."""
     try:
         from ..scan.command import ScanRequest, report_line, scan
-        from ..scan.export import ExportFailed
+        from ..scan.export import ExportFailed, is_url
+        from ..scan.hooks import HookNotScannable
         from ..scan.routing import TemplateNotSupported
+        from ..scan.smart import SmartKeyError, smart_client
         from ..scan.source import SourceError
     except ModuleNotFoundError as missing:
         if (missing.name or "").split(".")[0] in {"dask", "distributed", "pandas", "pyarrow"}:
@@ -196,6 +198,12 @@ def _scan(args: argparse.Namespace) -> int:
     settings = load_config(args.config, overrides={"now": args.now} if args.now else None)
     configure_logging(settings.log_level)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's start and stop are not news
+    try:
+        smart = (smart_client(args.smart_client_id, args.smart_key_file, args.smart_key_id)
+                 if is_url(args.source) else None)  # a folder needs no authorization
+    except SmartKeyError as error:
+        print(f"cds-service scan: {error}", file=sys.stderr)
+        return 2
     request = ScanRequest(
         source=args.source,
         out=Path(args.out),
@@ -210,13 +218,14 @@ def _scan(args: argparse.Namespace) -> int:
         patient_level=args.patient_level,
         since=args.since,
         export_dir=Path(args.export_dir) if args.export_dir else None,
+        smart=smart,
     )
     try:
         summary = scan(request)
     except ExportFailed as error:
         print(f"cds-service scan: the export failed, nothing was scanned: {error}", file=sys.stderr)
         return 1
-    except (SourceError, TemplateNotSupported) as error:
+    except (HookNotScannable, SourceError, TemplateNotSupported) as error:
         print(f"cds-service scan: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the scheduler cannot be reached, the output folder cannot be written
@@ -284,18 +293,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = commands.add_parser("scan", help="run the rules over a Bulk FHIR export, patient by patient, on Dask")
     scan.add_argument("source", help="folder of Bulk FHIR NDJSON files (.ndjson, .ndjson.gz), or a FHIR server's "
-                      "base URL to export from (Bulk Data $export; token in CDS_SCAN_BEARER_TOKEN)")
+                      "base URL to export from (Bulk Data $export; token in CDS_SCAN_BEARER_TOKEN, or SMART "
+                      "Backend Services with the --smart-* options)")
     scan.add_argument("--out", required=True, help="output folder (worklist.ndjson, summary.json, report.html)")
     scan.add_argument("--now", help="evaluation time, ISO 8601 (default: configuration, else the clock)")
     scan.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
     scan.add_argument("--workers", type=_positive, help="local worker processes (default: one per core)")
-    scan.add_argument("--hook", default="patient-view", choices=["patient-view"], help="the hook to answer")
-    scan.add_argument("--pseudonymise", action="store_true", help="HMAC-SHA256 pseudonyms for patient ids")
+    scan.add_argument("--hook", default="patient-view", help="the hook to answer: patient-view (default) or "
+                      "encounter-start (each patient's most recent Encounter in the export); not the order hooks, "
+                      "whose draft orders an export lacks")
+    scan.add_argument("--pseudonymise", action="store_true",
+                      help="HMAC-SHA256 pseudonyms for patient (and encounter) ids")
     scan.add_argument("--block-size", type=_positive, help="bytes of NDJSON per task (default 64 MiB)")
     scan.add_argument("--group", help="with a server: export this Group's patients (Group/ID/$export)")
     scan.add_argument("--patient-level", action="store_true", help="with a server: Patient/$export")
     scan.add_argument("--since", help="with a server: only resources changed since (the export's _since)")
     scan.add_argument("--export-dir", help="with a server: where to save the export (default OUT/export)")
+    scan.add_argument("--smart-client-id", help="with a server: SMART Backend Services client id (also "
+                      "CDS_SCAN_SMART_CLIENT_ID)")
+    scan.add_argument("--smart-key-file", help="with a server: the client's private key, PEM, RSA (RS384) or EC "
+                      "P-384 (ES384) (also CDS_SCAN_SMART_KEY_FILE)")
+    scan.add_argument("--smart-key-id", help="with a server: the kid of that key in the client's registered JWKS "
+                      "(also CDS_SCAN_SMART_KEY_ID)")
     scan.add_argument("--config", help="TOML configuration file (also CDS_CONFIG)")
     scan.set_defaults(run=_scan)
 

@@ -14,6 +14,15 @@
 // with Retry-After: 1 for the first --export-polls polls (default 2), then the manifest; each output file is
 // NDJSON of one type. The token, faults and request log apply to all of them.
 //
+// SMART Backend Services (POST /__control/smart turns it on): [base]/.well-known/smart-configuration names the
+// token endpoint /auth/token (outside the base), which grants client_credentials to a registered client whose
+// client assertion (private_key_jwt, RS384 or ES384) verifies against its registered JWKS: iss = sub = client
+// id, aud = the token endpoint, exp at most 5 minutes ahead, a jti never seen before. Refusals are OAuth error
+// JSON (400 invalid_request/unsupported_grant_type/invalid_scope, 401 invalid_client). FHIR requests then need
+// an access token it issued that has not expired, and a kick-off's _type must be covered by the token's scopes
+// (system/<Type>.read or .rs, or system/*.read or .rs; 403 otherwise). Token requests join the request log
+// (their form without the client assertion).
+//
 // Test controls (JSON bodies, answered with the current state):
 //   POST /__control/reset                      empty the repository, clear faults, the token and the request log
 //   POST /__control/token     {"token": s|null} require this bearer token (null: open server)
@@ -23,6 +32,12 @@
 //                                               the next n FHIR requests hang for s seconds before answering,
 //                                               answer with an OperationOutcome and the given status, answer
 //                                               with broken JSON, or redirect (302) to location
+//   POST /__control/smart     {"clients": {id: jwks}, "expires_in": s, "token_endpoint": bool,
+//                              "permission": "v1"|"v2"}
+//                                               require SMART Backend Services tokens: register the clients'
+//                                               public keys, the tokens' lifetime (default 300 s), whether the
+//                                               smart-configuration names its token endpoint (default true) and
+//                                               its permission capability (default v1)
 //   GET  /__control/requests                   the FHIR requests received since the last reset:
 //                                               [{"method", "url", "form", "authorization", "authorized"}]:
 //                                               the form body of a POST _search ("" for other requests),
@@ -36,6 +51,7 @@
 // repository finds the matches, they are sorted once with the same key and order as Medplum's comparator and
 // kept until the next write, and each page is a slice plus its _include entries. It refuses transactions with
 // more than 50 updates, so load data with batch Bundles.
+import crypto from 'node:crypto';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import {
@@ -52,6 +68,11 @@ import { FhirRouter, MemoryRepository, getExtraEntries } from '@medplum/fhir-rou
 
 const BASE_PATH = '/fhir';
 const CONTROL_PATH = '/__control';
+const TOKEN_PATH = '/auth/token';
+const SMART_CONFIGURATION = BASE_PATH + '/.well-known/smart-configuration';
+const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const ASSERTION_SECONDS = 300;
+const SIGNING = { RS384: { kty: 'RSA' }, ES384: { kty: 'EC', crv: 'P-384' } };
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
 
@@ -74,7 +95,7 @@ let repo = new MemoryRepository();
 let state = freshState(options.token ?? null);
 
 function freshState(token) {
-  return { token, fault: null, requests: [] };
+  return { token, fault: null, requests: [], smart: null };
 }
 
 function loadDefinitions() {
@@ -138,10 +159,13 @@ async function handle(req, res) {
   if (url.pathname.startsWith(CONTROL_PATH)) {
     return await control(req.method, url.pathname.slice(CONTROL_PATH.length), body, res);
   }
+  if (url.pathname === TOKEN_PATH) return tokenRequest(req, url, body, res);
+  if (url.pathname === SMART_CONFIGURATION) return smartConfiguration(req, res);
   if (url.pathname !== BASE_PATH && !url.pathname.startsWith(BASE_PATH + '/')) {
     return send(res, 404, outcome('not-found', 'Not a FHIR path; the base is ' + BASE_PATH));
   }
-  const authorized = !state.token || req.headers.authorization === `Bearer ${state.token}`;
+  const grant = state.smart ? issuedToken(req.headers.authorization) : null;
+  const authorized = state.smart ? !!grant : !state.token || req.headers.authorization === `Bearer ${state.token}`;
   state.requests.push({
     method: req.method,
     url: url.pathname + url.search,
@@ -155,7 +179,7 @@ async function handle(req, res) {
     return send(res, 401, outcome('login', 'A valid bearer token is required'));
   }
   const exported = url.pathname.slice(BASE_PATH.length).match(EXPORT_PATH);
-  if (req.method === 'GET' && exported) return bulkExport(exported, url, baseUrl(req), res);
+  if (req.method === 'GET' && exported) return bulkExport(exported, url, baseUrl(req), grant, res);
   return fhir(req, url, body, res);
 }
 
@@ -164,9 +188,9 @@ async function handle(req, res) {
 const EXPORT_PATH = /^\/(?:(?:Patient|Group\/([^/]+))\/)?\$export$|^\/__export\/(status|files)\/(\d+)(?:\/(\w+)\.ndjson)?$/;
 const exportJobs = new Map(); // job id -> { polls, request, files: {type: [resources]} }
 
-async function bulkExport(match, url, base, res) {
+async function bulkExport(match, url, base, grant, res) {
   const [, group, what, job, fileType] = match;
-  if (!what) return kickOff(group, url, base, res);
+  if (!what) return kickOff(group, url, base, grant, res);
   const found = exportJobs.get(job);
   if (!found) return send(res, 404, outcome('not-found', `No export job ${job}`));
   if (what === 'files') {
@@ -181,12 +205,16 @@ async function bulkExport(match, url, base, res) {
   }
   const output = Object.entries(found.files).map(([type, resources]) => (
     { type, url: `${base}/__export/files/${job}/${type}.ndjson`, count: resources.length }));
-  return send(res, 200, { transactionTime: found.time, request: found.request, requiresAccessToken: !!state.token,
+  return send(res, 200, { transactionTime: found.time, request: found.request,
+    requiresAccessToken: !!(state.token || state.smart),
     output, error: [] }, 'application/json');
 }
 
-async function kickOff(group, url, base, res) {
+async function kickOff(group, url, base, grant, res) {
   const types = (url.searchParams.get('_type') ?? 'Patient,Observation,Condition').split(',').filter(Boolean);
+  const uncovered = grant ? types.filter((type) => !['read', 'rs'].some((access) => (
+    grant.scopes.includes(`system/${type}.${access}`) || grant.scopes.includes(`system/*.${access}`)))) : [];
+  if (uncovered.length) return send(res, 403, outcome('forbidden', `The token's scopes do not cover ${uncovered}`));
   const since = url.searchParams.get('_since');
   let members = null;
   if (group) {
@@ -212,6 +240,96 @@ async function kickOff(group, url, base, res) {
 function exportedPatient(resource) {
   if (resource.resourceType === 'Patient') return resource.id;
   return (resource.subject ?? resource.patient)?.reference?.replace(/^Patient\//, '');
+}
+
+// --- SMART Backend Services ---------------------------------------------------------------------------------
+
+function smartConfiguration(req, res) {
+  const smart = state.smart;
+  if (!smart) return send(res, 404, outcome('not-found', 'This server has no SMART configuration'));
+  return send(res, 200, {
+    ...(smart.tokenEndpoint ? { token_endpoint: `http://${req.headers.host}${TOKEN_PATH}` } : {}),
+    token_endpoint_auth_methods_supported: ['private_key_jwt'],
+    token_endpoint_auth_signing_alg_values_supported: Object.keys(SIGNING),
+    grant_types_supported: ['client_credentials'],
+    scopes_supported: smart.permission === 'v2' ? ['system/*.rs'] : ['system/*.read'],
+    capabilities: ['client-confidential-asymmetric', `permission-${smart.permission}`],
+  }, 'application/json');
+}
+
+function tokenRequest(req, url, body, res) {
+  const smart = state.smart;
+  const form = new URLSearchParams(body);
+  const logged = new URLSearchParams(form);
+  logged.delete('client_assertion');
+  state.requests.push({ method: req.method, url: url.pathname, form: logged.toString(), authorization: false,
+    authorized: true });
+  if (!smart) return oauthError(res, 404, 'invalid_request', 'SMART Backend Services is not on');
+  if (req.method !== 'POST') return oauthError(res, 405, 'invalid_request', 'POST the token request');
+  if (form.get('grant_type') !== 'client_credentials') {
+    return oauthError(res, 400, 'unsupported_grant_type', 'only client_credentials is granted');
+  }
+  if (form.get('client_assertion_type') !== ASSERTION_TYPE || !form.get('client_assertion')) {
+    return oauthError(res, 400, 'invalid_request', `a client_assertion of type ${ASSERTION_TYPE} is required`);
+  }
+  const problem = assertionProblem(form.get('client_assertion'), `http://${req.headers.host}${TOKEN_PATH}`);
+  if (problem) return oauthError(res, 401, 'invalid_client', problem);
+  const scopes = (form.get('scope') ?? '').split(' ').filter(Boolean);
+  const wrong = scopes.filter((scope) => !/^system\/(\*|[A-Z][A-Za-z]+)\.(read|rs)$/.test(scope));
+  if (!scopes.length || wrong.length) {
+    return oauthError(res, 400, 'invalid_scope', `not system read scopes: ${wrong.join(' ') || '(none asked)'}`);
+  }
+  const token = crypto.randomBytes(24).toString('base64url');
+  smart.tokens.set(token, { expires: Date.now() + smart.expiresIn * 1000, scopes });
+  res.setHeader('Cache-Control', 'no-store');
+  return send(res, 200, { access_token: token, token_type: 'bearer', expires_in: smart.expiresIn,
+    scope: scopes.join(' ') }, 'application/json');
+}
+
+/** Why the client assertion is not acceptable (signature, client, claims), or null when it is. */
+function assertionProblem(assertion, audience) {
+  const parts = assertion.split('.');
+  if (parts.length !== 3) return 'the client assertion is not a compact JWS';
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    return 'the client assertion is not JSON';
+  }
+  const jwks = state.smart.clients[claims.iss];
+  if (!jwks) return `no client ${claims.iss} is registered`;
+  const jwk = (jwks.keys ?? []).find((k) => k.kid === header.kid);
+  if (!jwk) return `client ${claims.iss} has no key ${header.kid}`;
+  const signing = SIGNING[header.alg];
+  if (!signing || jwk.kty !== signing.kty || (signing.crv && jwk.crv !== signing.crv)) {
+    return `alg ${header.alg} does not fit key ${header.kid}`;
+  }
+  const key = crypto.createPublicKey({ key: jwk, format: 'jwk' });
+  const signed = Buffer.from(`${parts[0]}.${parts[1]}`);
+  const signature = Buffer.from(parts[2], 'base64url');
+  if (!crypto.verify('sha384', signed, { key, dsaEncoding: 'ieee-p1363' }, signature)) {
+    return 'the client assertion signature does not verify';
+  }
+  const now = Date.now() / 1000;
+  if (claims.sub !== claims.iss) return 'sub is not the client id';
+  if (claims.aud !== audience) return `aud is not ${audience}`;
+  if (typeof claims.exp !== 'number' || claims.exp <= now || claims.exp > now + ASSERTION_SECONDS + 5) {
+    return 'exp is not within the next five minutes';
+  }
+  if (typeof claims.jti !== 'string' || state.smart.jtis.has(claims.jti)) return 'the jti is missing or replayed';
+  state.smart.jtis.add(claims.jti);
+  return null;
+}
+
+function issuedToken(authorization) {
+  const found = state.smart.tokens.get((authorization ?? '').replace(/^Bearer /, ''));
+  return found && found.expires > Date.now() ? found : null;
+}
+
+function oauthError(res, status, error, description) {
+  return send(res, status, { error, error_description: description }, 'application/json');
 }
 
 function readBody(req) {
@@ -392,6 +510,10 @@ async function control(method, path, rawBody, res) {
     state = freshState(options.token ?? null);
   } else if (method === 'POST' && path === '/token') {
     state.token = body.token ?? null;
+  } else if (method === 'POST' && path === '/smart') {
+    state.smart = { clients: body.clients ?? {}, expiresIn: body.expires_in ?? 300,
+      tokenEndpoint: body.token_endpoint ?? true, permission: body.permission ?? 'v1', tokens: new Map(),
+      jtis: new Set() };
   } else if (method === 'POST' && path === '/fault') {
     state.fault = {
       kind: body.kind,
@@ -409,7 +531,8 @@ async function control(method, path, rawBody, res) {
   } else {
     return send(res, 404, { error: 'unknown control' }, 'application/json');
   }
-  return send(res, 200, { tokenRequired: !!state.token, fault: state.fault }, 'application/json');
+  return send(res, 200, { tokenRequired: !!state.token, smart: !!state.smart, fault: state.fault },
+    'application/json');
 }
 
 function outcome(code, diagnostics) {

@@ -46,6 +46,16 @@ class FhirTestServer:
         """Require ``Authorization: Bearer <token>`` on FHIR requests (None: an open server)."""
         self._control("token", {"token": token})
 
+    def smart(
+        self, clients: Mapping[str, Mapping[str, Any]], *, expires_in: int = 300, token_endpoint: bool = True,
+        permission: str = "v1",
+    ) -> None:
+        """Require SMART Backend Services tokens from its own token endpoint, granted to ``clients`` (client id ->
+        JWKS of its public keys) for ``expires_in`` seconds; ``token_endpoint=False`` leaves the endpoint out of
+        the smart-configuration, ``permission`` is the capability it lists (``v1``: .read scopes, ``v2``: .rs)."""
+        self._control("smart", {"clients": dict(clients), "expires_in": expires_in,
+                                "token_endpoint": token_endpoint, "permission": permission})
+
     def hang(self, seconds: float, count: int = 1_000_000) -> None:
         """Hold the next ``count`` FHIR requests for ``seconds`` before answering them."""
         self._control("fault", {"kind": "hang", "seconds": seconds, "count": count})
