@@ -79,6 +79,7 @@ def dated_labs(*days: str | None) -> dict[str, Any]:
     (("2026-10-02", "2019-05-01", "2019-06-01", "2019-04-01"), PageDates(False, None)),  # out of order, all old
     (("2026-10-02", None, "2019-05-01", "2019-04-01"), PageDates(False, None)),  # undated
     (("2026-10-02", "2019-05", "2019-04-01", "2019-03-01"), PageDates(False, None)),  # not dated to the day
+    (("2026-10-02", "2019-04-01", "0000000000"), PageDates(False, None)),  # the oldest is no day
     ((), PageDates(False, None)),
 ])
 def test_each_bundle_page_is_dated_as_sent_by_either_parse(days: tuple[str | None, ...], expected: PageDates) -> None:

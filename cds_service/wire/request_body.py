@@ -29,10 +29,10 @@ pages (``cds_service.record.obtain``).
 """
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from functools import cache
-from itertools import pairwise
 from typing import Any, cast
 
 import simdjson
@@ -91,36 +91,44 @@ def _dates_of_pages(body: dict[str, Any]) -> dict[str, PageDates]:
     if not isinstance(prefetch, dict):
         return {}
     return {
-        key: _dates_of(_day_of(_dated(entry)) for entry in value["entry"])
+        key: _dates_of(_entry_day(entry, "", None)[0] for entry in value["entry"])
         for key, value in prefetch.items()
         if isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry"), list)
     }
 
 
 def _dates_of(days: Iterable[str | None]) -> PageDates:
-    """The ``PageDates`` of a page whose entries name ``days`` (None: an entry not dated to the day)."""
-    listed = list(days)
-    newest_first = bool(listed) and None not in listed and all(a >= b for a, b in pairwise(cast(list[str], listed)))
-    return PageDates(newest_first, cast(str, listed[-1]) if newest_first else None)
+    """The ``PageDates`` of a page whose entries name ``days`` (``_entry_day``; None: an entry that names no date).
+    The order is checked on the text; the oldest day, on which the record layer relies, must also be a day."""
+    previous = None
+    for day in days:
+        if day is None or len(day) != DAY_LENGTH or (previous is not None and day > previous):
+            return _UNORDERED
+        previous = day
+    return _UNORDERED if previous is None or not _DAY.fullmatch(previous) else PageDates(True, previous)
 
 
-def _dated(entry: Any) -> tuple[Any, str] | None:
-    """The Observation a Bundle entry (a simdjson Object or a dict) holds and its ``effectiveDateTime`` text; None
-    for an entry that holds no Observation or one without that text."""
-    if not isinstance(entry, _OBJECTS):
-        return None
+_UNORDERED = PageDates(newest_first=False, oldest=None)
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _entry_day(entry: Any, observations_from: str, lab_results_from: LabReadFrom | None) -> tuple[str | None, bool]:
+    """The first ten characters of the ``effectiveDateTime`` of the Observation a Bundle entry (a simdjson Object
+    or a dict) holds (a day, when the text names one; None for an entry that holds no Observation or one without
+    that text), and whether the entry is left out (``_too_old``; never with ``observations_from`` "")."""
+    if type(entry) not in _OBJECTS:
+        return None, False
     resource = entry.get("resource")
-    if not isinstance(resource, _OBJECTS) or resource.get("resourceType") != "Observation":
-        return None
+    if type(resource) not in _OBJECTS or resource.get("resourceType") != "Observation":
+        return None, False
     when = resource.get("effectiveDateTime")
-    return (resource, when) if type(when) is str else None
+    if type(when) is not str:
+        return None, False
+    day = when[:DAY_LENGTH]
+    return day, _too_old(resource, day, observations_from, lab_results_from)
 
 
-def _day_of(dated: tuple[Any, str] | None) -> str | None:
-    """The day (``YYYY-MM-DD``) a ``_dated`` Observation names; None when it names no day."""
-    return dated[1][:10] if dated is not None and len(dated[1]) >= 10 else None
-
-
+DAY_LENGTH = len("YYYY-MM-DD")
 _OBJECTS = (_Object, dict)
 
 
@@ -197,9 +205,9 @@ def _lean(
         chosen = []
         days = []
         for entry in entries:
-            dated = _dated(entry)
-            days.append(_day_of(dated))
-            if dated is None or not _too_old(*dated, observations_from, lab_results_from):
+            day, too_old = _entry_day(entry, observations_from, lab_results_from)
+            days.append(day)
+            if not too_old:
                 chosen.append(entry)
         left_out += len(entries) - len(chosen)
         dates[key] = _dates_of(days)
@@ -235,9 +243,8 @@ def _parse(text: bytes, parser: simdjson.Parser) -> tuple[Any, simdjson.Parser]:
         return document, fresh
 
 
-def _too_old(observation: Any, when: str, observations_from: str, lab_results_from: LabReadFrom | None) -> bool:
-    """Whether the Observation, whose ``effectiveDateTime`` text is ``when``, is left out."""
-    day = when[:10]
+def _too_old(observation: Any, day: str, observations_from: str, lab_results_from: LabReadFrom | None) -> bool:
+    """Whether the Observation, whose ``effectiveDateTime`` text starts with ``day``, is left out."""
     if day < observations_from:
         return True
     if lab_results_from is None or day >= lab_results_from.latest:
