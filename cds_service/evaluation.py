@@ -33,7 +33,7 @@ from .wire.errors import (
     UNKNOWN_SERVICE,
     CdsError,
 )
-from .wire.hook_request import HookCall
+from .wire.hook_request import HookCall, PageDates
 from .wire.request_body import parse_hook_body
 from .wire.services import Service, ServiceRegistry
 from .wire.validation import card_problems, describe, first_violation
@@ -112,9 +112,10 @@ class HookAnswer:
     warnings: tuple[str, ...] = ()  # what the facts layer could not read or found unclear
 
 
-def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
+def read_request(runtime: Runtime, raw: bytes, page_dates: dict[str, PageDates] | None = None) -> dict[str, Any]:
     """The request body as a JSON object within the configured limits (400, 413); prefetched Observations older
-    than anything the rules read may be left out while it is parsed (cds_service.wire.request_body)."""
+    than anything the rules read may be left out while it is parsed (cds_service.wire.request_body).
+    ``page_dates``, when given, receives how each prefetched Bundle's page was dated as sent, for ``answer_hook``."""
     settings, now = runtime.settings, runtime.now()
     return parse_hook_body(
         raw,
@@ -122,6 +123,7 @@ def read_request(runtime: Runtime, raw: bytes) -> dict[str, Any]:
         max_entries=settings.max_prefetch_entries,
         observations_from=runtime.fact_windows.observations_read_from(now),
         lab_results_from=runtime.fact_windows.lab_results_read_from(now),
+        page_dates=page_dates,
     )
 
 
@@ -144,10 +146,13 @@ def answer_hook(
     *,
     allowed_fhir_servers: tuple[str, ...] | None = None,
     seen: SeenLookup | None = None,
+    page_dates: Mapping[str, PageDates] | None = None,
 ) -> HookAnswer:
     """Answer one validated request for ``service``; raises CdsError for anything the client must fix.
 
     ``seen`` looks up findings issued before (the issued-card record); without it nothing counts as a repeat.
+    ``page_dates`` (from ``read_request``) lets a partial lab prefetch that reaches back past the look-back go
+    without its completing search; without it every partial lab prefetch is completed.
     """
     if body["hook"] != service.hook:
         raise CdsError(HOOK_MISMATCH, f"This service answers {service.hook}, not the hook the request names.")
@@ -157,7 +162,8 @@ def answer_hook(
     if allowed_fhir_servers is not None:
         settings = settings.for_issuer(allowed_fhir_servers)
     now = runtime.now()
-    record = obtain_record(call, service.prefetch, settings, lookbacks=_lookbacks(runtime.fact_windows, now))
+    lookbacks = _lookbacks(runtime.fact_windows, now)
+    record = obtain_record(call, service.prefetch, settings, lookbacks=lookbacks, page_dates=page_dates)
     fetched = time.perf_counter()
     facts = build_facts(record, runtime.terminology, now, runtime.fact_windows)
     built = time.perf_counter()

@@ -19,6 +19,7 @@ from cds_service.facts.terminology import LOINC
 from cds_service.record.model import PatientRecord
 from cds_service.wire import request_body as hookbody
 from cds_service.wire.errors import MALFORMED_JSON, NOT_AN_OBJECT, TOO_DEEP, TOO_MANY_ENTRIES, CdsError
+from cds_service.wire.hook_request import PageDates
 from cds_service.wire.json_body import parse_body
 from cds_service.wire.request_body import parse_hook_body
 
@@ -65,6 +66,32 @@ def test_old_observations_are_left_out_and_the_rest_is_the_full_parse(seed: int)
     expected = without_old_observations(orjson.loads(raw), DAY)
     assert parsed == expected
     assert entry_count(parsed) < entry_count(orjson.loads(raw)) / 2  # the histories are mostly old
+
+
+def dated_labs(*days: str | None) -> dict[str, Any]:
+    """A searchset of Observations dated ``days`` (None: an undated one), in that order."""
+    return searchset(*({"resourceType": "Observation", "id": f"o{i}"} | ({"effectiveDateTime": day} if day else {})
+                       for i, day in enumerate(days)))
+
+
+@pytest.mark.parametrize(("days", "expected"), [
+    (("2026-10-02T08:00:00Z", "2026-10-02", "2025-01-01", "2019-05-01"), PageDates(True, "2019-05-01")),
+    (("2026-10-02", "2019-05-01", "2019-06-01", "2019-04-01"), PageDates(False, None)),  # out of order, all old
+    (("2026-10-02", None, "2019-05-01", "2019-04-01"), PageDates(False, None)),  # undated
+    (("2026-10-02", "2019-05", "2019-04-01", "2019-03-01"), PageDates(False, None)),  # not dated to the day
+    (("2026-10-02", "2019-04-01", "0000000000"), PageDates(False, None)),  # the oldest is no day
+    ((), PageDates(False, None)),
+])
+def test_each_bundle_page_is_dated_as_sent_by_either_parse(days: tuple[str | None, ...], expected: PageDates) -> None:
+    """The page's dates take in the entries the lean parse leaves out; the full parse (no cut-off day) gives the
+    same."""
+    labs = dated_labs(*days)
+    raw = json.dumps(hook_request("patient-view", {"labs": labs, "conditions": searchset(), "symptoms": None})).encode()
+    lean: dict[str, PageDates] = {}
+    full: dict[str, PageDates] = {}
+    parse_hook_body(raw, **LIMITS, observations_from=DAY, page_dates=lean)
+    assert parse_hook_body(raw, **LIMITS, observations_from="", page_dates=full) == orjson.loads(raw)
+    assert lean == full == {"labs": expected, "conditions": PageDates(False, None)}
 
 
 def test_the_cards_are_those_of_the_full_parse(runtime: Runtime) -> None:

@@ -1,8 +1,9 @@
 """A partial prefetch: a lab Bundle holding the first 500 of a patient's 1,500 labs and a ``next`` link.
 
 The service completes it with its own date-filtered search (one query) instead of walking the Bundle's pages,
-against the real FHIR engine (tests/fhir_server) and through the real app; other partial Bundles are walked and
-stop at a page wholly older than the key's look-back, but only when the page is listed newest first.
+against the real FHIR engine (tests/fhir_server) and through the real app, unless the page, as sent, lists its
+labs newest first back past the look-back (its next pages hold older labs only); other partial Bundles are walked
+and stop at a page wholly older than the key's look-back, but only when the page is listed newest first.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import requests
 from conftest import FIXTURE_NOW
 from support.hookcalls import PATIENT_ID, SERVICE_IDS, cramp_condition, hook_request, searchset
 from support.record_scenario import hook_call, lab, med_request
+from support.wsgi_server import running
 
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime
@@ -90,8 +92,8 @@ def prefetch_with(labs: dict[str, Any]) -> dict[str, Any]:
 
 
 def cards_of(response: requests.Response | Any) -> list[dict[str, Any]]:
-    """The cards without their uuids, which are fresh on every call."""
-    body = response.get_json()
+    """The cards without their uuids, which are fresh on every call (from a test client's or a real HTTP answer)."""
+    body = response.json() if isinstance(response, requests.Response) else response.get_json()
     assert response.status_code == 200, body
     return [{k: v for k, v in card.items() if k not in ("uuid", "suggestions")}
             | {"suggestions": [{k: v for k, v in s.items() if k != "uuid"} for s in card.get("suggestions", [])]}
@@ -155,6 +157,84 @@ def test_a_failing_completion_marks_the_labs_incomplete(make_app, history, caplo
     assert [(call["via"], call["outcome"]) for call in line.fhir_calls] == [("completion", "http_5xx")]
     assert len(lab_searches(history)) == 1  # no page walk after the failed search
     assert not {card["summary"] for card in cards_of(response)} & set(absence)
+
+
+def hook_over_http(app: Any, prefetch: dict[str, Any], fhir_server: str) -> requests.Response:
+    """A patient-view call to ``app`` served over real HTTP."""
+    with running(app) as base:
+        return requests.post(f"{base}/cds-services/{SERVICE_IDS['patient-view']}", timeout=60,
+                             json=hook_request("patient-view", prefetch, fhirServer=fhir_server))
+
+
+def newest_first(count: int) -> list[dict[str, Any]]:
+    """The ``count`` newest labs, newest first (the template's own ``_sort=-date`` order)."""
+    return labs_oldest_first()[::-1][:count]
+
+
+def full_prefetch_cards(app: Any, caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The cards for the whole lab history prefetched."""
+    service = f"/cds-services/{SERVICE_IDS['patient-view']}"
+    full = cards_of(app.test_client().post(service, json=hook_request("patient-view", prefetch_with(
+        searchset(*labs_oldest_first())))))
+    assert {"Potassium" in card["summary"] or "CK" in card["summary"] for card in full} >= {True}
+    request_line(caplog)
+    return full
+
+
+@pytest.mark.parametrize("page_size", [
+    FIRST_PAGE,  # two thirds of the page are older than the look-back: the body reader leaves them out unparsed
+    250,  # a quarter of it is older: the body is parsed in full
+])
+def test_a_newest_first_page_reaching_past_the_look_back_is_not_completed(make_app, history, caplog, page_size):
+    page = newest_first(page_size)
+    assert page[-1]["effectiveDateTime"][:10] < LOOKBACK_FLOOR.isoformat()
+    app = make_app(fhir_allowlist=[history.base_url], fhir_allow_unauthenticated=True)
+    caplog.set_level(logging.INFO)
+    full = full_prefetch_cards(app, caplog)
+    response = hook_over_http(app, prefetch_with(first_page(history.base_url, page, sort="-date")), history.base_url)
+    assert cards_of(response) == full
+    line = request_line(caplog)
+    assert line.incomplete == [] and LABS in line.sources["prefetch"]
+    assert lab_searches(history) == []
+    [skipped] = line.fhir_calls
+    assert (skipped["resource"], skipped["via"], skipped["outcome"]) == ("Observation", "completion", "skipped")
+    assert skipped["reason"] == ("the prefetched page lists its entries newest first back to "
+                                 f"{page[-1]['effectiveDateTime'][:10]}, before the look-back")
+
+
+def test_a_newest_first_page_within_the_look_back_is_completed(make_app, history, caplog):
+    page = newest_first(150)
+    assert page[-1]["effectiveDateTime"][:10] > LOOKBACK_FLOOR.isoformat()
+    app = make_app(fhir_allowlist=[history.base_url], fhir_allow_unauthenticated=True)
+    caplog.set_level(logging.INFO)
+    full = full_prefetch_cards(app, caplog)
+    response = hook_over_http(app, prefetch_with(first_page(history.base_url, page, sort="-date")), history.base_url)
+    assert cards_of(response) == full
+    line = request_line(caplog)
+    assert line.incomplete == []
+    assert {(call["via"], call["outcome"]) for call in line.fhir_calls} == {("completion", "ok")}
+    assert all(search["params"]["date"] == [f"ge{LOOKBACK_FLOOR.isoformat()}"] for search in lab_searches(history))
+
+
+@pytest.mark.parametrize("swapped", [
+    (450, 460),  # two labs older than the look-back, which the body reader leaves out, out of order
+    (0, 499),  # the newest and the oldest
+])
+def test_a_page_out_of_newest_first_order_is_completed(make_app, history, caplog, swapped):
+    """A page whose next link asks for ``_sort=-date`` but whose entries are not in that order says nothing of
+    its next pages: the server's order is checked on the page as sent, left-out entries included."""
+    page = newest_first(FIRST_PAGE)
+    first, second = swapped
+    page[first], page[second] = page[second], page[first]
+    app = make_app(fhir_allowlist=[history.base_url], fhir_allow_unauthenticated=True)
+    caplog.set_level(logging.INFO)
+    full = full_prefetch_cards(app, caplog)
+    response = hook_over_http(app, prefetch_with(first_page(history.base_url, page, sort="-date")), history.base_url)
+    assert cards_of(response) == full
+    line = request_line(caplog)
+    assert line.incomplete == []
+    assert {(call["via"], call["outcome"]) for call in line.fhir_calls} == {("completion", "ok")}
+    assert lab_searches(history) != []
 
 
 def record_settings(server_url: str, **overrides: Any) -> RecordSettings:

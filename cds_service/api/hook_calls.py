@@ -8,6 +8,7 @@ from ..evaluation import answer_hook, read_request, service_for, validate_envelo
 from ..server import metrics
 from ..server.logs import fingerprint, loggable_hook_instance
 from ..storage.issued_cards import IssuedRow
+from ..wire.hook_request import PageDates
 from .context import authenticate, claims, components, json_bytes
 from .observability import annotate, record_summary
 
@@ -22,7 +23,8 @@ MAX_LOGGED_WARNINGS = 20  # a record with hundreds of unreadable resources still
 def call_service(service_id: str) -> ResponseReturnValue:
     parts = components()
     service = service_for(parts.runtime, service_id)
-    body = read_request(parts.runtime, json_bytes())
+    page_dates: dict[str, PageDates] = {}
+    body = read_request(parts.runtime, json_bytes(), page_dates)
     validate_envelope(body)
     annotate(hookInstance=loggable_hook_instance(body["hookInstance"]))
     identity = claims()
@@ -32,6 +34,7 @@ def call_service(service_id: str) -> ResponseReturnValue:
         body,
         allowed_fhir_servers=identity.fhir_servers if identity else None,
         seen=parts.issued.seen,
+        page_dates=page_dates,
     )
     patient = fingerprint(answer.call.patient_id)
     issued = [(i, "active") for i in answer.issued] + [(i, "silent") for i in answer.silent]

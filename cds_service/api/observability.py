@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from ..record.client import start_recording, stop_recording
+from ..record.client import SKIPPED, start_recording, stop_recording
 from ..record.model import PatientRecord
 from ..server import metrics
 from .context import known_service_id, path_is_own
@@ -75,9 +75,10 @@ def register(app: Flask) -> None:
             fields["path_as_called"] = called  # repeated slashes: the client's URL is worth fixing
         calls = list(g.get("fhir_calls") or ())
         for call in calls:
-            metrics.observe_fhir(call.resource, call.outcome, call.ms / 1000)
+            if call.outcome != SKIPPED:
+                metrics.observe_fhir(call.resource, call.outcome, call.ms / 1000)
         if calls:
-            fields["fhir_calls"] = [asdict(call) for call in calls]
+            fields["fhir_calls"] = [{k: v for k, v in asdict(call).items() if v is not None} for call in calls]
         log.log(logging.DEBUG if endpoint in QUIET_ENDPOINTS else logging.INFO, "request", extra=fields)
         return response
 

@@ -68,6 +68,7 @@ QUERY = "query"  # the search or read of a prefetch key the EHR did not prefetch
 COMPLETION = "completion"  # the service's own narrowed search completing a prefetched Bundle, and its next pages
 PREFETCH_PAGE = "prefetch_page"  # a page after a prefetched Bundle, reached by its next link
 MEDICATION = "medication"  # the read of a referenced Medication
+SKIPPED = "skipped"  # the outcome of a request the record layer found needless and did not make
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +77,10 @@ class FhirCall:
     constants above), never its query or ids."""
 
     resource: str
-    outcome: str  # "ok" or FetchFailed.outcome
+    outcome: str  # "ok", FetchFailed.outcome, or SKIPPED
     ms: float
     via: str
+    reason: str | None = None  # why a request was SKIPPED
 
 
 _RESOURCE_IN_PATH = re.compile(r"([A-Z][A-Za-z]+)(?:[/?]|$)")
@@ -112,6 +114,13 @@ def _note(endpoint: FhirEndpoint, url: str, outcome: str, seconds: float, via: s
     calls = _calls.get()
     if calls is not None:
         calls.append(call)
+
+
+def note_skipped(resource: str, via: str, reason: str) -> None:
+    """List a request that was not made, and why, with the requests of this context."""
+    calls = _calls.get()
+    if calls is not None:
+        calls.append(FhirCall(resource, SKIPPED, 0.0, via, reason))
 
 
 @dataclass(slots=True)

@@ -8,7 +8,10 @@ Bundle's ``next`` link is followed, on the same FHIR base and with the token, up
 A prefetched Bundle with a ``next`` link is partial (an EHR may send the first page of a long lab history). For a
 key whose searches the service narrows to its look-back (``Lookback.search``: the labs), what the Bundle lacks is
 fetched with the service's own date-filtered search instead of the Bundle's pages, which in a long history mostly
-hold results no rule reads; its resources join the prefetched ones, each id once. For any other key the Bundle's
+hold results no rule reads; its resources join the prefetched ones, each id once. No completion is needed, and
+none is made (it is listed in the request's log line as skipped, with the reason), when the page as the EHR sent
+it (``PageDates``, from the body reader, which may have left its old entries out) lists its entries newest first
+and reaches back before the look-back: its next pages hold only older results. For any other key the Bundle's
 next link is followed, and paging stops at a page wholly older than the key's look-back (``_older``), prefetched
 page included. A key whose completion fails or runs late is incomplete, as when a page fails.
 
@@ -32,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..wire.errors import DEADLINE, RECORD_UNAVAILABLE, CdsError
-from ..wire.hook_request import HookCall
+from ..wire.hook_request import HookCall, PageDates
 from .access import FhirEndpoint, endpoint_for, is_absolute
-from .client import COMPLETION, MEDICATION, PREFETCH_PAGE, QUERY, FetchFailed, FhirClient, submit
+from .client import COMPLETION, MEDICATION, PREFETCH_PAGE, QUERY, FetchFailed, FhirClient, note_skipped, submit
 from .model import PatientRecord, Resource
 from .settings import RecordSettings
 from .templates import Lookback, fill, resource_type_of
@@ -71,15 +74,17 @@ def obtain_record(
     *,
     deadline: float | None = None,
     lookbacks: Mapping[str, Lookback] | None = None,
+    page_dates: Mapping[str, PageDates] | None = None,
 ) -> PatientRecord:
     """The patient record for ``call``; ``deadline`` (``time.monotonic()``) defaults to now + the fetch budget.
 
-    ``lookbacks`` says per prefetch key how far back the rules read (see ``Lookback`` and the module's note on
-    partial Bundles); prefetched data is taken as sent.
+    ``lookbacks`` says per prefetch key how far back the rules read, ``page_dates`` how the prefetched Bundles'
+    pages were dated as sent (see ``Lookback`` and the module's note on partial Bundles); prefetched data is
+    taken as sent.
     """
     started = time.monotonic()
     deadline = started + settings.fetch_budget_seconds if deadline is None else deadline
-    plan = _Plan.of(call, templates, lookbacks or {})
+    plan = _Plan.of(call, templates, lookbacks or {}, page_dates or {})
     endpoint = _endpoint(call, settings, needed=bool(plan.to_query)) if plan.to_query or call.fhir_server else None
     client = FhirClient(endpoint, settings, deadline) if endpoint else None
     results = _fetch(plan, client, deadline)
@@ -120,7 +125,13 @@ class _Plan:
     since: dict[str, str]  # key -> the first day (YYYY-MM-DD) the rules read, for keys with a look-back
 
     @classmethod
-    def of(cls, call: HookCall, templates: Mapping[str, str], lookbacks: Mapping[str, Lookback]) -> _Plan:
+    def of(
+        cls,
+        call: HookCall,
+        templates: Mapping[str, str],
+        lookbacks: Mapping[str, Lookback],
+        page_dates: Mapping[str, PageDates],
+    ) -> _Plan:
         plan = cls({}, {}, {}, {}, {key: lookback.since.isoformat() for key, lookback in lookbacks.items()})
         for key, template in templates.items():
             value = call.prefetch.get(key) if key in call.prefetch else _ABSENT
@@ -134,7 +145,10 @@ class _Plan:
                     continue
                 path = fill(template, call.context) if lookback is not None and lookback.search else None
                 if lookback is not None and path is not None:
-                    plan.to_complete[key] = lookback.narrowed(path)
+                    if (passed := _reaches_past(page_dates.get(key), plan.since[key])) is not None:
+                        note_skipped(resource_type_of(template), COMPLETION, passed)
+                    else:
+                        plan.to_complete[key] = lookback.narrowed(path)
                 else:
                     plan.to_continue[key] = value
             elif (path := fill(template, call.context)) is None:
@@ -336,6 +350,15 @@ def _older(page: list[Resource], since: str | None) -> bool:
             return False
         previous = day
     return True
+
+
+def _reaches_past(dates: PageDates | None, since: str) -> str | None:
+    """Why a partial prefetched page needs no completion from ``since`` on: it lists its entries newest first
+    and its oldest is dated before ``since``, so its next pages (searchset order being kept across pages) hold
+    nothing from ``since`` on; None when that is not shown."""
+    if dates is None or not dates.newest_first or dates.oldest is None or dates.oldest >= since:
+        return None
+    return f"the prefetched page lists its entries newest first back to {dates.oldest}, before the look-back"
 
 
 def _latest_day(resource: Resource) -> str | None:

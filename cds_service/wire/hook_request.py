@@ -37,6 +37,16 @@ class FhirAuthorization:
 
 
 @dataclass(frozen=True, slots=True)
+class PageDates:
+    """The dates of a prefetched Bundle's entries as sent. ``newest_first``: every entry holds an Observation with
+    a day-precise ``effectiveDateTime`` and no entry names a later day than the one before it (an empty page is
+    not); ``oldest`` is then the earliest day (``YYYY-MM-DD``) on the page, else None."""
+
+    newest_first: bool
+    oldest: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class HookCall:
     """One CDS Hooks service request, after envelope validation."""
 

@@ -21,11 +21,17 @@ the standard library accepts, such as integers over 64 bits; simdjson refuses un
 which the full parse answers with 400), the body writes the escape ``\\u0001`` (``_within_depth`` says why), an
 object the reader walks repeats a key, or fewer than half of the prefetched Bundle entries would be left out
 (building the kept entries from simdjson costs more per entry than orjson's parse).
+
+Either way the reader notes, per prefetched Bundle, the dates of its page as sent (``PageDates``), left-out
+entries included: the record layer sees only what is kept, and needs to know whether a partial lab page lists
+its results newest first back past the rules' look-back, so that nothing within the look-back lies on its next
+pages (``cds_service.record.obtain``).
 """
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any, cast
 
@@ -33,6 +39,7 @@ import simdjson
 
 from ..facts.build import LabReadFrom
 from ..facts.terminology import LOINC
+from .hook_request import PageDates
 from .json_body import check_prefetch_size, check_text, decode, entry_limit_error
 
 _Object, _Array = simdjson.Object, simdjson.Array
@@ -52,10 +59,12 @@ def parse_hook_body(
     max_entries: int,
     observations_from: str,
     lab_results_from: LabReadFrom | None = None,
+    page_dates: dict[str, PageDates] | None = None,
 ) -> dict[str, Any]:
     """The request as a JSON object: 400 for bad JSON or nesting, 413 for more prefetch entries than allowed
     (counting those left out). ``observations_from`` is a ``YYYY-MM-DD`` day, or "" to keep everything;
-    ``lab_results_from`` leaves out more lab results, each by its own analyte's day."""
+    ``lab_results_from`` leaves out more lab results, each by its own analyte's day. ``page_dates``, when given,
+    receives the ``PageDates`` of each prefetch key that holds a Bundle with an entry list."""
     document = _within_depth(raw, max_depth)
     if document is None:  # not shown to be JSON within the depth limit: the exact checks say what is wrong, if any
         check_text(raw, max_depth)
@@ -63,13 +72,64 @@ def parse_hook_body(
         lean = _lean(document, observations_from, lab_results_from) if observations_from else None
         del document
         if lean is not None:
-            body, entries = lean
+            body, entries, dates = lean
             if entries > max_entries:
                 raise entry_limit_error(entries, max_entries)
+            if page_dates is not None:
+                page_dates.update(dates)
             return body
     body = decode(raw, max_depth)
     check_prefetch_size(body, max_entries)
+    if page_dates is not None:
+        page_dates.update(_dates_of_pages(body))
     return body
+
+
+def _dates_of_pages(body: dict[str, Any]) -> dict[str, PageDates]:
+    """The ``PageDates`` of each prefetched Bundle with an entry list in a fully parsed body."""
+    prefetch = body.get("prefetch")
+    if not isinstance(prefetch, dict):
+        return {}
+    return {
+        key: _dates_of(_entry_day(entry, "", None)[0] for entry in value["entry"])
+        for key, value in prefetch.items()
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry"), list)
+    }
+
+
+def _dates_of(days: Iterable[str | None]) -> PageDates:
+    """The ``PageDates`` of a page whose entries name ``days`` (``_entry_day``; None: an entry that names no date).
+    The order is checked on the text; the oldest day, on which the record layer relies, must also be a day."""
+    previous = None
+    for day in days:
+        if day is None or len(day) != DAY_LENGTH or (previous is not None and day > previous):
+            return _UNORDERED
+        previous = day
+    return _UNORDERED if previous is None or not _DAY.fullmatch(previous) else PageDates(True, previous)
+
+
+_UNORDERED = PageDates(newest_first=False, oldest=None)
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _entry_day(entry: Any, observations_from: str, lab_results_from: LabReadFrom | None) -> tuple[str | None, bool]:
+    """The first ten characters of the ``effectiveDateTime`` of the Observation a Bundle entry (a simdjson Object
+    or a dict) holds (a day, when the text names one; None for an entry that holds no Observation or one without
+    that text), and whether the entry is left out (``_too_old``; never with ``observations_from`` "")."""
+    if type(entry) not in _OBJECTS:
+        return None, False
+    resource = entry.get("resource")
+    if type(resource) not in _OBJECTS or resource.get("resourceType") != "Observation":
+        return None, False
+    when = resource.get("effectiveDateTime")
+    if type(when) is not str:
+        return None, False
+    day = when[:DAY_LENGTH]
+    return day, _too_old(resource, day, observations_from, lab_results_from)
+
+
+DAY_LENGTH = len("YYYY-MM-DD")
+_OBJECTS = (_Object, dict)
 
 
 def _within_depth(raw: bytes, max_depth: int) -> Any:
@@ -117,8 +177,9 @@ def _padding(levels: int) -> tuple[bytes, bytes, str]:
 
 def _lean(
     document: Any, observations_from: str, lab_results_from: LabReadFrom | None
-) -> tuple[dict[str, Any], int] | None:
-    """The body without the old Observations, and the number of prefetch entries it had; None: parse in full."""
+) -> tuple[dict[str, Any], int, dict[str, PageDates]] | None:
+    """The body without the old Observations, the number of prefetch entries it had, and the dates of its
+    Bundles' pages as sent; None: parse in full."""
     if type(document) is not _Object:
         return None  # the full parse refuses it with its reason
     keys = _distinct_keys(document)
@@ -127,6 +188,7 @@ def _lean(
         return None
     kept: dict[str, Any] = {}  # prefetch key -> (Bundle, entries kept) or the value as it is
     total = left_out = 0
+    dates: dict[str, PageDates] = {}
     for key in prefetch_keys:
         value = prefetch[key]
         entries = value.get("entry") if type(value) is _Object else None
@@ -140,14 +202,21 @@ def _lean(
         if bundle.get("resourceType") != "Bundle":
             kept[key] = value
             continue
-        chosen = [entry for entry in entries if not _too_old(entry, observations_from, lab_results_from)]
+        chosen = []
+        days = []
+        for entry in entries:
+            day, too_old = _entry_day(entry, observations_from, lab_results_from)
+            days.append(day)
+            if not too_old:
+                chosen.append(entry)
         left_out += len(entries) - len(chosen)
+        dates[key] = _dates_of(days)
         kept[key] = (value, chosen)
     if left_out * 2 < total:
         return None
     body = {key: _built(document[key]) for key in keys if key != "prefetch"}
     body["prefetch"] = {key: _bundle(*value) if type(value) is tuple else _built(value) for key, value in kept.items()}
-    return body, total
+    return body, total, dates
 
 
 def _parser(size: int) -> simdjson.Parser:
@@ -174,21 +243,13 @@ def _parse(text: bytes, parser: simdjson.Parser) -> tuple[Any, simdjson.Parser]:
         return document, fresh
 
 
-def _too_old(entry: Any, observations_from: str, lab_results_from: LabReadFrom | None) -> bool:
-    if type(entry) is not _Object:
-        return False
-    resource = entry.get("resource")
-    if type(resource) is not _Object or resource.get("resourceType") != "Observation":
-        return False
-    when = resource.get("effectiveDateTime")
-    if type(when) is not str:
-        return False
-    day = when[:10]
+def _too_old(observation: Any, day: str, observations_from: str, lab_results_from: LabReadFrom | None) -> bool:
+    """Whether the Observation, whose ``effectiveDateTime`` text starts with ``day``, is left out."""
     if day < observations_from:
         return True
     if lab_results_from is None or day >= lab_results_from.latest:
         return False
-    index = _lab_window(resource, lab_results_from.window_of)
+    index = _lab_window(observation, lab_results_from.window_of)
     return index is not None and day < lab_results_from.days[index]
 
 
