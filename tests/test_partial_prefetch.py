@@ -205,14 +205,7 @@ def test_a_newest_first_page_reaching_past_the_look_back_is_not_completed(make_a
 def test_a_newest_first_page_within_the_look_back_is_completed(make_app, history, caplog):
     page = newest_first(150)
     assert page[-1]["effectiveDateTime"][:10] > LOOKBACK_FLOOR.isoformat()
-    app = make_app(fhir_allowlist=[history.base_url], fhir_allow_unauthenticated=True)
-    caplog.set_level(logging.INFO)
-    full = full_prefetch_cards(app, caplog)
-    response = hook_over_http(app, prefetch_with(first_page(history.base_url, page, sort="-date")), history.base_url)
-    assert cards_of(response) == full
-    line = request_line(caplog)
-    assert line.incomplete == []
-    assert {(call["via"], call["outcome"]) for call in line.fhir_calls} == {("completion", "ok")}
+    assert_completed(make_app, history, caplog, page)
     assert all(search["params"]["date"] == [f"ge{LOOKBACK_FLOOR.isoformat()}"] for search in lab_searches(history))
 
 
@@ -226,6 +219,13 @@ def test_a_page_out_of_newest_first_order_is_completed(make_app, history, caplog
     page = newest_first(FIRST_PAGE)
     first, second = swapped
     page[first], page[second] = page[second], page[first]
+    assert_completed(make_app, history, caplog, page)
+    assert lab_searches(history) != []
+
+
+def assert_completed(make_app: Any, history: Any, caplog: Any, page: list[dict[str, Any]]) -> None:
+    """The hook call whose lab prefetch is ``page`` (``_sort=-date`` in its next link) completes it with the
+    service's own search and answers the cards of the full prefetch."""
     app = make_app(fhir_allowlist=[history.base_url], fhir_allow_unauthenticated=True)
     caplog.set_level(logging.INFO)
     full = full_prefetch_cards(app, caplog)
@@ -234,7 +234,6 @@ def test_a_page_out_of_newest_first_order_is_completed(make_app, history, caplog
     line = request_line(caplog)
     assert line.incomplete == []
     assert {(call["via"], call["outcome"]) for call in line.fhir_calls} == {("completion", "ok")}
-    assert lab_searches(history) != []
 
 
 def record_settings(server_url: str, **overrides: Any) -> RecordSettings:
