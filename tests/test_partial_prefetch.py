@@ -188,13 +188,8 @@ def full_prefetch_cards(app: Any, caplog: pytest.LogCaptureFixture) -> list[dict
 def test_a_newest_first_page_reaching_past_the_look_back_is_not_completed(make_app, history, caplog, page_size):
     page = newest_first(page_size)
     assert page[-1]["effectiveDateTime"][:10] < LOOKBACK_FLOOR.isoformat()
-    app = make_app(fhir_allowlist=[history.base_url], fhir_allow_unauthenticated=True)
-    caplog.set_level(logging.INFO)
-    full = full_prefetch_cards(app, caplog)
-    response = hook_over_http(app, prefetch_with(first_page(history.base_url, page, sort="-date")), history.base_url)
-    assert cards_of(response) == full
-    line = request_line(caplog)
-    assert line.incomplete == [] and LABS in line.sources["prefetch"]
+    line = answered_as_in_full(make_app, history, caplog, page)
+    assert LABS in line.sources["prefetch"]
     assert lab_searches(history) == []
     [skipped] = line.fhir_calls
     assert (skipped["resource"], skipped["via"], skipped["outcome"]) == ("Observation", "completion", "skipped")
@@ -223,9 +218,9 @@ def test_a_page_out_of_newest_first_order_is_completed(make_app, history, caplog
     assert lab_searches(history) != []
 
 
-def assert_completed(make_app: Any, history: Any, caplog: Any, page: list[dict[str, Any]]) -> None:
-    """The hook call whose lab prefetch is ``page`` (``_sort=-date`` in its next link) completes it with the
-    service's own search and answers the cards of the full prefetch."""
+def answered_as_in_full(make_app: Any, history: Any, caplog: Any, page: list[dict[str, Any]]) -> Any:
+    """The request line of the hook call whose lab prefetch is ``page`` (``_sort=-date`` in its next link), after
+    checking that it answered the cards of the full prefetch with a complete record."""
     app = make_app(fhir_allowlist=[history.base_url], fhir_allow_unauthenticated=True)
     caplog.set_level(logging.INFO)
     full = full_prefetch_cards(app, caplog)
@@ -233,6 +228,12 @@ def assert_completed(make_app: Any, history: Any, caplog: Any, page: list[dict[s
     assert cards_of(response) == full
     line = request_line(caplog)
     assert line.incomplete == []
+    return line
+
+
+def assert_completed(make_app: Any, history: Any, caplog: Any, page: list[dict[str, Any]]) -> None:
+    """The hook call whose lab prefetch is ``page`` completes it with the service's own search."""
+    line = answered_as_in_full(make_app, history, caplog, page)
     assert {(call["via"], call["outcome"]) for call in line.fhir_calls} == {("completion", "ok")}
 
 
