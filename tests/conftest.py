@@ -12,9 +12,16 @@ from flask.testing import FlaskClient
 from support.governance import EVERY_CALL_ANEW
 
 from cds_service import create_app
+from cds_service.facts.terminology import Terminology
 
 FIXTURE_NOW = "2026-11-01T00:00:00Z"  # the evaluation time the project's fixtures are written for
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def terminology() -> Terminology:
+    """The shipped value sets, loaded once per test module."""
+    return Terminology.load()
 
 
 class _RuleFailures(logging.Handler):

@@ -114,11 +114,6 @@ def test_discovery_asks_for_the_local_lab_codes_too(site_url: str, plain_url: st
 
 
 # ---------------------------------------------------------------- what is read as what
-@pytest.fixture(scope="module")
-def terminology() -> Terminology:
-    return Terminology.load()
-
-
 def one_map(folder: Path, source: str, target: str, *elements: dict[str, Any], name: str = "map.json") -> Path:
     """A ConceptMap file in ``folder`` with one group of ``elements``."""
     folder.mkdir(exist_ok=True)

@@ -30,11 +30,6 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 PATIENT_ID = "p1"
 
 
-@pytest.fixture(scope="module")
-def terminology() -> Terminology:
-    return Terminology.load()
-
-
 def ago(days: float) -> str:
     return (NOW - timedelta(days=days)).isoformat()
 

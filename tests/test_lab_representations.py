@@ -30,11 +30,6 @@ PV = "muscle-cramps-patient-view"
 FLAGS = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 
-@pytest.fixture(scope="module")
-def terminology() -> Terminology:
-    return Terminology.load()
-
-
 def day(days_ago: float) -> str:
     return (NOW - timedelta(days=days_ago)).isoformat()
 

@@ -50,11 +50,6 @@ def _load_script() -> ModuleType:
 builder = _load_script()
 
 
-@pytest.fixture(scope="module")
-def terminology() -> Terminology:
-    return Terminology.load()
-
-
 def build(tmp_path: Path, *extra: str, rxnconso: Path = SAMPLE / "RXNCONSO.sample.RRF") -> dict[str, Any]:
     out = tmp_path / "medication-brands.json"
     code = builder.main(["--rxnconso", str(rxnconso), "--classes", str(VALUESETS / "medication-classes.json"),

@@ -17,11 +17,6 @@ from cds_service.record.templates import SYMPTOMS, build_prefetch_templates
 SHIPPED = Path(str(resources.files("cds_service.ruleset") / "valuesets"))
 
 
-@pytest.fixture(scope="module")
-def terminology() -> Terminology:
-    return Terminology.load()
-
-
 def vocabulary(label: str) -> set[str]:
     """The names model.py's docstring lists after ``label`` (the contract the rules are written against)."""
     text = model.__doc__ or ""
