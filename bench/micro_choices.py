@@ -19,8 +19,8 @@ import yaml
 
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime, answer_hook, read_request, service_for
-from cds_service.schemas import validator
-from cds_service.wire.validation import _sound_cards, compile_schemas, empty_elements, fast_validator
+from cds_service.schemas import fast_validator, validator
+from cds_service.wire.validation import _sound_cards, compile_schemas, empty_elements
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 5

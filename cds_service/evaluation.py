@@ -25,6 +25,7 @@ from .record.settings import RecordSettings
 from .record.templates import LABS, SYMPTOMS, Lookback, build_prefetch_templates
 from .rules.criteria import Memo
 from .rules.engine import IssuedCard, RuleSet, evaluate
+from .schemas import first_violation
 from .wire.errors import (
     AUTHORIZATION_WITHOUT_SERVER,
     HOOK_MISMATCH,
@@ -36,7 +37,7 @@ from .wire.errors import (
 from .wire.hook_request import HookCall, PageDates
 from .wire.request_body import parse_hook_body
 from .wire.services import Service, ServiceRegistry
-from .wire.validation import card_problems, describe, first_violation
+from .wire.validation import card_problems, describe
 
 log = logging.getLogger("cds_service.evaluation")
 

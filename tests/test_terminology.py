@@ -8,7 +8,6 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from jsonschema import Draft202012Validator
 
 from cds_service.facts import model
 from cds_service.facts.terminology import ATC, ICD10CM, LOINC, RXNORM, SNOMED, Terminology, ValueSetError
@@ -26,11 +25,6 @@ def vocabulary(label: str) -> set[str]:
 
 
 # ---------------------------------------------------------------- the data files
-def test_schema_is_valid_draft_2020_12() -> None:
-    schema = json.loads(resources.files("cds_service.schemas").joinpath("valueset.schema.json").read_text("utf-8"))
-    Draft202012Validator.check_schema(schema)
-
-
 def test_every_model_vocabulary_name_is_defined(terminology: Terminology) -> None:
     assert vocabulary("lab ``analyte``") == set(terminology.analytes)
     assert vocabulary("medication ``classes``") == set(terminology.medication_classes)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.exceptions import ValidationError
 
-from ..schemas import validator as schema_validator
+from ..schemas import first_violation
 from .expression import ExpressionError, parse
 from .model import (
     Action,
@@ -97,7 +97,7 @@ def read_yaml(path: Path) -> Any:
 
 def schema_error(path: Path, name: str, document: Any) -> RuleError | None:
     """The most relevant schema violation of ``document`` as a RuleError, or None when it is valid."""
-    error = best_match(schema_validator(name).iter_errors(document))
+    error = first_violation(name, document)
     return None if error is None else RuleError(f"{path}: {describe(error)}")
 
 

@@ -14,20 +14,11 @@ from functools import cache
 from typing import Any
 
 import jsonschema_rs
-from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.exceptions import ValidationError
 
-from ..schemas import schema, validator
+from ..schemas import fast_validator, first_violation, schema, validator
 
 SCHEMA_NAMES = ("request", "response", "discovery", "feedback")
-
-
-@cache
-def fast_validator(name: str) -> jsonschema_rs.Validator:
-    """The same schema compiled by jsonschema-rs: a fast yes/no answer, on every hook call.
-
-    Only documents it refuses go through ``validator`` (python-jsonschema) for the message.
-    """
-    return jsonschema_rs.validator_for(schema(name))
 
 
 def compile_schemas() -> None:
@@ -38,14 +29,6 @@ def compile_schemas() -> None:
         fast_validator(name)
     _schema_names()
     _sound_cards()
-
-
-def first_violation(name: str, document: Any) -> ValidationError | None:
-    """The most relevant schema violation, or None when the document is valid."""
-    if fast_validator(name).is_valid(document):
-        return None
-    error: ValidationError | None = best_match(validator(name).iter_errors(document))
-    return error
 
 
 def describe(error: ValidationError) -> str:
