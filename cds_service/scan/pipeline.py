@@ -95,6 +95,7 @@ def connect(scheduler: str | None, workers: int | None) -> Iterator[Client]:
             yield client
         return
     with (
+        _logging_at(logging.ERROR, "distributed"),
         LocalCluster(
             n_workers=workers or os.cpu_count() or 1,
             threads_per_worker=1,  # the hook path is pure Python: processes, not threads, use the cores
@@ -105,6 +106,20 @@ def connect(scheduler: str | None, workers: int | None) -> Iterator[Client]:
         Client(cluster, set_as_default=False) as client,
     ):
         yield client
+
+
+@contextmanager
+def _logging_at(level: int, name: str) -> Iterator[None]:
+    """Logger ``name`` at ``level`` for the duration. The local cluster's scheduler runs in this process, and
+    logs each finished shuffle as a warning ("Shuffle ... deactivated due to stimulus 'task-finished-...'"), which
+    a run's standard error is no place for; ``silence_logs`` quiets only the workers' and its own handlers."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def group_count(source: Source, partition_bytes: int) -> int:
