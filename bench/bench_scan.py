@@ -1,9 +1,10 @@
 """Benchmark of ``cds-service scan``: patients per second against a floor, scaling from one worker to two, and
 peak memory per worker as the population grows. Method and figures: bench/README.md ("Population scan").
 
-The population clones the project's fixture patients (cramps with the labs and drugs their rules read) as a
-minority among background patients (a few routine labs, a condition, sometimes a drug, no cramps), all with
-new ids, written as a Bulk export (one NDJSON file per type). The floor is the same Dask pipeline (read, parse
+Every patient has three years of Synthea-shaped history (bench/synthea_shaped.py: about 180 resources and 150 KB
+each, as Synthea's own patients have; no cramps); for a minority, one of the project's fixture patients (cramps
+with the labs and drugs their rules read) is cloned into that history under the new id. The population is
+written as a Bulk export (one NDJSON file per type). The floor is the same Dask pipeline (read, parse
 each line for its patient, join Medications, shuffle by patient, group each partition's lines per patient) that
 counts the patients instead of answering.
 """
@@ -18,19 +19,21 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+from synthea_shaped import history
+
 from cds_service.config import load_config
 from cds_service.evaluation import Runtime
-from cds_service.scan.pipeline import Plan, connect, run
+from cds_service.scan.pipeline import BLOCK_SIZE, Plan, connect, run
 from cds_service.scan.source import open_source
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-01T00:00:00Z"
 CRAMPS_SHARE = 0.15  # patients cloned from a fixture (all of which document cramps)
-BACKGROUND_LABS = [("2823-3", "mmol/L", 3.2, 5.2), ("2951-2", "mmol/L", 132, 146), ("2160-0", "mg/dL", 0.6, 1.6),
-                   ("2345-7", "mg/dL", 70, 140), ("33914-3", "mL/min/{1.73_m2}", 40, 110)]
 
 
 def fixtures() -> list[list[dict[str, Any]]]:
@@ -45,39 +48,19 @@ def clone(resources: list[dict[str, Any]], patient_id: str) -> list[dict[str, An
     return json.loads(text.replace(old, patient_id))
 
 
-def background(rng: random.Random, patient_id: str) -> list[dict[str, Any]]:
-    subject = {"reference": f"Patient/{patient_id}"}
-    out: list[dict[str, Any]] = [{"resourceType": "Patient", "id": patient_id, "gender": rng.choice(["male", "female"]),
-                                  "birthDate": f"{rng.randint(1935, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}"}]
-    for n in range(rng.randint(5, 30)):
-        code, unit, low, high = rng.choice(BACKGROUND_LABS)
-        out.append({"resourceType": "Observation", "id": f"{patient_id}-lab-{n}", "status": "final",
-                    "subject": subject, "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-                    "effectiveDateTime": f"20{rng.randint(19, 26)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
-                    "valueQuantity": {"value": round(rng.uniform(low, high), 1), "unit": unit,
-                                      "system": "http://unitsofmeasure.org", "code": unit}})
-    out.append({"resourceType": "Condition", "id": f"{patient_id}-cond", "subject": subject,
-                "clinicalStatus": {"coding": [{"code": "active"}]}, "onsetDateTime": "2020-01-01",
-                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}})  # hypertension
-    if rng.random() < 0.3:
-        out.append({"resourceType": "MedicationRequest", "id": f"{patient_id}-mr", "status": "active",
-                    "intent": "order", "subject": subject, "authoredOn": "2025-06-01",
-                    "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                                                              "code": "313988"}]}})
-    return out
-
-
 def write_population(folder: Path, patients: int, seed: int = 7) -> int:
-    rng = random.Random(seed)
+    rng, now = random.Random(seed), datetime.fromisoformat(NOW)
     templates = fixtures()
     files: dict[str, Any] = {}
     count = 0
     lines: dict[str, list[str]] = defaultdict(list)
     for number in range(patients):
         pid = f"bench-{number}"
-        resources = clone(rng.choice(templates), pid) if rng.random() < CRAMPS_SHARE else background(rng, pid)
+        resources = history(rng, pid, now)
+        if rng.random() < CRAMPS_SHARE:  # the fixture's Patient and findings, labs and drugs, within the history
+            resources = clone(rng.choice(templates), pid) + [r for r in resources if r["resourceType"] != "Patient"]
         for item in resources:
-            lines[item["resourceType"]].append(json.dumps(item))
+            lines[item["resourceType"]].append(orjson.dumps(item).decode())
             count += 1
         if number % 1000 == 999 or number == patients - 1:  # flush: the generator never holds the population
             for rtype, chunk in lines.items():
@@ -117,7 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--patients", type=int, default=10_000)
     parser.add_argument("--small", type=int, default=2_000, help="the smaller population of the memory check")
-    parser.add_argument("--block-size", type=int, default=8 << 20)
+    parser.add_argument("--block-size", type=int, default=BLOCK_SIZE)
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
