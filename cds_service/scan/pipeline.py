@@ -43,8 +43,8 @@ from .source import Source
 from .tally import Tally
 
 Rows = list[dict[str, Any]]
-BLOCK_SIZE = 64 << 20
-PARTITION_BYTES = 4 << 20  # NDJSON per group of patients after the shuffle
+BLOCK_SIZE = 16 << 20  # NDJSON per block read: what a worker holds per block in flight, whatever the export size
+PARTITION_BYTES = 16 << 20  # NDJSON per group of patients after the shuffle
 GZIP_RATIO = 8  # an estimate of how much larger a gzipped NDJSON file is unzipped: only group sizes depend on it
 SHUFFLE = "p2p"  # distributed's peer-to-peer shuffle: each worker spools what it receives to disk
 
