@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+from dask.base import annotate
 from dask.bytes.core import read_bytes
 from dask.dataframe import DataFrame, from_delayed
 from dask.delayed import Delayed, delayed
@@ -47,6 +48,9 @@ BLOCK_SIZE = 16 << 20  # NDJSON per block read: what a worker holds per block in
 PARTITION_BYTES = 16 << 20  # NDJSON per group of patients after the shuffle
 GZIP_RATIO = 8  # an estimate of how much larger a gzipped NDJSON file is unzipped: only group sizes depend on it
 SHUFFLE = "p2p"  # distributed's peer-to-peer shuffle: each worker spools what it receives to disk
+# The priority of the tasks that take a group from the shuffle's output: a worker answers a group it unpacked
+# before it unpacks the next one (otherwise the quick unpacking tasks ran first and a worker held up to 11 groups).
+GROUP_FIRST = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +157,15 @@ def build(plan: Plan) -> tuple[list[Delayed], list[Delayed]]:
         joined = references.merge(medications, on="medication", shuffle_method=SHUFFLE)[list(LINES)]
         # shuffled on its own into the same groups (same hash, same count), not concatenated to the records
         # before their shuffle: that made the records wait in memory for the join
-        parts = [delayed(_concat)(part, more) for part, more in zip(parts, _by_patient(joined, groups), strict=True)]
-    if plan.evaluate:
-        settings_json = plan.runtime.settings.model_dump_json()
-        results = [delayed(_evaluate)(part, settings_json, router, plan.hook) for part in parts]
-    else:
-        results = [delayed(_count_patients)(part) for part in parts]
+        more_parts = _by_patient(joined, groups)
+        with annotate(priority=GROUP_FIRST):
+            parts = [delayed(_concat)(part, more) for part, more in zip(parts, more_parts, strict=True)]
+    with annotate(priority=GROUP_FIRST):
+        if plan.evaluate:
+            settings_json = plan.runtime.settings.model_dump_json()
+            results = [delayed(_evaluate)(part, settings_json, router, plan.hook) for part in parts]
+        else:
+            results = [delayed(_count_patients)(part) for part in parts]
     return results, [delayed(_statistics)(b) for b in blocks]
 
 
