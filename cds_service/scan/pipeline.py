@@ -105,7 +105,10 @@ def connect(scheduler: str | None, workers: int | None) -> Iterator[Client]:
             threads_per_worker=1,  # the hook path is pure Python: processes, not threads, use the cores
             processes=True,
             dashboard_address="127.0.0.1:0",  # a free loopback port, never a fixed or public one
-            silence_logs=logging.ERROR,
+            # distributed's own worker logs: at ERROR a worker still logs, with its traceback, a heartbeat that
+            # raced the scheduler's shutdown at the end of a run on a loaded machine. A failed task reaches this
+            # process as its exception, and the hook path's own log lines are not distributed's.
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
