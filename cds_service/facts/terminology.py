@@ -18,7 +18,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..schemas import fast_validator, validator
+from ..schemas import first_violation
 from .symptom_text import SymptomText
 from .units import UnitTable
 
@@ -181,7 +181,6 @@ class Terminology:
         root: Traversable = (
             Path(directory) if directory is not None else resources.files("cds_service.ruleset") / "valuesets"
         )
-        quick = fast_validator("valueset")
         documents: dict[str, Mapping[str, Any]] = {}
         files = sorted((f for f in root.iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
         if not files:
@@ -191,12 +190,9 @@ class Terminology:
                 doc = json.loads(file.read_text("utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ValueSetError(f"{file.name}: cannot read: {exc}") from exc
-            errors = [] if quick.is_valid(doc) else sorted(
-                validator("valueset").iter_errors(doc), key=lambda e: list(e.absolute_path)
-            )
-            if errors:
-                first = errors[0]
-                raise ValueSetError(f"{file.name}: at {_where(first.absolute_path)}: {first.message[:300]}")
+            error = first_violation("valueset", doc)
+            if error is not None:
+                raise ValueSetError(f"{file.name}: at {_where(error.absolute_path)}: {error.message[:300]}")
             if doc["id"] != file.name.removesuffix(".json"):
                 raise ValueSetError(f"{file.name}: at id: '{doc['id']}' differs from the file name")
             documents[file.name] = doc
