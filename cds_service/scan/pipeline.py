@@ -154,16 +154,17 @@ def build(plan: Plan) -> tuple[list[Delayed], list[Delayed]]:
     groups = group_count(plan.source, plan.partition_bytes)
     records = _frames([delayed(records_frame)(block, ordinal) for ordinal, block in enumerate(blocks)], LINES)
     parts = _by_patient(records, groups)
+    joined_parts: list[Delayed] | None = None
     if "Medication" in router.resource_types:
         medications = _frames([delayed(medications_frame)(b, ordinal) for ordinal, b in enumerate(blocks)], MEDICATIONS)
         references = _frames([delayed(references_frame)(b) for b in blocks], REFERENCES)
         joined = references.merge(medications, on="medication", shuffle_method=SHUFFLE)[list(LINES)]
         # shuffled on its own into the same groups (same hash, same count), not concatenated to the records
         # before their shuffle: that made the records wait in memory for the join
-        more_parts = _by_patient(joined, groups)
-        with annotate(priority=GROUP_FIRST):
-            parts = [delayed(_concat)(part, more) for part, more in zip(parts, more_parts, strict=True)]
+        joined_parts = _by_patient(joined, groups)
     with annotate(priority=GROUP_FIRST):
+        if joined_parts is not None:
+            parts = [delayed(_concat)(part, more) for part, more in zip(parts, joined_parts, strict=True)]
         if plan.evaluate:
             settings_json = plan.runtime.settings.model_dump_json()
             results = [delayed(_evaluate)(part, settings_json, router, plan.hook) for part in parts]
